@@ -1,1 +1,6 @@
-//! placeholder
+//! # sbnet-device
+//!
+//! The host side of an sbnet virtio-net function.
+#![deny(missing_docs)]
+
+pub mod vfio_user;

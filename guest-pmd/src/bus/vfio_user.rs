@@ -1,0 +1,1 @@
+//! vfio-user client bus (host-process mode). Being written.
