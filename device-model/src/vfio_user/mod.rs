@@ -7,6 +7,10 @@
 //! is allocated, and a malformed message gets an error reply (or closes the
 //! connection when the stream cannot be resynchronised), never a panic.
 
+pub mod server;
+
+pub use server::{Server, ServerError, MAX_DATA_XFER};
+
 use nix::errno::Errno;
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -38,9 +42,12 @@ pub struct IrqDesc {
 /// What a vfio-user server serves. Every method gets already-framed,
 /// size-checked arguments; each returns an errno for the error reply.
 pub trait Backend {
-    /// The regions to report; called once per `DEVICE_GET_INFO`/`GET_REGION_INFO`.
+    /// The regions to report; called when a client connects and once per
+    /// `DEVICE_GET_INFO`/`GET_REGION_INFO`. The server keeps the last answer
+    /// to bound `REGION_READ`/`REGION_WRITE` before calling the backend.
     fn regions(&self) -> Vec<RegionDesc>;
-    /// The IRQ indices to report.
+    /// The IRQ indices to report; called when a client connects and once per
+    /// `DEVICE_GET_INFO`.
     fn irqs(&self) -> Vec<IrqDesc>;
     /// Reads `data.len()` bytes at `offset` of `region`.
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), Errno>;

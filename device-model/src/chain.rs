@@ -1,0 +1,156 @@
+//! Descriptor chains: walking and validating what a guest linked together
+//! (virtio 1.2 §2.7.5-§2.7.7). No allocation: a chain is a fixed array.
+
+use crate::queue::Queue;
+use sbnet_abi::ring::{DESC_F_INDIRECT, DESC_F_KNOWN, DESC_F_NEXT, DESC_F_WRITE};
+use thiserror::Error;
+
+/// Longest chain the device accepts. Linux's virtio_net uses at most
+/// `MAX_SKB_FRAGS + 2` (19); the spec's bound (the queue size) would make
+/// the per-chain array needlessly large.
+pub const MAX_SEGS: usize = 64;
+
+/// Why a chain is refused. The chain is completed with used length 0 and
+/// counted as `bad_chain`; the queue goes on.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum ChainError {
+    /// More than [`MAX_SEGS`] descriptors, or a loop.
+    #[error("chain longer than {MAX_SEGS} descriptors (or looping)")]
+    TooLong,
+    /// `next` names a descriptor index >= queue size.
+    #[error("next index {0} is outside the descriptor table")]
+    NextOutOfRange(u16),
+    /// A flag bit sbnet does not know.
+    #[error("unknown descriptor flags {0:#x}")]
+    UnknownFlags(u16),
+    /// `INDIRECT` set: the feature is not offered.
+    #[error("indirect descriptor, but VIRTIO_F_INDIRECT_DESC was not offered")]
+    Indirect,
+    /// A zero-length buffer.
+    #[error("zero-length descriptor")]
+    ZeroLength,
+    /// A readable descriptor after a writable one.
+    #[error("readable descriptor after a writable one")]
+    ReadAfterWrite,
+    /// A writable descriptor in a TX chain or a readable one in an RX chain.
+    #[error("descriptor direction does not match the queue")]
+    WrongDirection,
+    /// The buffer address plus length wraps around.
+    #[error("buffer at {0:#x} wraps the address space")]
+    AddressOverflow(u64),
+}
+
+/// One buffer of a chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seg {
+    /// Bus address as the driver wrote it.
+    pub addr: u64,
+    /// Length.
+    pub len: u32,
+}
+
+/// A validated chain: its head and its buffers, all readable (TX) or all
+/// writable (RX) as the queue requires.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain {
+    /// Head index (what the used entry names).
+    pub head: u16,
+    segs: [Seg; MAX_SEGS],
+    n: u8,
+    /// Sum of the buffers' lengths.
+    pub total: u64,
+}
+
+impl Chain {
+    /// The buffers.
+    #[inline]
+    pub fn segs(&self) -> &[Seg] {
+        &self.segs[..self.n as usize]
+    }
+
+    /// Walks the chain starting at `head`. `writable` says whether the queue
+    /// is an RX queue (every buffer device-writable) or a TX queue (every
+    /// buffer device-readable).
+    #[inline]
+    pub fn parse(q: &Queue, head: u16, writable: bool) -> Result<Self, ChainError> {
+        let mut chain = Chain { head, segs: [Seg::default(); MAX_SEGS], n: 0, total: 0 };
+        let mut idx = head;
+        loop {
+            // `head` came from Queue::pop_head (< size) and every `next` is
+            // checked below, so the read cannot fail; treat it as range error anyway.
+            let d = q.read_desc(idx).ok_or(ChainError::NextOutOfRange(idx))?;
+            if d.flags & !DESC_F_KNOWN != 0 {
+                return Err(ChainError::UnknownFlags(d.flags));
+            }
+            if d.flags & DESC_F_INDIRECT != 0 {
+                return Err(ChainError::Indirect);
+            }
+            let is_write = d.flags & DESC_F_WRITE != 0;
+            if is_write != writable {
+                // Spec: readable before writable. On a single-direction queue
+                // a mismatch is either order or direction.
+                return Err(if is_write || chain.n == 0 { ChainError::WrongDirection } else { ChainError::ReadAfterWrite });
+            }
+            if d.len == 0 {
+                return Err(ChainError::ZeroLength);
+            }
+            if d.addr.checked_add(d.len as u64).is_none() {
+                return Err(ChainError::AddressOverflow(d.addr));
+            }
+            if chain.n as usize == MAX_SEGS {
+                return Err(ChainError::TooLong);
+            }
+            chain.segs[chain.n as usize] = Seg { addr: d.addr, len: d.len };
+            chain.n += 1;
+            // Cannot overflow: at most 64 lengths of at most 2^32 each.
+            chain.total += d.len as u64;
+            if d.flags & DESC_F_NEXT == 0 {
+                return Ok(chain);
+            }
+            if d.next >= q.size() {
+                return Err(ChainError::NextOutOfRange(d.next));
+            }
+            idx = d.next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::tests::TestRing;
+    use sbnet_abi::ring::Desc;
+
+    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
+        Desc { addr, len, flags, next }
+    }
+
+    #[test]
+    fn malformed_chains() {
+        let r = TestRing::new(8);
+        let q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        let a = r.data_iova(0);
+        let cases: Vec<(Vec<Desc>, bool, Result<usize, ChainError>)> = vec![
+            (vec![d(a, 10, 0, 0)], false, Ok(1)),
+            (vec![d(a, 10, DESC_F_NEXT, 1), d(a, 20, 0, 0)], false, Ok(2)),
+            (vec![d(a, 10, DESC_F_NEXT, 0)], false, Err(ChainError::TooLong)),
+            (vec![d(a, 10, DESC_F_NEXT, 1), d(a, 10, DESC_F_NEXT, 0)], false, Err(ChainError::TooLong)),
+            (vec![d(a, 10, DESC_F_NEXT, 8)], false, Err(ChainError::NextOutOfRange(8))),
+            (vec![d(a, 10, 0x40, 0)], false, Err(ChainError::UnknownFlags(0x40))),
+            (vec![d(a, 16, DESC_F_INDIRECT, 0)], false, Err(ChainError::Indirect)),
+            (vec![d(a, 0, 0, 0)], false, Err(ChainError::ZeroLength)),
+            (vec![d(u64::MAX - 4, 10, 0, 0)], false, Err(ChainError::AddressOverflow(u64::MAX - 4))),
+            (vec![d(a, 10, DESC_F_WRITE, 0)], false, Err(ChainError::WrongDirection)),
+            (vec![d(a, 10, 0, 0)], true, Err(ChainError::WrongDirection)),
+            (vec![d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1), d(a, 10, 0, 0)], true, Err(ChainError::ReadAfterWrite)),
+            (vec![d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1), d(a, 10, DESC_F_WRITE, 0)], true, Ok(2)),
+        ];
+        for (i, (descs, write, want)) in cases.into_iter().enumerate() {
+            for (j, x) in descs.iter().enumerate() {
+                r.set_desc(j as u16, *x);
+            }
+            let got = Chain::parse(&q, 0, write).map(|c| c.segs().len());
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+}

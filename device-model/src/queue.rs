@@ -1,0 +1,398 @@
+//! The device side of a split virtqueue (virtio 1.2 §2.7), over guest memory
+//! that the guest may change at any moment.
+//!
+//! Validated once, where it enters: [`Queue::enable`] checks size, alignment
+//! and that every ring lies inside one DMA map, then caches host pointers
+//! (valid for that memory generation). Per access: every index read from
+//! the guest is checked against the queue size; descriptors are copied out
+//! once and the copy is validated and used.
+
+use crate::mem::GuestMemory;
+use sbnet_abi::ring::{self, Desc, UsedElem};
+use std::sync::atomic::{AtomicU16, Ordering};
+use thiserror::Error;
+
+/// Errors that make a queue untrustworthy: the function goes to
+/// `DEVICE_NEEDS_RESET`.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// Queue size is zero, not a power of two, or above the device maximum.
+    #[error("queue size {0} is not a power of two within the device maximum")]
+    InvalidSize(u16),
+    /// A ring address is not aligned as virtio requires.
+    #[error("ring address {0:#x} is misaligned")]
+    Misaligned(u64),
+    /// A ring does not lie inside one DMA map.
+    #[error("ring at {addr:#x} ({len} bytes) is outside guest memory")]
+    RingNotMapped {
+        /// Ring address.
+        addr: u64,
+        /// Ring length.
+        len: u64,
+    },
+    /// More descriptors available than the queue holds (`avail.idx - last_avail > size`).
+    #[error("avail index moved by {0}, more than the queue size")]
+    InvalidAvailRingIndex(u16),
+    /// An avail entry names a descriptor index >= queue size.
+    #[error("avail entry names descriptor {0}, outside the table")]
+    InvalidHead(u16),
+    /// An avail entry names a head the device already holds.
+    #[error("descriptor {0} made available twice while in flight")]
+    HeadInFlight(u16),
+    /// The DMA maps changed under an enabled queue and no longer cover it.
+    #[error("guest memory changed under an enabled queue")]
+    MemoryGone,
+}
+
+/// Queue registers as the driver programmed them through common config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueRegs {
+    /// `queue_size`.
+    pub size: u16,
+    /// `queue_desc`.
+    pub desc: u64,
+    /// `queue_driver` (avail ring).
+    pub driver: u64,
+    /// `queue_device` (used ring).
+    pub device: u64,
+    /// `queue_msix_vector`.
+    pub msix_vector: u16,
+}
+
+/// An enabled queue.
+#[derive(Debug)]
+pub struct Queue {
+    size: u16,
+    mask: u16,
+    desc: *mut Desc,
+    avail: *mut u8,
+    used: *mut u8,
+    mem_generation: u64,
+    regs: QueueRegs,
+    last_avail: u16,
+    used_idx: u16,
+    published_used: u16,
+    in_flight: Vec<bool>,
+    in_flight_count: u16,
+}
+
+// SAFETY: the raw pointers point into DMA maps owned by the GuestMemory the
+// queue was enabled against; the owner (the function) moves both together
+// and drops the queue (or re-validates it) whenever that memory changes.
+unsafe impl Send for Queue {}
+
+impl Queue {
+    /// Validates the registers against `mem` and caches the ring pointers.
+    pub fn enable(regs: QueueRegs, max_size: u16, mem: &GuestMemory) -> Result<Self, QueueError> {
+        let size = regs.size;
+        if size == 0 || !size.is_power_of_two() || size > max_size {
+            return Err(QueueError::InvalidSize(size));
+        }
+        for (addr, align) in [
+            (regs.desc, ring::DESC_ALIGN),
+            (regs.driver, ring::AVAIL_ALIGN),
+            (regs.device, ring::USED_ALIGN),
+        ] {
+            if addr % align != 0 {
+                return Err(QueueError::Misaligned(addr));
+            }
+        }
+        let map = |addr: u64, len: u64| mem.translate(addr, len).ok_or(QueueError::RingNotMapped { addr, len });
+        let desc = map(regs.desc, ring::desc_table_size(size))? as *mut Desc;
+        let avail = map(regs.driver, ring::avail_ring_size(size))?;
+        let used = map(regs.device, ring::used_ring_size(size))?;
+        let mut q = Self {
+            size,
+            mask: size - 1,
+            desc,
+            avail,
+            used,
+            mem_generation: mem.generation(),
+            regs,
+            last_avail: 0,
+            used_idx: 0,
+            published_used: 0,
+            in_flight: vec![false; size as usize],
+            in_flight_count: 0,
+        };
+        // The device starts where the driver's rings are (0 after reset).
+        q.last_avail = q.avail_idx_relaxed();
+        q.used_idx = q.used_idx_current();
+        q.published_used = q.used_idx;
+        Ok(q)
+    }
+
+    /// Re-validates the cached pointers after the DMA maps changed.
+    pub fn revalidate(&mut self, mem: &GuestMemory) -> Result<(), QueueError> {
+        if mem.generation() == self.mem_generation {
+            return Ok(());
+        }
+        let ok = mem.translate(self.regs.desc, ring::desc_table_size(self.size)) == Some(self.desc as *mut u8)
+            && mem.translate(self.regs.driver, ring::avail_ring_size(self.size)) == Some(self.avail)
+            && mem.translate(self.regs.device, ring::used_ring_size(self.size)) == Some(self.used);
+        if ok {
+            self.mem_generation = mem.generation();
+            Ok(())
+        } else {
+            Err(QueueError::MemoryGone)
+        }
+    }
+
+    /// Queue size.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The registers it was enabled with.
+    pub fn regs(&self) -> &QueueRegs {
+        &self.regs
+    }
+
+    /// Heads the device holds (made available, not yet used).
+    pub fn in_flight(&self) -> u16 {
+        self.in_flight_count
+    }
+
+    fn avail_idx_relaxed(&self) -> u16 {
+        // SAFETY: `avail` points at a mapped, 2-aligned avail ring of this
+        // queue's size (checked in enable); idx is at offset 2.
+        unsafe { AtomicU16::from_ptr(self.avail.add(ring::RING_IDX as usize) as *mut u16) }.load(Ordering::Relaxed)
+    }
+
+    fn used_idx_current(&self) -> u16 {
+        // SAFETY: `used` points at a mapped, 4-aligned used ring (enable).
+        unsafe { AtomicU16::from_ptr(self.used.add(ring::RING_IDX as usize) as *mut u16) }.load(Ordering::Relaxed)
+    }
+
+    /// Number of new avail entries, checked against the queue size.
+    #[inline]
+    pub fn avail_pending(&self) -> Result<u16, QueueError> {
+        // SAFETY: see avail_idx_relaxed.
+        let idx = unsafe { AtomicU16::from_ptr(self.avail.add(ring::RING_IDX as usize) as *mut u16) }
+            // Acquire pairs with the driver's Release store of avail.idx: the
+            // ring entries and descriptors it published before are visible.
+            .load(Ordering::Acquire);
+        let n = idx.wrapping_sub(self.last_avail);
+        if n > self.size {
+            return Err(QueueError::InvalidAvailRingIndex(n));
+        }
+        Ok(n)
+    }
+
+    /// Takes the next avail head (the caller checked [`Self::avail_pending`]).
+    #[inline]
+    pub fn pop_head(&mut self) -> Result<u16, QueueError> {
+        let slot = (self.last_avail & self.mask) as usize;
+        // SAFETY: slot < size, so the u16 at 4 + 2*slot is inside the mapped avail ring.
+        let head = unsafe { (self.avail.add(ring::RING_ENTRIES as usize + 2 * slot) as *const u16).read_volatile() };
+        if head >= self.size {
+            return Err(QueueError::InvalidHead(head));
+        }
+        let f = &mut self.in_flight[head as usize];
+        if *f {
+            return Err(QueueError::HeadInFlight(head));
+        }
+        *f = true;
+        self.in_flight_count += 1;
+        self.last_avail = self.last_avail.wrapping_add(1);
+        Ok(head)
+    }
+
+    /// Copies descriptor `idx` out of guest memory (the copy is what gets validated).
+    #[inline]
+    pub fn read_desc(&self, idx: u16) -> Option<Desc> {
+        if idx >= self.size {
+            return None;
+        }
+        // SAFETY: idx < size and the table of `size` descriptors is mapped
+        // and 16-aligned (enable).
+        Some(unsafe { self.desc.add(idx as usize).read_volatile() })
+    }
+
+    /// Completes in-flight head `head` with `len` bytes written. Not visible to
+    /// the driver until [`Self::publish`].
+    #[inline]
+    pub fn push_used(&mut self, head: u16, len: u32) {
+        debug_assert!(self.in_flight[head as usize], "completing a head that is not in flight");
+        let f = &mut self.in_flight[head as usize];
+        if !*f {
+            return;
+        }
+        *f = false;
+        self.in_flight_count -= 1;
+        let slot = (self.used_idx & self.mask) as usize;
+        let elem = UsedElem { id: head as u32, len };
+        // SAFETY: slot < size: the 8-byte element at 4 + 8*slot is inside the
+        // mapped, 4-aligned used ring.
+        unsafe { (self.used.add(ring::RING_ENTRIES as usize + 8 * slot) as *mut UsedElem).write_volatile(elem) };
+        self.used_idx = self.used_idx.wrapping_add(1);
+    }
+
+    /// Makes every pushed entry visible. Returns true when entries were
+    /// published and the driver wants an interrupt for them.
+    #[inline]
+    pub fn publish(&mut self) -> bool {
+        if self.used_idx == self.published_used {
+            return false;
+        }
+        // SAFETY: see used_idx_current.
+        unsafe { AtomicU16::from_ptr(self.used.add(ring::RING_IDX as usize) as *mut u16) }
+            // Release pairs with the driver's Acquire load of used.idx: the
+            // used elements (and packet data) written before are visible.
+            .store(self.used_idx, Ordering::Release);
+        self.published_used = self.used_idx;
+        // SAFETY: see avail_idx_relaxed (flags at offset 0).
+        let flags = unsafe { AtomicU16::from_ptr(self.avail as *mut u16) }.load(Ordering::Relaxed);
+        flags & ring::AVAIL_F_NO_INTERRUPT == 0
+    }
+
+    /// Sets or clears `USED_F_NO_NOTIFY` (the device is polling).
+    pub fn set_no_notify(&mut self, on: bool) {
+        let v = if on { ring::USED_F_NO_NOTIFY } else { 0 };
+        // SAFETY: see used_idx_current (flags at offset 0).
+        let flags = unsafe { AtomicU16::from_ptr(self.used as *mut u16) };
+        if flags.load(Ordering::Relaxed) != v {
+            flags.store(v, Ordering::SeqCst);
+        }
+    }
+
+    /// Heads currently in flight, for a flush.
+    pub fn in_flight_heads(&self) -> impl Iterator<Item = u16> + '_ {
+        self.in_flight.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| i as u16)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::fs::File;
+
+    /// A tiny driver stand-in: one DMA map holding a queue's rings.
+    pub(crate) struct TestRing {
+        pub mem: GuestMemory,
+        pub regs: QueueRegs,
+        base: *mut u8,
+        pub next_avail: u16,
+        pub last_used: u16,
+    }
+
+    pub(crate) const RING_IOVA: u64 = 0x100000;
+
+    impl TestRing {
+        pub fn new(size: u16) -> Self {
+            let fd = nix::sys::memfd::memfd_create(c"ring", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+            let f = File::from(fd);
+            f.set_len(0x40000).unwrap();
+            let mut mem = GuestMemory::default();
+            mem.map(RING_IOVA, 0x40000, Some(f), 0).unwrap();
+            let base = mem.translate(RING_IOVA, 1).unwrap();
+            let regs = QueueRegs {
+                size,
+                desc: RING_IOVA,
+                driver: RING_IOVA + 0x10000,
+                device: RING_IOVA + 0x20000,
+                msix_vector: 0,
+            };
+            Self { mem, regs, base, next_avail: 0, last_used: 0 }
+        }
+        fn at(&self, iova: u64) -> *mut u8 {
+            // SAFETY: tests only pass addresses inside the 0x40000-byte map.
+            unsafe { self.base.add((iova - RING_IOVA) as usize) }
+        }
+        pub fn set_desc(&self, i: u16, d: Desc) {
+            // SAFETY: test addresses are in the map.
+            unsafe { (self.at(self.regs.desc + 16 * i as u64) as *mut Desc).write_volatile(d) }
+        }
+        pub fn make_avail(&mut self, head: u16) {
+            let size = self.regs.size;
+            let slot = self.next_avail % size;
+            // SAFETY: test addresses are in the map.
+            unsafe {
+                (self.at(self.regs.driver + 4 + 2 * slot as u64) as *mut u16).write_volatile(head);
+                self.next_avail = self.next_avail.wrapping_add(1);
+                (self.at(self.regs.driver + 2) as *mut u16).write_volatile(self.next_avail);
+            }
+        }
+        pub fn set_avail_idx(&mut self, idx: u16) {
+            // SAFETY: test addresses are in the map.
+            unsafe { (self.at(self.regs.driver + 2) as *mut u16).write_volatile(idx) }
+            self.next_avail = idx;
+        }
+        pub fn used(&mut self) -> Vec<(u32, u32)> {
+            // SAFETY: test addresses are in the map.
+            let idx = unsafe { (self.at(self.regs.device + 2) as *const u16).read_volatile() };
+            let mut out = vec![];
+            while self.last_used != idx {
+                let slot = self.last_used % self.regs.size;
+                // SAFETY: as above.
+                let e = unsafe { (self.at(self.regs.device + 4 + 8 * slot as u64) as *const UsedElem).read_volatile() };
+                out.push((e.id, e.len));
+                self.last_used = self.last_used.wrapping_add(1);
+            }
+            out
+        }
+        pub fn data_iova(&self, i: u64) -> u64 {
+            RING_IOVA + 0x30000 + i * 256
+        }
+    }
+
+    #[test]
+    fn enable_checks() {
+        let r = TestRing::new(8);
+        assert!(Queue::enable(r.regs, 256, &r.mem).is_ok());
+        assert_eq!(Queue::enable(QueueRegs { size: 6, ..r.regs }, 256, &r.mem).unwrap_err(), QueueError::InvalidSize(6));
+        assert_eq!(Queue::enable(QueueRegs { size: 512, ..r.regs }, 256, &r.mem).unwrap_err(), QueueError::InvalidSize(512));
+        assert_eq!(Queue::enable(QueueRegs { desc: r.regs.desc + 8, ..r.regs }, 256, &r.mem).unwrap_err(), QueueError::Misaligned(r.regs.desc + 8));
+        assert!(matches!(
+            Queue::enable(QueueRegs { device: 0x0, ..r.regs }, 256, &r.mem),
+            Err(QueueError::RingNotMapped { .. })
+        ));
+        assert!(matches!(
+            Queue::enable(QueueRegs { device: RING_IOVA + 0x40000 - 8, ..r.regs }, 256, &r.mem),
+            Err(QueueError::RingNotMapped { .. })
+        ));
+    }
+
+    #[test]
+    fn avail_and_used_wrap_around() {
+        let mut r = TestRing::new(4);
+        let mut q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        for round in 0..70_000u32 {
+            let head = (round % 4) as u16;
+            r.make_avail(head);
+            assert_eq!(q.avail_pending().unwrap(), 1);
+            assert_eq!(q.pop_head().unwrap(), head);
+            q.push_used(head, round);
+            q.publish();
+            assert_eq!(r.used(), vec![(head as u32, round)]);
+        }
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn hostile_avail() {
+        let mut r = TestRing::new(4);
+        let q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        r.set_avail_idx(5);
+        assert_eq!(q.avail_pending(), Err(QueueError::InvalidAvailRingIndex(5)));
+        let mut r = TestRing::new(4);
+        let mut q2 = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        r.make_avail(9);
+        assert_eq!(q2.pop_head(), Err(QueueError::InvalidHead(9)));
+        r.make_avail(1);
+        r.make_avail(1);
+        // The bad entry was not consumed; skip it as a reset would.
+        q2.last_avail = 1;
+        assert_eq!(q2.pop_head(), Ok(1));
+        assert_eq!(q2.pop_head(), Err(QueueError::HeadInFlight(1)));
+        drop(q);
+    }
+
+    #[test]
+    fn memory_change_is_detected() {
+        let mut r = TestRing::new(4);
+        let mut q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        r.mem.unmap(RING_IOVA, 0x40000).unwrap();
+        assert_eq!(q.revalidate(&r.mem), Err(QueueError::MemoryGone));
+    }
+}

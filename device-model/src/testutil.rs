@@ -1,0 +1,259 @@
+//! A register-level stand-in driver for the device model's own tests: it
+//! programs a [`Function`] through the same register writes a VMM forwards,
+//! keeps its rings in a memfd it DMA-maps, and plays both classic and
+//! shared-buffers roles. Not shipped: `cfg(test)` only.
+
+use crate::pair::Pair;
+use sbnet_abi::common_cfg::{self as cc, bit, off};
+use sbnet_abi::layout as l;
+use sbnet_abi::net::{self, NetHdr, NET_HDR_LEN};
+use sbnet_abi::pci::cfg;
+use sbnet_abi::ring::{Desc, UsedElem, DESC_F_NEXT, DESC_F_WRITE};
+use std::fs::File;
+
+pub const IOVA: u64 = 0x1000_0000;
+pub const MEM: u64 = 0x20_0000;
+pub const WINDOW: u64 = 0x40_0000_0000;
+pub const QSIZE: u16 = 64;
+const RING: [u64; 2] = [0x0, 0x8000];
+/// Classic buffers: 64 per queue, 4 KiB each, after the rings.
+pub const BUF: u64 = 0x1_0000;
+pub const BUF_SIZE: u64 = 4096;
+
+pub struct Drv {
+    pub side: usize,
+    base: *mut u8,
+    _file: File,
+    next_avail: [u16; 2],
+    last_used: [u16; 2],
+    free_desc: [Vec<u16>; 2],
+    chained: std::collections::HashMap<u16, u16>,
+}
+
+impl Drv {
+    /// Maps memory and brings the function up with `features`.
+    pub fn up(p: &mut Pair, side: usize, shared_buffers: bool) -> Self {
+        let fd = nix::sys::memfd::memfd_create(c"drv", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let file = File::from(fd);
+        file.set_len(MEM).unwrap();
+        let map = memmap2::MmapOptions::new().len(MEM as usize).map_raw(&file).unwrap();
+        let base = map.as_mut_ptr();
+        std::mem::forget(map);
+        // A fresh driver instance: whatever an earlier one mapped is gone.
+        p.fns[side].mem.clear();
+        p.fns[side].mem.map(IOVA, MEM, Some(file.try_clone().unwrap()), 0).unwrap();
+        let mut d = Self {
+            side,
+            base,
+            _file: file,
+            next_avail: [0; 2],
+            last_used: [0; 2],
+            free_desc: [(0..QSIZE).rev().collect(), (0..QSIZE).rev().collect()],
+            chained: Default::default(),
+        };
+        d.status(p, cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER);
+        let mut feats = bit(cc::VIRTIO_F_VERSION_1) | bit(net::VIRTIO_NET_F_MAC);
+        if shared_buffers {
+            feats |= bit(net::VIRTIO_NET_F_SHARED_BUFFERS);
+        }
+        d.common_w(p, off::DRIVER_FEATURE_SELECT, 4, 0);
+        d.common_w(p, off::DRIVER_FEATURE, 4, feats & 0xffff_ffff);
+        d.common_w(p, off::DRIVER_FEATURE_SELECT, 4, 1);
+        d.common_w(p, off::DRIVER_FEATURE, 4, feats >> 32);
+        d.status(p, cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER | cc::STATUS_FEATURES_OK);
+        assert_ne!(p.fns[side].status() & cc::STATUS_FEATURES_OK, 0);
+        for q in 0..2u16 {
+            d.common_w(p, off::QUEUE_SELECT, 2, q as u64);
+            d.common_w(p, off::QUEUE_SIZE, 2, QSIZE as u64);
+            d.common_w(p, off::QUEUE_MSIX_VECTOR, 2, q as u64 + 1);
+            let r = IOVA + RING[q as usize];
+            d.common_w(p, off::QUEUE_DESC, 8, r);
+            d.common_w(p, off::QUEUE_DRIVER, 8, r + 0x2000);
+            d.common_w(p, off::QUEUE_DEVICE, 8, r + 0x4000);
+            d.common_w(p, off::QUEUE_ENABLE, 2, 1);
+        }
+        d.status(p, cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER | cc::STATUS_FEATURES_OK | cc::STATUS_DRIVER_OK);
+        if shared_buffers {
+            d.ack(p);
+        }
+        d
+    }
+
+    pub fn program_bar(&self, p: &mut Pair) {
+        p.fns[self.side].write(l::CONFIG_REGION, cfg::BAR0 as u64 + 8, &(WINDOW as u32).to_le_bytes()).unwrap();
+        p.fns[self.side].write(l::CONFIG_REGION, cfg::BAR0 as u64 + 12, &((WINDOW >> 32) as u32).to_le_bytes()).unwrap();
+    }
+
+    pub fn status(&mut self, p: &mut Pair, s: u8) {
+        if s & cc::STATUS_ACKNOWLEDGE != 0 && p.fns[self.side].shm_window() == 0 {
+            self.program_bar(p);
+        }
+        self.common_w(p, off::DEVICE_STATUS, 1, s as u64);
+    }
+
+    pub fn common_w(&self, p: &mut Pair, o: usize, len: usize, v: u64) {
+        p.fns[self.side].write(0, o as u64, &v.to_le_bytes()[..len]).unwrap();
+        p.handle_events(self.side);
+    }
+
+    pub fn device_cfg_u32(&self, p: &mut Pair, o: usize) -> u32 {
+        let mut b = [0; 4];
+        p.fns[self.side].read(0, l::DEVICE_OFFSET as u64 + o as u64, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    /// Acknowledges the current epoch.
+    pub fn ack(&self, p: &mut Pair) {
+        let e = self.device_cfg_u32(p, net::cfg_off::PAIRING_EPOCH);
+        p.fns[self.side]
+            .write(0, l::DEVICE_OFFSET as u64 + net::cfg_off::EPOCH_ACK as u64, &e.to_le_bytes())
+            .unwrap();
+        p.handle_events(self.side);
+    }
+
+    pub fn at(&self, iova: u64) -> *mut u8 {
+        assert!((IOVA..IOVA + MEM).contains(&iova));
+        // SAFETY: checked to be inside the driver's own mapping.
+        unsafe { self.base.add((iova - IOVA) as usize) }
+    }
+
+    pub fn buf_iova(&self, q: u16, i: u16) -> u64 {
+        IOVA + BUF + (q as u64 * QSIZE as u64 + i as u64) * BUF_SIZE
+    }
+
+    pub fn set_desc(&self, q: u16, i: u16, d: Desc) {
+        // SAFETY: the descriptor table lies in the driver's mapping.
+        unsafe { (self.at(IOVA + RING[q as usize] + 16 * i as u64) as *mut Desc).write_volatile(d) }
+    }
+
+    /// Makes `head` available on queue `q` (one publish).
+    pub fn avail(&mut self, q: u16, head: u16) {
+        let r = IOVA + RING[q as usize] + 0x2000;
+        let slot = self.next_avail[q as usize] % QSIZE;
+        // SAFETY: the avail ring lies in the driver's mapping.
+        unsafe {
+            (self.at(r + 4 + 2 * slot as u64) as *mut u16).write_volatile(head);
+            self.next_avail[q as usize] = self.next_avail[q as usize].wrapping_add(1);
+            (self.at(r + 2) as *mut u16).write_volatile(self.next_avail[q as usize]);
+        }
+    }
+
+    pub fn set_avail_idx(&mut self, q: u16, idx: u16) {
+        let r = IOVA + RING[q as usize] + 0x2000;
+        // SAFETY: the avail ring lies in the driver's mapping.
+        unsafe { (self.at(r + 2) as *mut u16).write_volatile(idx) };
+        self.next_avail[q as usize] = idx;
+    }
+
+    pub fn set_avail_flags(&self, q: u16, flags: u16) {
+        let r = IOVA + RING[q as usize] + 0x2000;
+        // SAFETY: the avail ring lies in the driver's mapping.
+        unsafe { (self.at(r) as *mut u16).write_volatile(flags) };
+    }
+
+    /// Reaps used entries of queue `q`, freeing their descriptors.
+    pub fn used(&mut self, q: u16) -> Vec<(u16, u32)> {
+        let r = IOVA + RING[q as usize] + 0x4000;
+        // SAFETY: the used ring lies in the driver's mapping.
+        let idx = unsafe { (self.at(r + 2) as *const u16).read_volatile() };
+        let mut out = vec![];
+        while self.last_used[q as usize] != idx {
+            let slot = self.last_used[q as usize] % QSIZE;
+            // SAFETY: as above.
+            let e = unsafe { (self.at(r + 4 + 8 * slot as u64) as *const UsedElem).read_volatile() };
+            out.push((e.id as u16, e.len));
+            self.free_desc[q as usize].push(e.id as u16);
+            if q == 1 {
+                if let Some(next) = self.chained.remove(&(e.id as u16)) {
+                    self.free_desc[1].push(next);
+                }
+            }
+            self.last_used[q as usize] = self.last_used[q as usize].wrapping_add(1);
+        }
+        out
+    }
+
+    fn take_desc(&mut self, q: u16) -> u16 {
+        self.free_desc[q as usize].pop().expect("test driver ran out of descriptors")
+    }
+
+    /// Posts a classic RX buffer of `len` bytes; returns its head.
+    pub fn post_classic(&mut self, len: u32) -> u16 {
+        let h = self.take_desc(0);
+        self.set_desc(0, h, Desc { addr: self.buf_iova(0, h), len, flags: DESC_F_WRITE, next: 0 });
+        self.avail(0, h);
+        h
+    }
+
+    /// Posts slot `s` on RX.
+    pub fn post_slot(&mut self, p: &Pair, s: u32) -> u16 {
+        let h = self.take_desc(0);
+        let g = p.fns[0].net_geometry();
+        self.set_desc(0, h, Desc { addr: WINDOW + g.slot_offset(s), len: g.slot_size(), flags: DESC_F_WRITE, next: 0 });
+        self.avail(0, h);
+        h
+    }
+
+    /// Sends `frame` from classic memory, header and frame in two descriptors.
+    pub fn send_classic(&mut self, frame: &[u8]) -> u16 {
+        let h = self.take_desc(1);
+        let h2 = self.take_desc(1);
+        let hdr = NetHdr::default().to_bytes();
+        let a = self.buf_iova(1, h);
+        let b = self.buf_iova(1, h2);
+        // SAFETY: buffers lie in the driver's mapping, 4 KiB each.
+        unsafe {
+            std::ptr::copy_nonoverlapping(hdr.as_ptr(), self.at(a), NET_HDR_LEN);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), self.at(b), frame.len());
+        }
+        self.set_desc(1, h, Desc { addr: a, len: NET_HDR_LEN as u32, flags: DESC_F_NEXT, next: h2 });
+        self.set_desc(1, h2, Desc { addr: b, len: frame.len() as u32, flags: 0, next: 0 });
+        // The second descriptor is reaped with the head.
+        self.chained.insert(h, h2);
+        self.avail(1, h);
+        h
+    }
+
+    /// Sends slot `s` carrying `frame` (written into the region), or a gift.
+    pub fn send_slot(&mut self, p: &Pair, s: u32, frame: &[u8], gift: bool) -> u16 {
+        let g = p.fns[0].net_geometry();
+        let hdr = NetHdr { flags: if gift { net::VIRTIO_NET_HDR_F_GIFT_BUFFER } else { 0 }, ..Default::default() };
+        let dst = p.shm().ptr(g.slot_offset(s), (NET_HDR_LEN + frame.len()) as u64).unwrap();
+        // SAFETY: dst has room for header and frame (checked by ptr()).
+        unsafe {
+            std::ptr::copy_nonoverlapping(hdr.to_bytes().as_ptr(), dst, NET_HDR_LEN);
+            std::ptr::copy_nonoverlapping(frame.as_ptr(), dst.add(NET_HDR_LEN), frame.len());
+        }
+        let h = self.take_desc(1);
+        self.set_desc(1, h, Desc { addr: WINDOW + g.slot_offset(s), len: (NET_HDR_LEN + frame.len()) as u32, flags: 0, next: 0 });
+        self.avail(1, h);
+        h
+    }
+
+    /// Sends an arbitrary descriptor chain on TX (for malformed-input tests).
+    pub fn send_raw(&mut self, descs: &[(u16, Desc)], head: u16) {
+        for (i, d) in descs {
+            self.set_desc(1, *i, *d);
+            self.free_desc[1].retain(|x| x != i);
+        }
+        self.avail(1, head);
+    }
+
+    /// Reads `len` bytes of RX buffer `head` (classic).
+    pub fn rx_bytes(&self, head: u16, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        // SAFETY: the buffer lies in the driver's mapping.
+        unsafe { std::ptr::copy_nonoverlapping(self.at(self.buf_iova(0, head)), v.as_mut_ptr(), len) };
+        v
+    }
+}
+
+/// Reads slot `s`'s frame of `len` bytes (header excluded).
+pub fn slot_frame(p: &Pair, s: u32, len: usize) -> Vec<u8> {
+    let g = p.fns[0].net_geometry();
+    let src = p.shm().ptr(g.slot_offset(s) + NET_HDR_LEN as u64, len as u64).unwrap();
+    let mut v = vec![0; len];
+    // SAFETY: src..src+len is in the region (checked by ptr()).
+    unsafe { std::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len) };
+    v
+}

@@ -1,0 +1,636 @@
+//! The driver side of a split virtqueue (virtio 1.2 §2.7) over DMA memory.
+//!
+//! The descriptor table and the avail ring are written only by the driver,
+//! the used ring only by the device, but all three live in memory the device
+//! maps, so they are touched through raw pointers with volatile or atomic
+//! accesses, never through `&`/`&mut` to the rings themselves.
+//!
+//! sbnet uses one-descriptor chains only (a slot reference must be a single
+//! descriptor, `docs/abi.md` §5, and classic buffers carry header and frame
+//! in one buffer), so a chain's head is its only descriptor and a free
+//! descriptor is simply an unused index.
+//!
+//! Per burst the caller does: [`SplitQueue::poll`] (one Acquire load of
+//! `used.idx`), [`SplitQueue::pop`] per completed entry, [`SplitQueue::push`]
+//! per new buffer, then one [`SplitQueue::publish`] (one Release store of
+//! `avail.idx`) and one [`SplitQueue::needs_notify`] decision.
+//!
+//! Everything the device writes is validated before use: `used.idx` may not
+//! run ahead of what is in flight, a used entry must name a descriptor that
+//! is in range and in flight, and its length may not exceed what was
+//! posted. A violation marks the queue broken (as Linux's `virtio_ring`
+//! does) and is reported as a [`VqError`]; nothing panics or spins.
+
+use core::ptr;
+use core::sync::atomic::{fence, AtomicU16, Ordering};
+
+use sbnet_abi::ring::{
+    self, Desc, UsedElem, AVAIL_F_NO_INTERRUPT, RING_ENTRIES, RING_FLAGS, RING_IDX,
+    USED_F_NO_NOTIFY,
+};
+use thiserror::Error;
+
+use crate::bus::DmaRegion;
+
+/// Token value meaning "this descriptor is not in flight".
+const NO_TOKEN: u32 = u32::MAX;
+
+/// What the device did wrong in a used ring. Each makes the queue
+/// untrustworthy; the port reports it as `PmdError::DeviceMisbehaved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum VqError {
+    /// `used.idx` advanced by more entries than the driver has in flight
+    /// (virtio 1.2 §2.7.8: the device adds at most one used entry per
+    /// available chain).
+    #[error("used.idx advanced by {advanced} but only {in_flight} buffers are in flight")]
+    UsedIdxTooFar {
+        /// How far `used.idx` moved past the last entry the driver consumed.
+        advanced: u16,
+        /// Buffers the driver had made available and not seen completed.
+        in_flight: u16,
+    },
+    /// A used entry names a descriptor index outside the queue.
+    #[error("used entry names descriptor {id}, outside a queue of {size}")]
+    IdOutOfRange {
+        /// The index the device wrote.
+        id: u32,
+        /// The queue size.
+        size: u16,
+    },
+    /// A used entry names a descriptor that is not in flight (never made
+    /// available, or already completed).
+    #[error("used entry names descriptor {id}, which is not in flight")]
+    IdNotInFlight {
+        /// The index the device wrote.
+        id: u32,
+    },
+    /// A used entry reports more bytes than the buffer holds (virtio 1.2
+    /// §2.7.8.1: the device must not write more than the buffer's length).
+    #[error("used entry for descriptor {id} reports {len} bytes, but {posted} were posted")]
+    LenTooBig {
+        /// The descriptor index.
+        id: u32,
+        /// The length the device wrote.
+        len: u32,
+        /// The length the driver posted.
+        posted: u32,
+    },
+}
+
+/// One completed buffer: the caller's token and the device's used length
+/// (already checked against the posted length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// The token given to [`SplitQueue::push`].
+    pub token: u32,
+    /// Bytes the device reports (written, for device-writable buffers).
+    pub len: u32,
+}
+
+/// Where the three parts of a queue of `size` entries sit in one DMA
+/// allocation. The used ring starts on its own page so that the driver's
+/// producer index (`avail.idx`) and the device's (`used.idx`) never share a
+/// cache line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingLayout {
+    /// Offset of the descriptor table (16-byte aligned).
+    pub desc: usize,
+    /// Offset of the avail ring (2-byte aligned).
+    pub avail: usize,
+    /// Offset of the used ring (4-byte aligned, page aligned here).
+    pub used: usize,
+    /// Bytes needed in all.
+    pub total: usize,
+}
+
+impl RingLayout {
+    /// The layout for a queue of `size` entries.
+    pub const fn new(size: u16) -> Self {
+        let desc = 0;
+        let avail = desc + ring::desc_table_size(size) as usize;
+        let used = (avail + ring::avail_ring_size(size) as usize).next_multiple_of(4096);
+        let total = used + ring::used_ring_size(size) as usize;
+        Self {
+            desc,
+            avail,
+            used,
+            total,
+        }
+    }
+}
+
+/// Driver side of one split virtqueue.
+pub struct SplitQueue {
+    /// Queue number, for messages.
+    index: u16,
+    size: u16,
+    mask: u16,
+    desc: *mut Desc,
+    avail: *mut u8,
+    used: *mut u8,
+    desc_iova: u64,
+    avail_iova: u64,
+    used_iova: u64,
+    /// Next avail index to fill; entries up to it are written but maybe not
+    /// published yet.
+    next_avail: u16,
+    /// The last value stored to `avail.idx`.
+    published: u16,
+    /// The next used entry to consume.
+    last_used: u16,
+    /// Entries known to be completed by the last [`Self::poll`].
+    pending: u16,
+    /// Free descriptor indices (a stack).
+    free_ids: Box<[u16]>,
+    nfree: u16,
+    /// Per descriptor: the caller's token while in flight, else `NO_TOKEN`.
+    tokens: Box<[u32]>,
+    /// Per descriptor: the length posted.
+    posted_len: Box<[u32]>,
+    /// What the avail ring holds at each position (the driver's own copy,
+    /// so a position is only rewritten when its value changes).
+    avail_shadow: Box<[u16]>,
+    /// Set once the device broke the ring protocol.
+    broken: Option<VqError>,
+    /// Stores to `avail.idx` so far (tests check one per burst).
+    publishes: u64,
+}
+
+// SAFETY: the raw pointers point into DMA memory owned by the bus, which the
+// port that owns this queue also owns; nothing is shared with other threads
+// of this process, so moving the queue with its port is sound.
+unsafe impl Send for SplitQueue {}
+
+impl SplitQueue {
+    /// Builds the driver side of queue `index` of `size` entries over
+    /// `mem`, laid out as [`RingLayout::new`] says, and sets
+    /// `AVAIL_F_NO_INTERRUPT` (the PMD polls).
+    ///
+    /// # Safety
+    ///
+    /// `mem.ptr` must be valid for reads and writes of `mem.len` bytes for
+    /// as long as the queue exists, at least 16-byte aligned, and used by
+    /// nothing else in this process; `mem.len >= RingLayout::new(size).total`
+    /// and `size` must be a power of two (both are checked and panic in
+    /// debug builds only).
+    pub unsafe fn new(index: u16, size: u16, mem: DmaRegion) -> Self {
+        let layout = RingLayout::new(size);
+        debug_assert!(size.is_power_of_two());
+        debug_assert!(mem.len >= layout.total);
+        debug_assert_eq!(mem.ptr as usize % 16, 0);
+        let n = size as usize;
+        // SAFETY: the layout's offsets are below `layout.total <= mem.len`
+        // (caller's guarantee), so each pointer stays inside `mem`.
+        let (desc, avail, used) = unsafe {
+            (
+                mem.ptr.add(layout.desc).cast::<Desc>(),
+                mem.ptr.add(layout.avail),
+                mem.ptr.add(layout.used),
+            )
+        };
+        let q = Self {
+            index,
+            size,
+            mask: size - 1,
+            desc,
+            avail,
+            used,
+            desc_iova: mem.iova + layout.desc as u64,
+            avail_iova: mem.iova + layout.avail as u64,
+            used_iova: mem.iova + layout.used as u64,
+            next_avail: 0,
+            published: 0,
+            last_used: 0,
+            pending: 0,
+            free_ids: (0..size).rev().collect(),
+            nfree: size,
+            tokens: vec![NO_TOKEN; n].into_boxed_slice(),
+            posted_len: vec![0; n].into_boxed_slice(),
+            avail_shadow: vec![0; n].into_boxed_slice(),
+            broken: None,
+            publishes: 0,
+        };
+        // SAFETY: `avail + RING_FLAGS` is the avail ring's flags field,
+        // inside `mem`, 2-byte aligned; only the driver writes it.
+        unsafe {
+            ptr::write_volatile(
+                q.avail.add(RING_FLAGS as usize).cast::<u16>(),
+                AVAIL_F_NO_INTERRUPT,
+            )
+        };
+        q
+    }
+
+    /// Queue number given at creation.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Number of entries.
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// DMA addresses of the descriptor table, avail ring and used ring, as
+    /// the common configuration wants them.
+    pub fn iovas(&self) -> (u64, u64, u64) {
+        (self.desc_iova, self.avail_iova, self.used_iova)
+    }
+
+    /// Descriptors free for [`Self::push`].
+    pub fn room(&self) -> u16 {
+        self.nfree
+    }
+
+    /// Buffers made available (or about to be) and not yet completed.
+    pub fn in_flight(&self) -> u16 {
+        self.size - self.nfree
+    }
+
+    /// The error that broke the queue, if any.
+    pub fn broken(&self) -> Option<VqError> {
+        self.broken
+    }
+
+    /// How many times `avail.idx` was stored.
+    pub fn publishes(&self) -> u64 {
+        self.publishes
+    }
+
+    /// The device's `avail.idx` atomic.
+    fn avail_idx(&self) -> &AtomicU16 {
+        // SAFETY: `avail + RING_IDX` is inside the ring memory for the
+        // queue's life (constructor contract), 2-byte aligned as AtomicU16
+        // needs, and every access to it from this process goes through this
+        // atomic view; the reference is to an atomic cell, not to plain data.
+        unsafe { AtomicU16::from_ptr(self.avail.add(RING_IDX as usize).cast::<u16>()) }
+    }
+
+    /// The device's `used.idx` atomic.
+    fn used_idx(&self) -> &AtomicU16 {
+        // SAFETY: as for `avail_idx`: inside the used ring, 2-byte aligned,
+        // accessed from here only atomically.
+        unsafe { AtomicU16::from_ptr(self.used.add(RING_IDX as usize).cast::<u16>()) }
+    }
+
+    /// The used ring's `flags` atomic.
+    fn used_flags(&self) -> &AtomicU16 {
+        // SAFETY: as for `used_idx`, at offset RING_FLAGS.
+        unsafe { AtomicU16::from_ptr(self.used.add(RING_FLAGS as usize).cast::<u16>()) }
+    }
+
+    /// Writes one descriptor for `addr`/`len` with `flags` and puts it in
+    /// the next avail position, remembering `token` for its completion.
+    /// Not visible to the device until [`Self::publish`]. Returns false when
+    /// no descriptor is free.
+    #[inline]
+    pub fn push(&mut self, addr: u64, len: u32, flags: u16, token: u32) -> bool {
+        debug_assert_ne!(token, NO_TOKEN);
+        if self.nfree == 0 {
+            return false;
+        }
+        self.nfree -= 1;
+        let id = self.free_ids[self.nfree as usize];
+        let d = Desc {
+            addr,
+            len,
+            flags,
+            next: 0,
+        };
+        // SAFETY: `id < size` (free_ids only holds indices below size), so
+        // the descriptor lies inside the table; the table is written only by
+        // the driver, and the device reads it only after the Release store
+        // in `publish`.
+        unsafe { ptr::write_volatile(self.desc.add(id as usize), d) };
+        self.tokens[id as usize] = token;
+        self.posted_len[id as usize] = len;
+        let pos = (self.next_avail & self.mask) as usize;
+        if self.avail_shadow[pos] != id {
+            self.avail_shadow[pos] = id;
+            // SAFETY: `pos < size`, so entry `pos` is inside the avail ring;
+            // only the driver writes the avail ring.
+            unsafe {
+                ptr::write_volatile(
+                    self.avail
+                        .add(RING_ENTRIES as usize + 2 * pos)
+                        .cast::<u16>(),
+                    id,
+                )
+            };
+        }
+        self.next_avail = self.next_avail.wrapping_add(1);
+        true
+    }
+
+    /// Makes every pushed entry visible to the device with one store of
+    /// `avail.idx`. Does nothing when nothing was pushed.
+    #[inline]
+    pub fn publish(&mut self) {
+        if self.next_avail == self.published {
+            return;
+        }
+        // Release: orders the descriptor and avail-entry writes above (and
+        // the buffer contents written before them) before the index; pairs
+        // with the device's Acquire load of avail.idx before it reads them.
+        self.avail_idx().store(self.next_avail, Ordering::Release);
+        self.published = self.next_avail;
+        self.publishes += 1;
+    }
+
+    /// Whether the device wants a notification for what was just
+    /// published: true unless it set `USED_F_NO_NOTIFY` (it is polling).
+    #[inline]
+    pub fn needs_notify(&self) -> bool {
+        // SeqCst fence: orders the avail.idx store in `publish` before the
+        // used.flags load; pairs with the device's fence between clearing
+        // USED_F_NO_NOTIFY and re-reading avail.idx before it sleeps
+        // (virtio 1.2 §2.7.10), so either we see the flag clear or it sees
+        // our index.
+        fence(Ordering::SeqCst);
+        self.used_flags().load(Ordering::Relaxed) & USED_F_NO_NOTIFY == 0
+    }
+
+    /// Loads `used.idx` once and returns how many completed entries wait to
+    /// be popped.
+    #[inline]
+    pub fn poll(&mut self) -> Result<u16, VqError> {
+        if let Some(e) = self.broken {
+            return Err(e);
+        }
+        // Acquire: pairs with the device's Release store of used.idx after
+        // it wrote the used entries (and the buffers they describe), so the
+        // reads in `pop` and of the buffers see them.
+        let idx = self.used_idx().load(Ordering::Acquire);
+        let advanced = idx.wrapping_sub(self.last_used);
+        let in_flight = self.in_flight();
+        if advanced > in_flight {
+            return Err(self.break_with(VqError::UsedIdxTooFar {
+                advanced,
+                in_flight,
+            }));
+        }
+        self.pending = advanced;
+        Ok(advanced)
+    }
+
+    /// Takes the next completed entry found by the last [`Self::poll`],
+    /// validated.
+    #[inline]
+    pub fn pop(&mut self) -> Result<Option<Used>, VqError> {
+        if let Some(e) = self.broken {
+            return Err(e);
+        }
+        if self.pending == 0 {
+            return Ok(None);
+        }
+        let pos = (self.last_used & self.mask) as usize;
+        // SAFETY: `pos < size`, so the element lies inside the used ring;
+        // it is read by value once (the device may rewrite it later) after
+        // the Acquire load in `poll` that covers it.
+        let e: UsedElem = unsafe {
+            ptr::read_volatile(
+                self.used
+                    .add(RING_ENTRIES as usize + pos * core::mem::size_of::<UsedElem>())
+                    .cast::<UsedElem>(),
+            )
+        };
+        if e.id >= u32::from(self.size) {
+            return Err(self.break_with(VqError::IdOutOfRange {
+                id: e.id,
+                size: self.size,
+            }));
+        }
+        let id = e.id as usize;
+        let token = self.tokens[id];
+        if token == NO_TOKEN {
+            return Err(self.break_with(VqError::IdNotInFlight { id: e.id }));
+        }
+        let posted = self.posted_len[id];
+        if e.len > posted {
+            return Err(self.break_with(VqError::LenTooBig {
+                id: e.id,
+                len: e.len,
+                posted,
+            }));
+        }
+        self.tokens[id] = NO_TOKEN;
+        self.free_ids[self.nfree as usize] = e.id as u16;
+        self.nfree += 1;
+        self.last_used = self.last_used.wrapping_add(1);
+        self.pending -= 1;
+        Ok(Some(Used { token, len: e.len }))
+    }
+
+    #[cold]
+    fn break_with(&mut self, e: VqError) -> VqError {
+        tracing::warn!(queue = self.index, error = %e, "device broke the ring protocol");
+        self.broken = Some(e);
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{DeviceRing, DmaArena};
+
+    const SIZE: u16 = 8;
+
+    fn queue(arena: &mut DmaArena, size: u16) -> (SplitQueue, DeviceRing) {
+        let mem = arena.alloc(RingLayout::new(size).total);
+        // SAFETY: the arena keeps `mem` alive and zeroed, page aligned, for
+        // the test; nothing else uses it.
+        let q = unsafe { SplitQueue::new(0, size, mem) };
+        let (d, a, u) = q.iovas();
+        let dev = arena.device_ring(size, d, a, u);
+        (q, dev)
+    }
+
+    #[test]
+    fn sets_no_interrupt_and_layout() {
+        let mut arena = DmaArena::new();
+        let (q, dev) = queue(&mut arena, SIZE);
+        assert_eq!(dev.avail_flags(), AVAIL_F_NO_INTERRUPT);
+        let l = RingLayout::new(256);
+        assert_eq!(l.avail, 4096);
+        assert_eq!(l.used % 4096, 0);
+        assert!(l.used >= l.avail + 518);
+        assert_eq!(q.room(), SIZE);
+    }
+
+    #[test]
+    fn one_publish_per_burst() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        for i in 0..5 {
+            assert!(q.push(0x1000 * i, 100, 0, i as u32));
+        }
+        assert_eq!(dev.avail_idx(), 0, "nothing visible before publish");
+        q.publish();
+        q.publish(); // nothing new: no second store
+        assert_eq!(q.publishes(), 1);
+        assert_eq!(dev.avail_idx(), 5);
+        let got: Vec<_> = std::iter::from_fn(|| dev.next_avail()).collect();
+        assert_eq!(got.len(), 5);
+        for (i, (id, d)) in got.iter().enumerate() {
+            assert_eq!(d.addr, 0x1000 * i as u64);
+            assert_eq!(d.len, 100);
+            dev.push_used(*id as u32, 0);
+        }
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(5));
+        let tokens: Vec<u32> = std::iter::from_fn(|| q.pop().unwrap())
+            .map(|u| u.token)
+            .collect();
+        assert_eq!(tokens, vec![0, 1, 2, 3, 4]);
+        assert_eq!(q.room(), SIZE);
+    }
+
+    #[test]
+    fn indices_wrap_past_65535() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        let mut next_token = 0u32;
+        let mut expect = std::collections::VecDeque::new();
+        // 70_000 buffers through an 8-entry queue: both 16-bit indices wrap.
+        for round in 0..(70_000 / 5) {
+            for _ in 0..5 {
+                assert!(q.push(u64::from(next_token) * 64, 64, 0, next_token));
+                expect.push_back(next_token);
+                next_token += 1;
+            }
+            q.publish();
+            while let Some((id, d)) = dev.next_avail() {
+                dev.push_used(u32::from(id), d.len / 2);
+            }
+            dev.publish_used();
+            let n = q.poll().unwrap();
+            assert_eq!(n, 5, "round {round}");
+            while let Some(u) = q.pop().unwrap() {
+                assert_eq!(Some(u.token), expect.pop_front());
+                assert_eq!(u.len, 32);
+            }
+        }
+        assert!(dev.avail_idx() < 70_000 % 65_536 + 5);
+        assert_eq!(q.room(), SIZE);
+        assert!(q.broken().is_none());
+    }
+
+    #[test]
+    fn out_of_order_completion_frees_the_right_ids() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        for t in 0..SIZE as u32 {
+            assert!(q.push(u64::from(t), 10, 0, 100 + t));
+        }
+        assert!(!q.push(0, 1, 0, 999), "queue full");
+        q.publish();
+        let posted: Vec<_> = std::iter::from_fn(|| dev.next_avail()).collect();
+        for (id, _) in posted.iter().rev() {
+            dev.push_used(u32::from(*id), 3);
+        }
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(SIZE));
+        let mut tokens: Vec<u32> = std::iter::from_fn(|| q.pop().unwrap())
+            .map(|u| u.token)
+            .collect();
+        assert_eq!(tokens.first(), Some(&107));
+        tokens.sort();
+        assert_eq!(tokens, (100..108).collect::<Vec<_>>());
+    }
+
+    fn one_in_flight() -> (DmaArena, SplitQueue, DeviceRing, u16) {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        assert!(q.push(0x1000, 64, 0, 7));
+        q.publish();
+        let (id, _) = dev.next_avail().unwrap();
+        (arena, q, dev, id)
+    }
+
+    #[test]
+    fn used_id_out_of_range_is_an_error() {
+        let (_a, mut q, mut dev, _) = one_in_flight();
+        dev.push_used(u32::from(SIZE) + 3, 0);
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(1));
+        assert_eq!(
+            q.pop(),
+            Err(VqError::IdOutOfRange {
+                id: 11,
+                size: SIZE
+            })
+        );
+        // Sticky: the queue is broken from now on.
+        assert!(q.poll().is_err());
+        assert!(q.pop().is_err());
+    }
+
+    #[test]
+    fn used_id_not_in_flight_is_an_error() {
+        let (_a, mut q, mut dev, id) = one_in_flight();
+        let other = (id + 1) % SIZE;
+        dev.push_used(u32::from(other), 0);
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(1));
+        assert_eq!(
+            q.pop(),
+            Err(VqError::IdNotInFlight {
+                id: u32::from(other)
+            })
+        );
+    }
+
+    #[test]
+    fn completing_twice_is_an_error() {
+        let (_a, mut q, mut dev, id) = one_in_flight();
+        dev.push_used(u32::from(id), 0);
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(1));
+        assert!(q.pop().unwrap().is_some());
+        // The same id again: used.idx now runs ahead of what is in flight.
+        dev.push_used(u32::from(id), 0);
+        dev.publish_used();
+        assert_eq!(
+            q.poll(),
+            Err(VqError::UsedIdxTooFar {
+                advanced: 1,
+                in_flight: 0
+            })
+        );
+    }
+
+    #[test]
+    fn used_len_too_big_is_an_error() {
+        let (_a, mut q, mut dev, id) = one_in_flight();
+        dev.push_used(u32::from(id), 65);
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(1));
+        assert_eq!(
+            q.pop(),
+            Err(VqError::LenTooBig {
+                id: u32::from(id),
+                len: 65,
+                posted: 64
+            })
+        );
+    }
+
+    #[test]
+    fn used_idx_jump_is_an_error() {
+        let (_a, mut q, mut dev, _) = one_in_flight();
+        dev.set_used_idx(40_000);
+        assert!(matches!(
+            q.poll(),
+            Err(VqError::UsedIdxTooFar { advanced: 40_000, .. })
+        ));
+    }
+
+    #[test]
+    fn notify_follows_used_flags() {
+        let (_a, q, mut dev, _) = one_in_flight();
+        assert!(q.needs_notify());
+        dev.set_used_flags(USED_F_NO_NOTIFY);
+        assert!(!q.needs_notify());
+    }
+}
