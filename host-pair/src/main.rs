@@ -1,1 +1,213 @@
-fn main() {}
+//! `host-pair`: the operator's pairing service. It creates the Shared
+//! Buffers region, serves two sbnet virtio-net functions on vfio-user
+//! sockets (QEMU's `vfio-user-pci` or the PMD in host-process mode), and
+//! switches packets between them. See `docs/operator-guide.md`.
+
+mod stats;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sbnet_abi::shm::SlotGeometry;
+use sbnet_device::pair::{run_switch, Pair, PairConfig, PollMode, Shared, SideHandle};
+use sbnet_device::switch::SwitchConfig;
+use sbnet_device::vfio_user::server::Server;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "host-pair", version, about = "Pair two sbnet virtio-net functions over vfio-user: zero-copy between Shared Buffers slots, one copy otherwise.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve two functions and switch packets between them until SIGINT/SIGTERM.
+    ///
+    /// Side 0 is served on the first --socket, side 1 on the second. Connect
+    /// QEMU with `-device vfio-user-pci,socket=PATH` or a PMD with
+    /// `sbnet-testpmd --socket PATH`. SIGUSR1 prints the counters.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Debug)]
+struct ServeArgs {
+    /// vfio-user socket path; give it twice (side 0, then side 1).
+    #[arg(long = "socket", value_name = "PATH", required = true)]
+    sockets: Vec<PathBuf>,
+    /// Number of slots in the Shared Buffers region (power of two, 2..=32768).
+    #[arg(long, default_value_t = 512)]
+    slots: u32,
+    /// Bytes per slot (power of two, 2048..=131072); the largest frame is this minus 12.
+    #[arg(long, default_value_t = 2048)]
+    slot_size: u32,
+    /// Largest virtqueue size a driver may choose (power of two, 2..=32768).
+    #[arg(long, default_value_t = 1024)]
+    queue_size: u16,
+    /// Create the region on this hugetlbfs mount (or any directory) instead of a memfd.
+    #[arg(long, value_name = "DIR")]
+    hugetlbfs: Option<PathBuf>,
+    /// How the switch waits for work: `adaptive` spins then sleeps until a kick; `busy` never sleeps.
+    #[arg(long, value_enum, default_value_t = Poll::Adaptive)]
+    poll: Poll,
+    /// Idle polling rounds before an adaptive switch sleeps.
+    #[arg(long, default_value_t = 20_000)]
+    spin: u32,
+    /// How long a TX may wait for the peer's RX buffer, in microseconds (DESIGN §4 rule 5).
+    #[arg(long, default_value_t = 20_000)]
+    tx_wait_us: u64,
+    /// Most TX chains handled per side and polling round.
+    #[arg(long, default_value_t = 64)]
+    burst: usize,
+    /// Print the counters every SECS seconds (0 = only on SIGUSR1 and at exit).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    stats_interval: u64,
+    /// Write the final counters as JSON to this file at exit.
+    #[arg(long, value_name = "PATH")]
+    stats_json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Poll {
+    Adaptive,
+    Busy,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SBNET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+    };
+    if let Err(e) = res {
+        eprintln!("host-pair: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    if a.sockets.len() != 2 {
+        bail!(
+            "give exactly two --socket paths (side 0 and side 1), got {}; N-way pairing is not supported yet",
+            a.sockets.len()
+        );
+    }
+    if a.sockets[0] == a.sockets[1] {
+        bail!("the two --socket paths are the same: {}", a.sockets[0].display());
+    }
+    let geometry = SlotGeometry::new(a.slot_size, a.slots).map_err(|e| anyhow::anyhow!("{e} (see --slots and --slot-size)"))?;
+    if !a.queue_size.is_power_of_two() || a.queue_size < 2 {
+        bail!("--queue-size {} is not a power of two between 2 and 32768", a.queue_size);
+    }
+    if (a.queue_size as u32) < a.slots / 2 {
+        tracing::warn!(
+            "--queue-size {} is below half of --slots {}: a side cannot post all of its peer's slots at once; TX will be deferred more often",
+            a.queue_size,
+            a.slots
+        );
+    }
+    if a.burst == 0 {
+        bail!("--burst must be at least 1");
+    }
+    if let Some(dir) = &a.hugetlbfs {
+        if !dir.is_dir() {
+            bail!("--hugetlbfs {}: not a directory (mount one with: mount -t hugetlbfs nodev {})", dir.display(), dir.display());
+        }
+    }
+    let cfg = PairConfig {
+        geometry,
+        max_queue_size: a.queue_size,
+        switch: SwitchConfig { burst: a.burst, tx_wait: Duration::from_micros(a.tx_wait_us) },
+        shm_dir: a.hugetlbfs.clone(),
+    };
+    let pair = Pair::new(&cfg).with_context(|| match &a.hugetlbfs {
+        Some(d) => format!("cannot create a {} byte region in {} (enough huge pages? see vm.nr_hugepages)", geometry.region_size(), d.display()),
+        None => format!("cannot create a {} byte memfd region", geometry.region_size()),
+    })?;
+    let shared = Shared::new(pair).context("cannot create the switch's wake-up eventfd")?;
+
+    // Bind both sockets before serving either, so a bad path fails fast.
+    let servers = a
+        .sockets
+        .iter()
+        .map(|p| Server::bind(p).with_context(|| format!("cannot serve on {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+
+    let term = Arc::new(AtomicBool::new(false));
+    let usr1 = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, term.clone()).context("cannot install signal handlers")?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone()).context("cannot install signal handlers")?;
+
+    tracing::info!(
+        slots = a.slots,
+        slot_size = a.slot_size,
+        region_bytes = geometry.region_size(),
+        queue_size = a.queue_size,
+        poll = ?a.poll,
+        "host-pair serving side 0 on {} and side 1 on {}",
+        a.sockets[0].display(),
+        a.sockets[1].display()
+    );
+
+    let mut threads = Vec::new();
+    for (side, server) in servers.into_iter().enumerate() {
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("vfio-user-{side}"))
+                .spawn(move || {
+                    let mut handle = SideHandle::new(shared.clone(), side);
+                    if let Err(e) = server.serve(&mut handle, &shared.stop) {
+                        tracing::error!(side, "vfio-user server stopped: {e}");
+                        shared.stop.store(true, Ordering::Relaxed);
+                    }
+                })
+                .context("cannot start a server thread")?,
+        );
+    }
+    let mode = match a.poll {
+        Poll::Busy => PollMode::Busy,
+        Poll::Adaptive => PollMode::Adaptive { spin: a.spin },
+    };
+    {
+        let shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("switch".into())
+                .spawn(move || run_switch(&shared, mode))
+                .context("cannot start the switch thread")?,
+        );
+    }
+
+    let mut last = Instant::now();
+    while !term.load(Ordering::Relaxed) && !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let periodic = a.stats_interval > 0 && last.elapsed() >= Duration::from_secs(a.stats_interval);
+        if usr1.swap(false, Ordering::Relaxed) || periodic {
+            last = Instant::now();
+            stats::print(&shared.lock());
+        }
+    }
+    tracing::info!("shutting down");
+    shared.stop.store(true, Ordering::Relaxed);
+    shared.wake();
+    for t in threads {
+        let _ = t.join();
+    }
+    let pair = shared.lock();
+    stats::print(&pair);
+    if let Some(path) = &a.stats_json {
+        std::fs::write(path, stats::json(&pair).to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
