@@ -654,7 +654,7 @@ impl Function {
 fn queue_addr_field(o: usize, r: &QueueRegs) -> Option<(usize, u64)> {
     [(off::QUEUE_DESC, r.desc), (off::QUEUE_DRIVER, r.driver), (off::QUEUE_DEVICE, r.device)]
         .into_iter()
-        .find(|(base, _)| (*base..*base + 8).contains(&o) && (o - base) % 4 == 0)
+        .find(|(base, _)| (*base..*base + 8).contains(&o) && (o - base).is_multiple_of(4))
 }
 
 enum Area {

@@ -27,5 +27,6 @@ pub mod vfio_user;
 
 #[cfg(test)]
 mod switch_tests;
-#[cfg(test)]
-mod testutil;
+#[cfg(any(test, feature = "test-utils"))]
+#[allow(missing_docs, clippy::missing_panics_doc)]
+pub mod testutil;

@@ -89,7 +89,7 @@ impl GuestMemory {
             return Err(MemError::NoFd { iova, size });
         };
         let end = iova.checked_add(size);
-        if size == 0 || iova % PAGE != 0 || size % PAGE != 0 || offset % PAGE != 0 || end.is_none() {
+        if size == 0 || !iova.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) || !offset.is_multiple_of(PAGE) || end.is_none() {
             return Err(MemError::BadRange { iova, size, offset });
         }
         let len = usize::try_from(size).map_err(|_| MemError::BadRange { iova, size, offset })?;

@@ -354,7 +354,7 @@ pub fn run_switch(shared: &Shared, mode: PollMode) {
             PollMode::Adaptive { spin } => spin,
         };
         if idle < spin {
-            if idle % 64 == 0 {
+            if idle.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();

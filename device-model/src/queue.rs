@@ -93,7 +93,7 @@ impl Queue {
             (regs.driver, ring::AVAIL_ALIGN),
             (regs.device, ring::USED_ALIGN),
         ] {
-            if addr % align != 0 {
+            if !addr.is_multiple_of(align) {
                 return Err(QueueError::Misaligned(addr));
             }
         }

@@ -33,7 +33,7 @@ fn classic_both_ways_byte_exact_across_index_wrap() {
         for _ in 0..32 {
             drv.post_classic(2048);
         }
-        assert_eq!(p.fns[k].is_active(), true);
+        assert!(p.fns[k].is_active());
     }
     // 70,000 rounds: the 16-bit ring indices wrap.
     for i in 0..70_000u32 {

@@ -1,7 +1,8 @@
 //! A register-level stand-in driver for the device model's own tests: it
 //! programs a [`Function`] through the same register writes a VMM forwards,
 //! keeps its rings in a memfd it DMA-maps, and plays both classic and
-//! shared-buffers roles. Not shipped: `cfg(test)` only.
+//! shared-buffers roles. Only built for tests and with the `test-utils`
+//! feature (benchmarks); never part of a release build of host-pair.
 
 use crate::pair::Pair;
 use sbnet_abi::common_cfg::{self as cc, bit, off};
@@ -226,6 +227,15 @@ impl Drv {
         }
         let h = self.take_desc(1);
         self.set_desc(1, h, Desc { addr: WINDOW + g.slot_offset(s), len: (NET_HDR_LEN + frame.len()) as u32, flags: 0, next: 0 });
+        self.avail(1, h);
+        h
+    }
+
+    /// Sends slot `s` as it is (no payload written), `len` bytes with the header.
+    pub fn send_slot_len(&mut self, p: &Pair, s: u32, len: u32) -> u16 {
+        let g = p.fns[0].net_geometry();
+        let h = self.take_desc(1);
+        self.set_desc(1, h, Desc { addr: WINDOW + g.slot_offset(s), len, flags: 0, next: 0 });
         self.avail(1, h);
         h
     }

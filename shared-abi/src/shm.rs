@@ -96,7 +96,7 @@ impl SlotGeometry {
 
     /// The slot that starts exactly at `offset` into the region, if any.
     pub const fn slot_at(&self, offset: u64) -> Option<u32> {
-        if offset >= self.region_size() || offset % self.slot_size as u64 != 0 {
+        if offset >= self.region_size() || !offset.is_multiple_of(self.slot_size as u64) {
             return None;
         }
         Some((offset / self.slot_size as u64) as u32)

@@ -1,0 +1,117 @@
+//! What an application asks of a port.
+
+use std::time::Duration;
+
+use crate::error::PmdError;
+
+/// Options for [`crate::Port::open`]. `PortConfig::default()` is a
+/// zero-copy port with 1024-entry queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Do not negotiate `VIRTIO_NET_F_SHARED_BUFFERS`: drive the function as
+    /// a plain virtio-net device (every packet copied once by the host).
+    /// Default false.
+    pub classic_only: bool,
+    /// Receive queue size wanted; the device's maximum wins if smaller, and
+    /// it is rounded down to a power of two. Default 1024.
+    pub rx_queue_size: u16,
+    /// Transmit queue size wanted, as for `rx_queue_size`. Default 1024.
+    pub tx_queue_size: u16,
+    /// Classic (non-slot) receive buffers kept posted in zero-copy mode, so
+    /// classic frames and resync completions reach the port. In copy and
+    /// classic modes the whole receive queue holds classic buffers.
+    /// Default 32.
+    pub classic_rx_buffers: u16,
+    /// Bytes per classic buffer, header included. Must hold the largest
+    /// classic frame the peer sends plus 12 (`frame_too_big` otherwise).
+    /// Default 2048 (a 1514-byte frame fits).
+    pub classic_buf_size: u32,
+    /// Gift policy: free slots beyond `slot_count / 2 + gift_hysteresis`
+    /// trigger a gift down to `slot_count / 2`. `None`: `slot_count / 16`
+    /// clamped to 1..=32.
+    pub gift_hysteresis: Option<u32>,
+    /// Most slots gifted in one burst. Default 64.
+    pub gift_burst: u32,
+    /// Idle receive polls between two reads of `pairing_epoch` and of the
+    /// device status over the bus. Default 1024.
+    pub epoch_poll_interval: u32,
+    /// How long a resync waits for the device to return every outstanding
+    /// descriptor before reporting [`PmdError::ResyncTimeout`]. Default
+    /// 200 ms.
+    pub drain_timeout: Duration,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        Self {
+            classic_only: false,
+            rx_queue_size: 1024,
+            tx_queue_size: 1024,
+            classic_rx_buffers: 32,
+            classic_buf_size: 2048,
+            gift_hysteresis: None,
+            gift_burst: 64,
+            epoch_poll_interval: 1024,
+            drain_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+impl PortConfig {
+    /// A classic-only port (`classic_only = true`, other fields default).
+    pub fn classic() -> Self {
+        Self {
+            classic_only: true,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the fields against each other.
+    pub fn validate(&self) -> Result<(), PmdError> {
+        if self.rx_queue_size < 2 || self.tx_queue_size < 2 {
+            return Err(PmdError::Config("queue sizes must be at least 2"));
+        }
+        if self.classic_rx_buffers == 0 {
+            return Err(PmdError::Config(
+                "at least one classic receive buffer must stay posted",
+            ));
+        }
+        if !(64..=(1 << 20)).contains(&self.classic_buf_size) {
+            return Err(PmdError::Config(
+                "classic_buf_size must be between 64 bytes and 1 MiB",
+            ));
+        }
+        if self.gift_burst == 0 {
+            return Err(PmdError::Config("gift_burst must be at least 1"));
+        }
+        if self.epoch_poll_interval == 0 {
+            return Err(PmdError::Config("epoch_poll_interval must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        PortConfig::default().validate().unwrap();
+        PortConfig::classic().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fields_are_refused() {
+        let c = PortConfig {
+            classic_buf_size: 12,
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(PmdError::Config(_))));
+        let c = PortConfig {
+            rx_queue_size: 1,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

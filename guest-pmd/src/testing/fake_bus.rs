@@ -1,0 +1,54 @@
+//! A [`Bus`] over one side of a [`FakePair`]: config space and BAR 0 hit
+//! an in-memory register file, BAR 2 is the pair's shared heap region, DMA
+//! memory comes from the side's [`super::DmaArena`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::bus::{Bus, BusError, DmaRegion, MappedBar};
+
+use super::pair::PairState;
+
+/// One side's bus. Obtain it with [`super::FakePair::bus`].
+pub struct FakeBus {
+    pub(super) pair: Arc<Mutex<PairState>>,
+    pub(super) side: usize,
+}
+
+impl FakeBus {
+    fn lock(&self) -> MutexGuard<'_, PairState> {
+        // A test that panicked while holding the lock poisons it; the state
+        // is still usable for the remaining assertions.
+        self.pair.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Bus for FakeBus {
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) -> Result<(), BusError> {
+        self.lock().config_read(self.side, offset, data)
+    }
+
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Result<(), BusError> {
+        self.lock().config_write(self.side, offset, data)
+    }
+
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), BusError> {
+        self.lock().bar_read(self.side, bar, offset, data)
+    }
+
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), BusError> {
+        self.lock().bar_write(self.side, bar, offset, data)
+    }
+
+    fn map_bar(&mut self, bar: u8) -> Result<MappedBar, BusError> {
+        self.lock().map_bar(bar)
+    }
+
+    fn dma_alloc(&mut self, len: usize) -> Result<DmaRegion, BusError> {
+        Ok(self.lock().dma_alloc(self.side, len))
+    }
+
+    fn reset(&mut self) -> Result<(), BusError> {
+        self.lock().write_status(self.side, 0);
+        Ok(())
+    }
+}

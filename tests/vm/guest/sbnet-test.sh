@@ -1,0 +1,65 @@
+#!/bin/sh
+# The guest side of the stock two-VM test (run by /init with IF, IP, PEER,
+# ROLE, BYTES, TIMEOUT set). Writes "PASS key=value..." or "FAIL reason" to
+# /tmp/result; /init prints it as SBNET-RESULT and powers off.
+#
+#   server: receives one TCP stream on port 5001 with busybox nc, prints the
+#           byte count and SHA-256 of what it received.
+#   client: pings the server 5 times, then sends BYTES random bytes to it with
+#           busybox nc and prints their byte count and SHA-256.
+# The harness compares the two checksums.
+PORT=5001
+res() { echo "$*" >/tmp/result; exit 0; }
+now() { cut -d' ' -f1 /proc/uptime; }
+
+case "$ROLE" in
+server)
+    echo "SBNET-INFO: server listening on $IP port $PORT"
+    t0=$(now)
+    # nc -e runs the receiver on the accepted socket. (A plain `nc -l >file`
+    # with stdin at EOF would half-close the connection at once, and busybox
+    # nc on the client side exits as soon as it reads EOF from the network.)
+    printf '#!/bin/sh\nexec cat >/tmp/rx\n' >/tmp/receiver
+    chmod +x /tmp/receiver
+    : >/tmp/rx
+    nc -l -p $PORT -e /tmp/receiver </dev/null
+    rc=$?
+    t1=$(now)
+    n=$(wc -c </tmp/rx)
+    sum=$(sha256sum </tmp/rx | cut -d' ' -f1)
+    echo "SBNET-INFO: server received $n bytes sha256 $sum (nc exit $rc, $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s)"
+    [ "$n" -gt 0 ] || res "FAIL received no data (nc exit $rc)"
+    res "PASS rx_bytes=$n rx_sha256=$sum"
+    ;;
+client)
+    [ -n "$PEER" ] || res "FAIL no sbnet.peer given"
+    echo "SBNET-INFO: client pinging $PEER"
+    ping -c 5 -W 5 "$PEER" >/tmp/ping 2>&1
+    prc=$?
+    sed 's/^/SBNET-INFO: ping: /' /tmp/ping
+    recv=$(sed -n 's/.* \([0-9][0-9]*\) packets received.*/\1/p' /tmp/ping)
+    [ "$prc" = 0 ] && [ "${recv:-0}" = 5 ] || res "FAIL ping $PEER: ${recv:-0}/5 replies (exit $prc)"
+    blocks=$(( (BYTES + 65535) / 65536 ))
+    dd if=/dev/urandom of=/tmp/tx bs=65536 count=$blocks 2>/dev/null || res "FAIL cannot create test data"
+    n=$(wc -c </tmp/tx)
+    sum=$(sha256sum </tmp/tx | cut -d' ' -f1)
+    echo "SBNET-INFO: client sending $n bytes sha256 $sum to $PEER:$PORT"
+    t0=$(now)
+    tries=0
+    # The server may not listen yet: retry refused connections for a while.
+    until nc -w 30 "$PEER" $PORT </tmp/tx >/dev/null 2>/tmp/nc.err; do
+        tries=$((tries + 1))
+        [ $tries -ge 30 ] && res "FAIL nc to $PEER:$PORT failed $tries times: $(cat /tmp/nc.err)"
+        sleep 1
+    done
+    t1=$(now)
+    echo "SBNET-INFO: client sent $n bytes in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
+    res "PASS ping=5/5 tx_bytes=$n tx_sha256=$sum"
+    ;;
+idle)
+    res "PASS idle"
+    ;;
+*)
+    res "FAIL unknown role '$ROLE'"
+    ;;
+esac
