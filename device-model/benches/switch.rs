@@ -16,7 +16,10 @@ fn pair(slot_size: u32) -> Pair {
     Pair::new(&PairConfig {
         geometry: SlotGeometry::new(slot_size, 256).unwrap(),
         max_queue_size: 256,
-        switch: SwitchConfig { burst: 64, tx_wait: Duration::from_secs(3600) },
+        switch: SwitchConfig {
+            burst: 64,
+            tx_wait: Duration::from_secs(3600),
+        },
         shm_dir: None,
     })
     .unwrap()
@@ -58,7 +61,10 @@ fn zero_copy(c: &mut Criterion) {
                 }
                 t
             });
-            assert_eq!(p.fns[0].counters.copied_bytes + p.fns[1].counters.copied_bytes, 0);
+            assert_eq!(
+                p.fns[0].counters.copied_bytes + p.fns[1].counters.copied_bytes,
+                0
+            );
         });
     }
     g.finish();

@@ -73,7 +73,12 @@ impl Chain {
     /// buffer device-readable).
     #[inline]
     pub fn parse(q: &Queue, head: u16, writable: bool) -> Result<Self, ChainError> {
-        let mut chain = Chain { head, segs: [Seg::default(); MAX_SEGS], n: 0, total: 0 };
+        let mut chain = Chain {
+            head,
+            segs: [Seg::default(); MAX_SEGS],
+            n: 0,
+            total: 0,
+        };
         let mut idx = head;
         loop {
             // `head` came from Queue::pop_head (< size) and every `next` is
@@ -89,7 +94,11 @@ impl Chain {
             if is_write != writable {
                 // Spec: readable before writable. On a single-direction queue
                 // a mismatch is either order or direction.
-                return Err(if is_write || chain.n == 0 { ChainError::WrongDirection } else { ChainError::ReadAfterWrite });
+                return Err(if is_write || chain.n == 0 {
+                    ChainError::WrongDirection
+                } else {
+                    ChainError::ReadAfterWrite
+                });
             }
             if d.len == 0 {
                 return Err(ChainError::ZeroLength);
@@ -100,7 +109,10 @@ impl Chain {
             if chain.n as usize == MAX_SEGS {
                 return Err(ChainError::TooLong);
             }
-            chain.segs[chain.n as usize] = Seg { addr: d.addr, len: d.len };
+            chain.segs[chain.n as usize] = Seg {
+                addr: d.addr,
+                len: d.len,
+            };
             chain.n += 1;
             // Cannot overflow: at most 64 lengths of at most 2^32 each.
             chain.total += d.len as u64;
@@ -122,7 +134,12 @@ mod tests {
     use sbnet_abi::ring::Desc;
 
     fn d(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
-        Desc { addr, len, flags, next }
+        Desc {
+            addr,
+            len,
+            flags,
+            next,
+        }
     }
 
     #[test]
@@ -133,17 +150,56 @@ mod tests {
         let cases: Vec<(Vec<Desc>, bool, Result<usize, ChainError>)> = vec![
             (vec![d(a, 10, 0, 0)], false, Ok(1)),
             (vec![d(a, 10, DESC_F_NEXT, 1), d(a, 20, 0, 0)], false, Ok(2)),
-            (vec![d(a, 10, DESC_F_NEXT, 0)], false, Err(ChainError::TooLong)),
-            (vec![d(a, 10, DESC_F_NEXT, 1), d(a, 10, DESC_F_NEXT, 0)], false, Err(ChainError::TooLong)),
-            (vec![d(a, 10, DESC_F_NEXT, 8)], false, Err(ChainError::NextOutOfRange(8))),
-            (vec![d(a, 10, 0x40, 0)], false, Err(ChainError::UnknownFlags(0x40))),
-            (vec![d(a, 16, DESC_F_INDIRECT, 0)], false, Err(ChainError::Indirect)),
+            (
+                vec![d(a, 10, DESC_F_NEXT, 0)],
+                false,
+                Err(ChainError::TooLong),
+            ),
+            (
+                vec![d(a, 10, DESC_F_NEXT, 1), d(a, 10, DESC_F_NEXT, 0)],
+                false,
+                Err(ChainError::TooLong),
+            ),
+            (
+                vec![d(a, 10, DESC_F_NEXT, 8)],
+                false,
+                Err(ChainError::NextOutOfRange(8)),
+            ),
+            (
+                vec![d(a, 10, 0x40, 0)],
+                false,
+                Err(ChainError::UnknownFlags(0x40)),
+            ),
+            (
+                vec![d(a, 16, DESC_F_INDIRECT, 0)],
+                false,
+                Err(ChainError::Indirect),
+            ),
             (vec![d(a, 0, 0, 0)], false, Err(ChainError::ZeroLength)),
-            (vec![d(u64::MAX - 4, 10, 0, 0)], false, Err(ChainError::AddressOverflow(u64::MAX - 4))),
-            (vec![d(a, 10, DESC_F_WRITE, 0)], false, Err(ChainError::WrongDirection)),
+            (
+                vec![d(u64::MAX - 4, 10, 0, 0)],
+                false,
+                Err(ChainError::AddressOverflow(u64::MAX - 4)),
+            ),
+            (
+                vec![d(a, 10, DESC_F_WRITE, 0)],
+                false,
+                Err(ChainError::WrongDirection),
+            ),
             (vec![d(a, 10, 0, 0)], true, Err(ChainError::WrongDirection)),
-            (vec![d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1), d(a, 10, 0, 0)], true, Err(ChainError::ReadAfterWrite)),
-            (vec![d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1), d(a, 10, DESC_F_WRITE, 0)], true, Ok(2)),
+            (
+                vec![d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1), d(a, 10, 0, 0)],
+                true,
+                Err(ChainError::ReadAfterWrite),
+            ),
+            (
+                vec![
+                    d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1),
+                    d(a, 10, DESC_F_WRITE, 0),
+                ],
+                true,
+                Ok(2),
+            ),
         ];
         for (i, (descs, write, want)) in cases.into_iter().enumerate() {
             for (j, x) in descs.iter().enumerate() {

@@ -179,7 +179,10 @@ impl Function {
     /// Queue `q`, guest memory and counters, borrowed apart for the switch.
     #[inline]
     pub fn parts(&mut self, q: u16) -> (Option<&mut Queue>, &GuestMemory, &mut SideCounters) {
-        let queue = self.queues.get_mut(q as usize).and_then(|s| s.queue.as_mut());
+        let queue = self
+            .queues
+            .get_mut(q as usize)
+            .and_then(|s| s.queue.as_mut());
         (queue, &self.mem, &mut self.counters)
     }
 
@@ -294,16 +297,27 @@ impl Function {
     }
 
     /// `DEVICE_SET_IRQS`. Returns false for a request it cannot honour.
-    pub fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, mut fds: Vec<OwnedFd>) -> bool {
+    pub fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        mut fds: Vec<OwnedFd>,
+    ) -> bool {
         use sbnet_abi::vfio_user as vu;
         let n = match index {
             l::IRQ_MSIX => l::MSIX_VECTORS as u32,
             l::IRQ_INTX => 1,
             _ => return count == 0,
         };
-        let Some(end) = start.checked_add(count).filter(|e| *e <= n) else { return false };
-        let action = flags & (vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK | vu::IRQ_SET_ACTION_TRIGGER);
-        let data = flags & (vu::IRQ_SET_DATA_NONE | vu::IRQ_SET_DATA_BOOL | vu::IRQ_SET_DATA_EVENTFD);
+        let Some(end) = start.checked_add(count).filter(|e| *e <= n) else {
+            return false;
+        };
+        let action = flags
+            & (vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK | vu::IRQ_SET_ACTION_TRIGGER);
+        let data =
+            flags & (vu::IRQ_SET_DATA_NONE | vu::IRQ_SET_DATA_BOOL | vu::IRQ_SET_DATA_EVENTFD);
         match (index, action, data) {
             (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
                 if fds.len() != count as usize {
@@ -321,7 +335,11 @@ impl Function {
                     self.signal(v as u16);
                 }
             }
-            (l::IRQ_MSIX, vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK, vu::IRQ_SET_DATA_NONE) => {
+            (
+                l::IRQ_MSIX,
+                vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK,
+                vu::IRQ_SET_DATA_NONE,
+            ) => {
                 let mask = action == vu::IRQ_SET_ACTION_MASK;
                 for v in start..end {
                     self.msix_masked[v as usize] = mask;
@@ -336,7 +354,9 @@ impl Function {
                 }
                 self.intx_fd = fds.pop();
             }
-            (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) if count == 0 => self.intx_fd = None,
+            (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) if count == 0 => {
+                self.intx_fd = None
+            }
             // INTx mask/unmask (and QEMU's resample eventfd on unmask): level
             // semantics are not emulated; edge eventfds need nothing more.
             (l::IRQ_INTX, vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK, _) => {}
@@ -348,7 +368,11 @@ impl Function {
     /// Reads a region (vfio-user `REGION_READ`). `shm` reads go through the caller.
     pub fn read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), AccessError> {
         match region {
-            l::CONFIG_REGION => self.pci.read(offset, data).then_some(()).ok_or(AccessError::Invalid),
+            l::CONFIG_REGION => self
+                .pci
+                .read(offset, data)
+                .then_some(())
+                .ok_or(AccessError::Invalid),
             0 => self.bar0_read(offset, data),
             1 => self.msix_read(offset, data),
             _ => Err(AccessError::Invalid),
@@ -358,7 +382,11 @@ impl Function {
     /// Writes a region (vfio-user `REGION_WRITE`).
     pub fn write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), AccessError> {
         match region {
-            l::CONFIG_REGION => self.pci.write(offset, data).then_some(()).ok_or(AccessError::Invalid),
+            l::CONFIG_REGION => self
+                .pci
+                .write(offset, data)
+                .then_some(())
+                .ok_or(AccessError::Invalid),
             0 => self.bar0_write(offset, data),
             1 => self.msix_write(offset, data),
             _ => Err(AccessError::Invalid),
@@ -368,7 +396,11 @@ impl Function {
     fn net_config(&self) -> NetConfig {
         NetConfig {
             mac: self.mac,
-            status: if self.link_up { net::VIRTIO_NET_S_LINK_UP } else { 0 },
+            status: if self.link_up {
+                net::VIRTIO_NET_S_LINK_UP
+            } else {
+                0
+            },
             max_virtqueue_pairs: 1,
             mtu: MTU,
             shared_buffers_offset: self.side,
@@ -462,7 +494,9 @@ impl Function {
             (off::CONFIG_GENERATION, 1) => self.config_generation as u64,
             (off::QUEUE_SELECT, 2) => self.queue_select as u64,
             (off::QUEUE_SIZE, 2) => sel_regs.map_or(0, |(r, _)| r.size as u64),
-            (off::QUEUE_MSIX_VECTOR, 2) => sel_regs.map_or(cc::NO_VECTOR as u64, |(r, _)| r.msix_vector as u64),
+            (off::QUEUE_MSIX_VECTOR, 2) => {
+                sel_regs.map_or(cc::NO_VECTOR as u64, |(r, _)| r.msix_vector as u64)
+            }
             (off::QUEUE_ENABLE, 2) => sel_regs.map_or(0, |(_, e)| e as u64),
             (off::QUEUE_NOTIFY_OFF, 2) => self.queue_select as u64,
             (o, 4 | 8) if (off::QUEUE_DESC..off::QUEUE_DEVICE + 8).contains(&o) => {
@@ -500,7 +534,9 @@ impl Function {
                 self.queue_reg_write(off, v as u16);
             }
             (o, 4 | 8) if (off::QUEUE_DESC..off::QUEUE_DEVICE + 8).contains(&o) => {
-                let Some(q) = self.selected() else { return Ok(()) };
+                let Some(q) = self.selected() else {
+                    return Ok(());
+                };
                 if q.queue.is_some() {
                     self.counters.ignored_writes += 1;
                     return Ok(());
@@ -522,10 +558,17 @@ impl Function {
                     *field = (*field & 0xffff_ffff) | (v << 32);
                 }
             }
-            (o, _) if o >= sbnet_abi::common_cfg::COMMON_CFG_LEN => self.counters.ignored_writes += 1,
-            (off::DEVICE_FEATURE | off::DRIVER_FEATURE | off::NUM_QUEUES | off::CONFIG_GENERATION | off::QUEUE_NOTIFY_OFF, _) => {
+            (o, _) if o >= sbnet_abi::common_cfg::COMMON_CFG_LEN => {
                 self.counters.ignored_writes += 1
             }
+            (
+                off::DEVICE_FEATURE
+                | off::DRIVER_FEATURE
+                | off::NUM_QUEUES
+                | off::CONFIG_GENERATION
+                | off::QUEUE_NOTIFY_OFF,
+                _,
+            ) => self.counters.ignored_writes += 1,
             _ => return Err(AccessError::Invalid),
         }
         Ok(())
@@ -540,7 +583,11 @@ impl Function {
         match off {
             off::QUEUE_MSIX_VECTOR => {
                 // Spec: NO_VECTOR when the vector cannot be used.
-                slot.regs.msix_vector = if v < l::MSIX_VECTORS { v } else { cc::NO_VECTOR };
+                slot.regs.msix_vector = if v < l::MSIX_VECTORS {
+                    v
+                } else {
+                    cc::NO_VECTOR
+                };
             }
             _ if slot.queue.is_some() => self.counters.ignored_writes += 1,
             off::QUEUE_SIZE => slot.regs.size = v,
@@ -559,9 +606,11 @@ impl Function {
         }
         let old = self.status;
         // The driver may only add bits; NEEDS_RESET is the device's own.
-        let mut new = (old | v) & !cc::STATUS_DEVICE_NEEDS_RESET | (old & cc::STATUS_DEVICE_NEEDS_RESET);
+        let mut new =
+            (old | v) & !cc::STATUS_DEVICE_NEEDS_RESET | (old & cc::STATUS_DEVICE_NEEDS_RESET);
         if new & cc::STATUS_FEATURES_OK != 0 && old & cc::STATUS_FEATURES_OK == 0 {
-            let ok = self.driver_features & !DEVICE_FEATURES == 0 && self.driver_features & bit(cc::VIRTIO_F_VERSION_1) != 0;
+            let ok = self.driver_features & !DEVICE_FEATURES == 0
+                && self.driver_features & bit(cc::VIRTIO_F_VERSION_1) != 0;
             if !ok {
                 tracing::warn!(
                     side = self.side,
@@ -594,10 +643,18 @@ impl Function {
         data.fill(0);
         let t = l::MSIX_TABLE_OFFSET as usize;
         let p = l::MSIX_PBA_OFFSET as usize;
-        if let Some(src) = self.msix_table.get(off.wrapping_sub(t)..end.wrapping_sub(t)) {
+        if let Some(src) = self
+            .msix_table
+            .get(off.wrapping_sub(t)..end.wrapping_sub(t))
+        {
             data.copy_from_slice(src);
         } else if off >= p && end <= p + 8 {
-            let bits: u64 = self.msix_pending.iter().enumerate().map(|(i, b)| (*b as u64) << i).sum();
+            let bits: u64 = self
+                .msix_pending
+                .iter()
+                .enumerate()
+                .map(|(i, b)| (*b as u64) << i)
+                .sum();
             data.copy_from_slice(&bits.to_le_bytes()[off - p..end - p]);
         }
         Ok(())
@@ -610,7 +667,10 @@ impl Function {
             return Err(AccessError::Invalid);
         }
         let t = l::MSIX_TABLE_OFFSET as usize;
-        match self.msix_table.get_mut(off.wrapping_sub(t)..end.wrapping_sub(t)) {
+        match self
+            .msix_table
+            .get_mut(off.wrapping_sub(t)..end.wrapping_sub(t))
+        {
             Some(dst) => dst.copy_from_slice(data),
             None => self.counters.ignored_writes += 1,
         }
@@ -625,11 +685,19 @@ impl Function {
         (0..l::NUM_REGIONS)
             .map(|index| {
                 let (size, mmap) = match index {
-                    0..=5 => (self.pci.bar_size(index as u8), (index == l::SHM_BAR as u32).then_some((shm_fd, 0))),
+                    0..=5 => (
+                        self.pci.bar_size(index as u8),
+                        (index == l::SHM_BAR as u32).then_some((shm_fd, 0)),
+                    ),
                     l::CONFIG_REGION => (sbnet_abi::pci::cfg::SIZE as u64, None),
                     _ => (0, None),
                 };
-                RegionDesc { index, size, flags: if size > 0 { rw } else { 0 }, mmap }
+                RegionDesc {
+                    index,
+                    size,
+                    flags: if size > 0 { rw } else { 0 },
+                    mmap,
+                }
             })
             .collect()
     }
@@ -645,16 +713,28 @@ impl Function {
                     l::IRQ_MSIX => l::MSIX_VECTORS as u32,
                     _ => 0,
                 };
-                IrqDesc { index, count, flags: if count > 0 { vu::IRQ_INFO_EVENTFD | vu::IRQ_INFO_NORESIZE } else { 0 } }
+                IrqDesc {
+                    index,
+                    count,
+                    flags: if count > 0 {
+                        vu::IRQ_INFO_EVENTFD | vu::IRQ_INFO_NORESIZE
+                    } else {
+                        0
+                    },
+                }
             })
             .collect()
     }
 }
 
 fn queue_addr_field(o: usize, r: &QueueRegs) -> Option<(usize, u64)> {
-    [(off::QUEUE_DESC, r.desc), (off::QUEUE_DRIVER, r.driver), (off::QUEUE_DEVICE, r.device)]
-        .into_iter()
-        .find(|(base, _)| (*base..*base + 8).contains(&o) && (o - base).is_multiple_of(4))
+    [
+        (off::QUEUE_DESC, r.desc),
+        (off::QUEUE_DRIVER, r.driver),
+        (off::QUEUE_DEVICE, r.device),
+    ]
+    .into_iter()
+    .find(|(base, _)| (*base..*base + 8).contains(&o) && (o - base).is_multiple_of(4))
 }
 
 enum Area {

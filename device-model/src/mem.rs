@@ -84,19 +84,34 @@ impl std::fmt::Debug for GuestMemory {
 
 impl GuestMemory {
     /// Maps `[iova, iova + size)` from `file` at `offset`.
-    pub fn map(&mut self, iova: u64, size: u64, file: Option<File>, offset: u64) -> Result<(), MemError> {
+    pub fn map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        file: Option<File>,
+        offset: u64,
+    ) -> Result<(), MemError> {
         let Some(file) = file else {
             return Err(MemError::NoFd { iova, size });
         };
         let end = iova.checked_add(size);
-        if size == 0 || !iova.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) || !offset.is_multiple_of(PAGE) || end.is_none() {
+        if size == 0
+            || !iova.is_multiple_of(PAGE)
+            || !size.is_multiple_of(PAGE)
+            || !offset.is_multiple_of(PAGE)
+            || end.is_none()
+        {
             return Err(MemError::BadRange { iova, size, offset });
         }
         let len = usize::try_from(size).map_err(|_| MemError::BadRange { iova, size, offset })?;
         if self.maps.len() >= MAX_MAPS {
             return Err(MemError::TooMany(MAX_MAPS));
         }
-        if self.maps.iter().any(|m| iova < m.iova + m.len && m.iova < iova + size) {
+        if self
+            .maps
+            .iter()
+            .any(|m| iova < m.iova + m.len && m.iova < iova + size)
+        {
             return Err(MemError::Overlap { iova, size });
         }
         let map = MmapOptions::new()
@@ -105,7 +120,14 @@ impl GuestMemory {
             .map_raw(&file)
             .map_err(|e| MemError::Mmap(e.to_string()))?;
         let at = self.maps.partition_point(|m| m.iova < iova);
-        self.maps.insert(at, Mapping { iova, len: size, map });
+        self.maps.insert(
+            at,
+            Mapping {
+                iova,
+                len: size,
+                map,
+            },
+        );
         self.generation += 1;
         Ok(())
     }
@@ -113,16 +135,17 @@ impl GuestMemory {
     /// Unmaps every map that lies inside `[iova, iova + size)`. A range that
     /// cuts a map in two is refused; a range that matches nothing is refused.
     pub fn unmap(&mut self, iova: u64, size: u64) -> Result<usize, MemError> {
-        let end = iova.checked_add(size).ok_or(MemError::BadUnmap { iova, size })?;
-        if self
-            .maps
-            .iter()
-            .any(|m| m.iova < end && iova < m.iova + m.len && (m.iova < iova || m.iova + m.len > end))
-        {
+        let end = iova
+            .checked_add(size)
+            .ok_or(MemError::BadUnmap { iova, size })?;
+        if self.maps.iter().any(|m| {
+            m.iova < end && iova < m.iova + m.len && (m.iova < iova || m.iova + m.len > end)
+        }) {
             return Err(MemError::BadUnmap { iova, size });
         }
         let before = self.maps.len();
-        self.maps.retain(|m| !(m.iova >= iova && m.iova + m.len <= end));
+        self.maps
+            .retain(|m| !(m.iova >= iova && m.iova + m.len <= end));
         let removed = before - self.maps.len();
         if removed == 0 {
             return Err(MemError::BadUnmap { iova, size });
@@ -192,7 +215,10 @@ impl std::fmt::Debug for ShmRegion {
 impl ShmRegion {
     /// Creates an anonymous memfd-backed region of `len` bytes.
     pub fn memfd(len: u64) -> std::io::Result<Self> {
-        let fd = nix::sys::memfd::memfd_create(c"sbnet-shared-buffers", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"sbnet-shared-buffers",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )?;
         Self::from_file(File::from(fd), len)
     }
 
@@ -212,7 +238,10 @@ impl ShmRegion {
     fn from_file(file: File, len: u64) -> std::io::Result<Self> {
         file.set_len(len)?;
         let map = MmapOptions::new()
-            .len(usize::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?)
+            .len(
+                usize::try_from(len)
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?,
+            )
             .map_raw(&file)?;
         Ok(Self { file, map, len })
     }
@@ -249,7 +278,8 @@ mod tests {
     use super::*;
 
     fn memfd(len: u64) -> File {
-        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+            .unwrap();
         let f = File::from(fd);
         f.set_len(len).unwrap();
         f
@@ -258,18 +288,36 @@ mod tests {
     #[test]
     fn map_translate_unmap() {
         let mut m = GuestMemory::default();
-        assert_eq!(m.map(0x1000, 0x1000, None, 0), Err(MemError::NoFd { iova: 0x1000, size: 0x1000 }));
+        assert_eq!(
+            m.map(0x1000, 0x1000, None, 0),
+            Err(MemError::NoFd {
+                iova: 0x1000,
+                size: 0x1000
+            })
+        );
         m.map(0x10000, 0x4000, Some(memfd(0x4000)), 0).unwrap();
-        assert!(matches!(m.map(0x12000, 0x4000, Some(memfd(0x4000)), 0), Err(MemError::Overlap { .. })));
-        assert!(matches!(m.map(0x1001, 0x1000, Some(memfd(0x4000)), 0), Err(MemError::BadRange { .. })));
-        assert!(matches!(m.map(u64::MAX - 0xfff, 0x2000, Some(memfd(0x4000)), 0), Err(MemError::BadRange { .. })));
+        assert!(matches!(
+            m.map(0x12000, 0x4000, Some(memfd(0x4000)), 0),
+            Err(MemError::Overlap { .. })
+        ));
+        assert!(matches!(
+            m.map(0x1001, 0x1000, Some(memfd(0x4000)), 0),
+            Err(MemError::BadRange { .. })
+        ));
+        assert!(matches!(
+            m.map(u64::MAX - 0xfff, 0x2000, Some(memfd(0x4000)), 0),
+            Err(MemError::BadRange { .. })
+        ));
         assert!(m.translate(0x10000, 0x4000).is_some());
         assert!(m.translate(0x13fff, 2).is_none());
         assert!(m.translate(0xffff, 1).is_none());
         assert!(m.translate(u64::MAX, 2).is_none());
         assert!(m.translate(0x10000, 0).is_none());
         let g = m.generation();
-        assert!(matches!(m.unmap(0x11000, 0x1000), Err(MemError::BadUnmap { .. })));
+        assert!(matches!(
+            m.unmap(0x11000, 0x1000),
+            Err(MemError::BadUnmap { .. })
+        ));
         assert_eq!(m.unmap(0x10000, 0x4000), Ok(1));
         assert!(m.generation() > g);
         assert!(m.translate(0x10000, 1).is_none());

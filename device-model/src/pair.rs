@@ -203,7 +203,11 @@ impl SideHandle {
     /// Side `side` (0 or 1) of a running pair.
     pub fn new(shared: Arc<Shared>, side: usize) -> Self {
         let shm_fd = shared.lock().shm().file().as_raw_fd();
-        Self { shared, side, shm_fd }
+        Self {
+            shared,
+            side,
+            shm_fd,
+        }
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut Pair, usize) -> R) -> R {
@@ -239,7 +243,9 @@ impl Backend for SideHandle {
                 unsafe { std::ptr::copy_nonoverlapping(src, data.as_mut_ptr(), data.len()) };
                 return Ok(());
             }
-            p.fns[k].read(region, offset, data).map_err(|_| Errno::EINVAL)
+            p.fns[k]
+                .read(region, offset, data)
+                .map_err(|_| Errno::EINVAL)
         })
     }
 
@@ -251,11 +257,20 @@ impl Backend for SideHandle {
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
                 return Ok(());
             }
-            p.fns[k].write(region, offset, data).map_err(|_| Errno::EINVAL)
+            p.fns[k]
+                .write(region, offset, data)
+                .map_err(|_| Errno::EINVAL)
         })
     }
 
-    fn dma_map(&mut self, iova: u64, size: u64, file_offset: u64, _flags: u32, fd: Option<OwnedFd>) -> Result<(), Errno> {
+    fn dma_map(
+        &mut self,
+        iova: u64,
+        size: u64,
+        file_offset: u64,
+        _flags: u32,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), Errno> {
         self.with(|p, k| {
             let f = &mut p.fns[k];
             match f.mem.map(iova, size, fd.map(File::from), file_offset) {
@@ -291,12 +306,22 @@ impl Backend for SideHandle {
         })
     }
 
-    fn set_irqs(&mut self, index: u32, flags: u32, start: u32, count: u32, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), Errno> {
         self.with(|p, k| {
             if p.fns[k].set_irqs(index, flags, start, count, fds) {
                 Ok(())
             } else {
-                tracing::warn!(side = k, "refusing SET_IRQS index {index} flags {flags:#x} start {start} count {count}");
+                tracing::warn!(
+                    side = k,
+                    "refusing SET_IRQS index {index} flags {flags:#x} start {start} count {count}"
+                );
                 Err(Errno::EINVAL)
             }
         })
@@ -373,7 +398,10 @@ pub fn run_switch(shared: &Shared, mode: PollMode) {
             }
         }
         let timeout = if waiting { 1u16 } else { 100 };
-        let mut fds = [nix::poll::PollFd::new(shared.wake.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            shared.wake.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(timeout));
         let _ = shared.wake.read();
         idle = 0;

@@ -29,7 +29,8 @@ impl PciConfig {
         c.put16(cfg::DEVICE_ID, pci::DEVICE_ID_NET);
         c.put16(cfg::STATUS, pci::STATUS_CAP_LIST);
         c.bytes[cfg::REVISION_ID] = pci::REVISION_ID;
-        c.bytes[cfg::CLASS_PROG..cfg::CLASS_PROG + 3].copy_from_slice(&pci::CLASS_CODE.to_le_bytes()[..3]);
+        c.bytes[cfg::CLASS_PROG..cfg::CLASS_PROG + 3]
+            .copy_from_slice(&pci::CLASS_CODE.to_le_bytes()[..3]);
         c.put16(cfg::SUBSYSTEM_VENDOR_ID, pci::SUBSYSTEM_VENDOR_ID);
         c.put16(cfg::SUBSYSTEM_ID, pci::SUBSYSTEM_ID);
         c.bytes[cfg::CAP_PTR] = l::CAP_COMMON;
@@ -62,7 +63,16 @@ impl PciConfig {
             length,
         };
         let cap_len = std::mem::size_of::<VirtioPciCap>();
-        c.put(l::CAP_COMMON, bytemuck::bytes_of(&vcap(pci::VIRTIO_PCI_CAP_COMMON_CFG, l::CAP_NOTIFY, cap_len, l::COMMON_OFFSET, l::COMMON_LEN)));
+        c.put(
+            l::CAP_COMMON,
+            bytemuck::bytes_of(&vcap(
+                pci::VIRTIO_PCI_CAP_COMMON_CFG,
+                l::CAP_NOTIFY,
+                cap_len,
+                l::COMMON_OFFSET,
+                l::COMMON_LEN,
+            )),
+        );
         let notify = VirtioPciNotifyCap {
             cap: vcap(
                 pci::VIRTIO_PCI_CAP_NOTIFY_CFG,
@@ -74,13 +84,37 @@ impl PciConfig {
             notify_off_multiplier: l::NOTIFY_OFF_MULTIPLIER,
         };
         c.put(l::CAP_NOTIFY, bytemuck::bytes_of(&notify));
-        c.put(l::CAP_ISR, bytemuck::bytes_of(&vcap(pci::VIRTIO_PCI_CAP_ISR_CFG, l::CAP_DEVICE, cap_len, l::ISR_OFFSET, l::ISR_LEN)));
-        c.put(l::CAP_DEVICE, bytemuck::bytes_of(&vcap(pci::VIRTIO_PCI_CAP_DEVICE_CFG, l::CAP_SHM, cap_len, l::DEVICE_OFFSET, l::DEVICE_LEN)));
+        c.put(
+            l::CAP_ISR,
+            bytemuck::bytes_of(&vcap(
+                pci::VIRTIO_PCI_CAP_ISR_CFG,
+                l::CAP_DEVICE,
+                cap_len,
+                l::ISR_OFFSET,
+                l::ISR_LEN,
+            )),
+        );
+        c.put(
+            l::CAP_DEVICE,
+            bytemuck::bytes_of(&vcap(
+                pci::VIRTIO_PCI_CAP_DEVICE_CFG,
+                l::CAP_SHM,
+                cap_len,
+                l::DEVICE_OFFSET,
+                l::DEVICE_LEN,
+            )),
+        );
         let shm = VirtioPciCap64 {
             cap: VirtioPciCap {
                 bar: l::SHM_BAR,
                 id: l::SHM_ID,
-                ..vcap(pci::VIRTIO_PCI_CAP_SHARED_MEMORY_CFG, l::CAP_MSIX, std::mem::size_of::<VirtioPciCap64>(), 0, shm_size as u32)
+                ..vcap(
+                    pci::VIRTIO_PCI_CAP_SHARED_MEMORY_CFG,
+                    l::CAP_MSIX,
+                    std::mem::size_of::<VirtioPciCap64>(),
+                    0,
+                    shm_size as u32,
+                )
             },
             offset_hi: 0,
             length_hi: (shm_size >> 32) as u32,
@@ -108,7 +142,12 @@ impl PciConfig {
     }
 
     fn dword(&self, off: usize) -> u32 {
-        u32::from_le_bytes([self.bytes[off], self.bytes[off + 1], self.bytes[off + 2], self.bytes[off + 3]])
+        u32::from_le_bytes([
+            self.bytes[off],
+            self.bytes[off + 1],
+            self.bytes[off + 2],
+            self.bytes[off + 3],
+        ])
     }
 
     fn fixup_bars(&mut self) {
@@ -148,7 +187,9 @@ impl PciConfig {
 
     /// Writes, honouring the write masks; false when out of range.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> bool {
-        let Some(r) = range(offset, data.len()) else { return false };
+        let Some(r) = range(offset, data.len()) else {
+            return false;
+        };
         for (i, b) in r.zip(data) {
             self.bytes[i] = (self.bytes[i] & !self.wmask[i]) | (b & self.wmask[i]);
         }
@@ -235,6 +276,9 @@ mod tests {
             types.push((c.bytes[p], c.bytes[p + 3]));
             p = c.bytes[p + 1] as usize;
         }
-        assert_eq!(types, vec![(9, 1), (9, 2), (9, 3), (9, 4), (9, 8), (0x11, 0)]);
+        assert_eq!(
+            types,
+            vec![(9, 1), (9, 2), (9, 3), (9, 4), (9, 8), (0x11, 0)]
+        );
     }
 }

@@ -97,7 +97,10 @@ impl Queue {
                 return Err(QueueError::Misaligned(addr));
             }
         }
-        let map = |addr: u64, len: u64| mem.translate(addr, len).ok_or(QueueError::RingNotMapped { addr, len });
+        let map = |addr: u64, len: u64| {
+            mem.translate(addr, len)
+                .ok_or(QueueError::RingNotMapped { addr, len })
+        };
         let desc = map(regs.desc, ring::desc_table_size(size))? as *mut Desc;
         let avail = map(regs.driver, ring::avail_ring_size(size))?;
         let used = map(regs.device, ring::used_ring_size(size))?;
@@ -127,8 +130,10 @@ impl Queue {
         if mem.generation() == self.mem_generation {
             return Ok(());
         }
-        let ok = mem.translate(self.regs.desc, ring::desc_table_size(self.size)) == Some(self.desc as *mut u8)
-            && mem.translate(self.regs.driver, ring::avail_ring_size(self.size)) == Some(self.avail)
+        let ok = mem.translate(self.regs.desc, ring::desc_table_size(self.size))
+            == Some(self.desc as *mut u8)
+            && mem.translate(self.regs.driver, ring::avail_ring_size(self.size))
+                == Some(self.avail)
             && mem.translate(self.regs.device, ring::used_ring_size(self.size)) == Some(self.used);
         if ok {
             self.mem_generation = mem.generation();
@@ -156,22 +161,25 @@ impl Queue {
     fn avail_idx_relaxed(&self) -> u16 {
         // SAFETY: `avail` points at a mapped, 2-aligned avail ring of this
         // queue's size (checked in enable); idx is at offset 2.
-        unsafe { AtomicU16::from_ptr(self.avail.add(ring::RING_IDX as usize) as *mut u16) }.load(Ordering::Relaxed)
+        unsafe { AtomicU16::from_ptr(self.avail.add(ring::RING_IDX as usize) as *mut u16) }
+            .load(Ordering::Relaxed)
     }
 
     fn used_idx_current(&self) -> u16 {
         // SAFETY: `used` points at a mapped, 4-aligned used ring (enable).
-        unsafe { AtomicU16::from_ptr(self.used.add(ring::RING_IDX as usize) as *mut u16) }.load(Ordering::Relaxed)
+        unsafe { AtomicU16::from_ptr(self.used.add(ring::RING_IDX as usize) as *mut u16) }
+            .load(Ordering::Relaxed)
     }
 
     /// Number of new avail entries, checked against the queue size.
     #[inline]
     pub fn avail_pending(&self) -> Result<u16, QueueError> {
         // SAFETY: see avail_idx_relaxed.
-        let idx = unsafe { AtomicU16::from_ptr(self.avail.add(ring::RING_IDX as usize) as *mut u16) }
-            // Acquire pairs with the driver's Release store of avail.idx: the
-            // ring entries and descriptors it published before are visible.
-            .load(Ordering::Acquire);
+        let idx =
+            unsafe { AtomicU16::from_ptr(self.avail.add(ring::RING_IDX as usize) as *mut u16) }
+                // Acquire pairs with the driver's Release store of avail.idx: the
+                // ring entries and descriptors it published before are visible.
+                .load(Ordering::Acquire);
         let n = idx.wrapping_sub(self.last_avail);
         if n > self.size {
             return Err(QueueError::InvalidAvailRingIndex(n));
@@ -184,7 +192,9 @@ impl Queue {
     pub fn pop_head(&mut self) -> Result<u16, QueueError> {
         let slot = (self.last_avail & self.mask) as usize;
         // SAFETY: slot < size, so the u16 at 4 + 2*slot is inside the mapped avail ring.
-        let head = unsafe { (self.avail.add(ring::RING_ENTRIES as usize + 2 * slot) as *const u16).read_volatile() };
+        let head = unsafe {
+            (self.avail.add(ring::RING_ENTRIES as usize + 2 * slot) as *const u16).read_volatile()
+        };
         if head >= self.size {
             return Err(QueueError::InvalidHead(head));
         }
@@ -213,7 +223,10 @@ impl Queue {
     /// the driver until [`Self::publish`].
     #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) {
-        debug_assert!(self.in_flight[head as usize], "completing a head that is not in flight");
+        debug_assert!(
+            self.in_flight[head as usize],
+            "completing a head that is not in flight"
+        );
         let f = &mut self.in_flight[head as usize];
         if !*f {
             return;
@@ -221,10 +234,16 @@ impl Queue {
         *f = false;
         self.in_flight_count -= 1;
         let slot = (self.used_idx & self.mask) as usize;
-        let elem = UsedElem { id: head as u32, len };
+        let elem = UsedElem {
+            id: head as u32,
+            len,
+        };
         // SAFETY: slot < size: the 8-byte element at 4 + 8*slot is inside the
         // mapped, 4-aligned used ring.
-        unsafe { (self.used.add(ring::RING_ENTRIES as usize + 8 * slot) as *mut UsedElem).write_volatile(elem) };
+        unsafe {
+            (self.used.add(ring::RING_ENTRIES as usize + 8 * slot) as *mut UsedElem)
+                .write_volatile(elem)
+        };
         self.used_idx = self.used_idx.wrapping_add(1);
     }
 
@@ -258,7 +277,11 @@ impl Queue {
 
     /// Heads currently in flight, for a flush.
     pub fn in_flight_heads(&self) -> impl Iterator<Item = u16> + '_ {
-        self.in_flight.iter().enumerate().filter(|(_, f)| **f).map(|(i, _)| i as u16)
+        self.in_flight
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f)
+            .map(|(i, _)| i as u16)
     }
 }
 
@@ -280,7 +303,11 @@ pub(crate) mod tests {
 
     impl TestRing {
         pub fn new(size: u16) -> Self {
-            let fd = nix::sys::memfd::memfd_create(c"ring", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+            let fd = nix::sys::memfd::memfd_create(
+                c"ring",
+                nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+            )
+            .unwrap();
             let f = File::from(fd);
             f.set_len(0x40000).unwrap();
             let mut mem = GuestMemory::default();
@@ -293,7 +320,13 @@ pub(crate) mod tests {
                 device: RING_IOVA + 0x20000,
                 msix_vector: 0,
             };
-            Self { mem, regs, base, next_avail: 0, last_used: 0 }
+            Self {
+                mem,
+                regs,
+                base,
+                next_avail: 0,
+                last_used: 0,
+            }
         }
         fn at(&self, iova: u64) -> *mut u8 {
             // SAFETY: tests only pass addresses inside the 0x40000-byte map.
@@ -325,7 +358,10 @@ pub(crate) mod tests {
             while self.last_used != idx {
                 let slot = self.last_used % self.regs.size;
                 // SAFETY: as above.
-                let e = unsafe { (self.at(self.regs.device + 4 + 8 * slot as u64) as *const UsedElem).read_volatile() };
+                let e = unsafe {
+                    (self.at(self.regs.device + 4 + 8 * slot as u64) as *const UsedElem)
+                        .read_volatile()
+                };
                 out.push((e.id, e.len));
                 self.last_used = self.last_used.wrapping_add(1);
             }
@@ -340,15 +376,54 @@ pub(crate) mod tests {
     fn enable_checks() {
         let r = TestRing::new(8);
         assert!(Queue::enable(r.regs, 256, &r.mem).is_ok());
-        assert_eq!(Queue::enable(QueueRegs { size: 6, ..r.regs }, 256, &r.mem).unwrap_err(), QueueError::InvalidSize(6));
-        assert_eq!(Queue::enable(QueueRegs { size: 512, ..r.regs }, 256, &r.mem).unwrap_err(), QueueError::InvalidSize(512));
-        assert_eq!(Queue::enable(QueueRegs { desc: r.regs.desc + 8, ..r.regs }, 256, &r.mem).unwrap_err(), QueueError::Misaligned(r.regs.desc + 8));
+        assert_eq!(
+            Queue::enable(QueueRegs { size: 6, ..r.regs }, 256, &r.mem).unwrap_err(),
+            QueueError::InvalidSize(6)
+        );
+        assert_eq!(
+            Queue::enable(
+                QueueRegs {
+                    size: 512,
+                    ..r.regs
+                },
+                256,
+                &r.mem
+            )
+            .unwrap_err(),
+            QueueError::InvalidSize(512)
+        );
+        assert_eq!(
+            Queue::enable(
+                QueueRegs {
+                    desc: r.regs.desc + 8,
+                    ..r.regs
+                },
+                256,
+                &r.mem
+            )
+            .unwrap_err(),
+            QueueError::Misaligned(r.regs.desc + 8)
+        );
         assert!(matches!(
-            Queue::enable(QueueRegs { device: 0x0, ..r.regs }, 256, &r.mem),
+            Queue::enable(
+                QueueRegs {
+                    device: 0x0,
+                    ..r.regs
+                },
+                256,
+                &r.mem
+            ),
             Err(QueueError::RingNotMapped { .. })
         ));
         assert!(matches!(
-            Queue::enable(QueueRegs { device: RING_IOVA + 0x40000 - 8, ..r.regs }, 256, &r.mem),
+            Queue::enable(
+                QueueRegs {
+                    device: RING_IOVA + 0x40000 - 8,
+                    ..r.regs
+                },
+                256,
+                &r.mem
+            ),
             Err(QueueError::RingNotMapped { .. })
         ));
     }

@@ -49,7 +49,10 @@ pub struct SwitchConfig {
 
 impl Default for SwitchConfig {
     fn default() -> Self {
-        Self { burst: 64, tx_wait: Duration::from_millis(20) }
+        Self {
+            burst: 64,
+            tx_wait: Duration::from_millis(20),
+        }
     }
 }
 
@@ -143,12 +146,22 @@ impl Switch {
 
     /// Slots side `k` has posted on its RX queue.
     pub fn posted(&self, k: usize) -> impl Iterator<Item = u32> + '_ {
-        self.sides[k].posted.iter().enumerate().filter(|(_, h)| **h != NONE).map(|(s, _)| s as u32)
+        self.sides[k]
+            .posted
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| **h != NONE)
+            .map(|(s, _)| s as u32)
     }
 
     /// Slots whose delivery to side `k` is deferred until it posts them.
     pub fn deferred(&self, k: usize) -> impl Iterator<Item = u32> + '_ {
-        self.sides[k].pending.iter().enumerate().filter(|(_, p)| **p != NO_PENDING).map(|(s, _)| s as u32)
+        self.sides[k]
+            .pending
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p != NO_PENDING)
+            .map(|(s, _)| s as u32)
     }
 
     /// True while side `k` must acknowledge the epoch.
@@ -165,7 +178,11 @@ impl Switch {
     /// what shared-buffers sides hold and makes them resync (rule 9).
     pub fn new_epoch(&mut self, fns: &mut [Function; 2]) {
         let sb = [fns[0].is_shared_buffers(), fns[1].is_shared_buffers()];
-        self.mode = if sb[0] && sb[1] { Mode::ZeroCopy } else { Mode::Copy };
+        self.mode = if sb[0] && sb[1] {
+            Mode::ZeroCopy
+        } else {
+            Mode::Copy
+        };
         for (s, o) in self.owner.iter_mut().enumerate() {
             *o = match (self.mode, sb) {
                 (Mode::ZeroCopy, _) => initial_owner(s as u32),
@@ -281,7 +298,9 @@ fn flush_side(f: &mut Function) -> usize {
     let mut n = 0;
     let mut err = None;
     for q in [RX_QUEUE, TX_QUEUE] {
-        let Some(queue) = f.queue_mut(q) else { continue };
+        let Some(queue) = f.queue_mut(q) else {
+            continue;
+        };
         if let Err(e) = drain_zero(queue, &mut n) {
             err = Some(e);
         }
@@ -332,7 +351,9 @@ impl Ctx<'_> {
         let n = rx.avail_pending()?;
         for _ in 0..n {
             let head = rx.pop_head()?;
-            let Some(d) = rx.read_desc(head) else { continue };
+            let Some(d) = rx.read_desc(head) else {
+                continue;
+            };
             match classify(d.addr, d.len, window, self.g) {
                 Target::Classic => sx.classic.push_back(head),
                 Target::Slot(s) if sb && d.flags == DESC_F_WRITE && d.len == slot_size => {
@@ -391,20 +412,38 @@ impl Ctx<'_> {
                     tx.pop_head()?
                 }
             };
-            let expired = sy.held.is_some_and(|h| h.since.elapsed() >= self.cfg.tx_wait);
+            let expired = sy
+                .held
+                .is_some_and(|h| h.since.elapsed() >= self.cfg.tx_wait);
             let Some(d) = tx.read_desc(head) else { break };
             let outcome = match classify(d.addr, d.len, window, self.g) {
                 Target::Slot(s) if d.flags & (DESC_F_NEXT | DESC_F_WRITE) == 0 && y_sb => {
-                    let rx_out = RxSide { q: rx.as_deref_mut(), mem: xmem, c: cx, st: sx, active: x_active };
+                    let rx_out = RxSide {
+                        q: rx.as_deref_mut(),
+                        mem: xmem,
+                        c: cx,
+                        st: sx,
+                        active: x_active,
+                    };
                     self.tx_slot(s, d.len, shm, cy, rx_out, expired)
                 }
                 Target::Classic => match Chain::parse(tx, head, false) {
-                    Ok(chain) if chain.segs().iter().all(|g| matches!(classify(g.addr, g.len, window, self.g), Target::Classic)) => {
+                    Ok(chain)
+                        if chain.segs().iter().all(|g| {
+                            matches!(classify(g.addr, g.len, window, self.g), Target::Classic)
+                        }) =>
+                    {
                         if chain.total < NET_HDR_LEN as u64 {
                             cy.bad_chain += 1;
                             Outcome::Done
                         } else {
-                            let rx_out = RxSide { q: rx.as_deref_mut(), mem: xmem, c: cx, st: sx, active: x_active };
+                            let rx_out = RxSide {
+                                q: rx.as_deref_mut(),
+                                mem: xmem,
+                                c: cx,
+                                st: sx,
+                                active: x_active,
+                            };
                             self.tx_copy(Source::Chain(&chain, ymem), cy, rx_out, expired)
                         }
                     }
@@ -431,7 +470,10 @@ impl Ctx<'_> {
                 }
                 Outcome::Wait => {
                     if sy.held.is_none() {
-                        sy.held = Some(Held { head, since: Instant::now() });
+                        sy.held = Some(Held {
+                            head,
+                            since: Instant::now(),
+                        });
                         cy.tx_waits += 1;
                     }
                     break;
@@ -443,7 +485,15 @@ impl Ctx<'_> {
 
     /// A TX of slot `s` (rules 4-7).
     #[inline]
-    fn tx_slot(&mut self, s: u32, len: u32, shm: &ShmRegion, cy: &mut SideCounters, rx: RxSide<'_>, expired: bool) -> Outcome {
+    fn tx_slot(
+        &mut self,
+        s: u32,
+        len: u32,
+        shm: &ShmRegion,
+        cy: &mut SideCounters,
+        rx: RxSide<'_>,
+        expired: bool,
+    ) -> Outcome {
         let si = s as usize;
         if (len as usize) < NET_HDR_LEN || len > self.g.slot_size() {
             cy.bad_slot_ref += 1;
@@ -498,7 +548,13 @@ impl Ctx<'_> {
     }
 
     /// One copy into the receiver's next classic RX buffer (rule 7).
-    fn tx_copy(&mut self, src: Source<'_>, cy: &mut SideCounters, rx: RxSide<'_>, expired: bool) -> Outcome {
+    fn tx_copy(
+        &mut self,
+        src: Source<'_>,
+        cy: &mut SideCounters,
+        rx: RxSide<'_>,
+        expired: bool,
+    ) -> Outcome {
         if !rx.active {
             cy.tx_no_peer += 1;
             return Outcome::Done;
@@ -556,7 +612,11 @@ impl Ctx<'_> {
                 cy.frame_too_big += 1;
                 return Outcome::Done;
             }
-            let hdr = NetHdr { num_buffers: 1, ..Default::default() }.to_bytes();
+            let hdr = NetHdr {
+                num_buffers: 1,
+                ..Default::default()
+            }
+            .to_bytes();
             scatter(&out[..n_dst], &hdr, &pieces[..n_src], skip);
             rx.st.classic.pop_front();
             q.push_used(rh, need as u32);

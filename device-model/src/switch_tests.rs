@@ -21,7 +21,9 @@ fn pair(tx_wait: Duration) -> Pair {
 }
 
 fn frame(seed: u32, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (seed as usize * 31 + i * 7) as u8).collect()
+    (0..len)
+        .map(|i| (seed as usize * 31 + i * 7) as u8)
+        .collect()
 }
 
 #[test]
@@ -150,25 +152,192 @@ fn refusals_are_counted_and_the_queue_goes_on() {
     let g = p.fns[0].net_geometry();
     let slot = |s: u32| WINDOW + g.slot_offset(s);
     let a = d[0].buf_iova(1, 40);
-    type Case = (&'static str, Vec<(u16, Desc)>, fn(&crate::counters::SideCounters) -> u64);
+    type Case = (
+        &'static str,
+        Vec<(u16, Desc)>,
+        fn(&crate::counters::SideCounters) -> u64,
+    );
     let cases: Vec<Case> = vec![
-        ("not owner", vec![(0, Desc { addr: slot(1), len: 100, flags: 0, next: 0 })], |c| c.tx_not_owner),
-        ("unaligned slot", vec![(0, Desc { addr: slot(2) + 8, len: 100, flags: 0, next: 0 })], |c| c.bad_slot_ref),
-        ("crosses slot", vec![(0, Desc { addr: slot(2), len: 4000, flags: 0, next: 0 })], |c| c.bad_slot_ref),
-        ("shorter than header", vec![(0, Desc { addr: slot(2), len: 4, flags: 0, next: 0 })], |c| c.bad_slot_ref),
-        ("straddles window start", vec![(0, Desc { addr: WINDOW - 8, len: 100, flags: 0, next: 0 })], |c| c.bad_slot_ref),
         (
-            "mixed chain",
-            vec![(0, Desc { addr: a, len: 12, flags: DESC_F_NEXT, next: 1 }), (1, Desc { addr: slot(2), len: 100, flags: 0, next: 0 })],
+            "not owner",
+            vec![(
+                0,
+                Desc {
+                    addr: slot(1),
+                    len: 100,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.tx_not_owner,
+        ),
+        (
+            "unaligned slot",
+            vec![(
+                0,
+                Desc {
+                    addr: slot(2) + 8,
+                    len: 100,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
             |c| c.bad_slot_ref,
         ),
-        ("loop", vec![(0, Desc { addr: a, len: 12, flags: DESC_F_NEXT, next: 0 })], |c| c.bad_chain),
-        ("next out of range", vec![(0, Desc { addr: a, len: 12, flags: DESC_F_NEXT, next: 999 })], |c| c.bad_chain),
-        ("zero length", vec![(0, Desc { addr: a, len: 0, flags: 0, next: 0 })], |c| c.bad_chain),
-        ("indirect", vec![(0, Desc { addr: a, len: 16, flags: DESC_F_INDIRECT, next: 0 })], |c| c.bad_chain),
-        ("writable in TX", vec![(0, Desc { addr: a, len: 16, flags: DESC_F_WRITE, next: 0 })], |c| c.bad_chain),
-        ("unmapped", vec![(0, Desc { addr: 0x10, len: 64, flags: 0, next: 0 })], |c| c.bad_chain),
-        ("length overflow", vec![(0, Desc { addr: u64::MAX - 8, len: 64, flags: 0, next: 0 })], |c| c.bad_chain),
+        (
+            "crosses slot",
+            vec![(
+                0,
+                Desc {
+                    addr: slot(2),
+                    len: 4000,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_slot_ref,
+        ),
+        (
+            "shorter than header",
+            vec![(
+                0,
+                Desc {
+                    addr: slot(2),
+                    len: 4,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_slot_ref,
+        ),
+        (
+            "straddles window start",
+            vec![(
+                0,
+                Desc {
+                    addr: WINDOW - 8,
+                    len: 100,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_slot_ref,
+        ),
+        (
+            "mixed chain",
+            vec![
+                (
+                    0,
+                    Desc {
+                        addr: a,
+                        len: 12,
+                        flags: DESC_F_NEXT,
+                        next: 1,
+                    },
+                ),
+                (
+                    1,
+                    Desc {
+                        addr: slot(2),
+                        len: 100,
+                        flags: 0,
+                        next: 0,
+                    },
+                ),
+            ],
+            |c| c.bad_slot_ref,
+        ),
+        (
+            "loop",
+            vec![(
+                0,
+                Desc {
+                    addr: a,
+                    len: 12,
+                    flags: DESC_F_NEXT,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
+        (
+            "next out of range",
+            vec![(
+                0,
+                Desc {
+                    addr: a,
+                    len: 12,
+                    flags: DESC_F_NEXT,
+                    next: 999,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
+        (
+            "zero length",
+            vec![(
+                0,
+                Desc {
+                    addr: a,
+                    len: 0,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
+        (
+            "indirect",
+            vec![(
+                0,
+                Desc {
+                    addr: a,
+                    len: 16,
+                    flags: DESC_F_INDIRECT,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
+        (
+            "writable in TX",
+            vec![(
+                0,
+                Desc {
+                    addr: a,
+                    len: 16,
+                    flags: DESC_F_WRITE,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
+        (
+            "unmapped",
+            vec![(
+                0,
+                Desc {
+                    addr: 0x10,
+                    len: 64,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
+        (
+            "length overflow",
+            vec![(
+                0,
+                Desc {
+                    addr: u64::MAX - 8,
+                    len: 64,
+                    flags: 0,
+                    next: 0,
+                },
+            )],
+            |c| c.bad_chain,
+        ),
     ];
     for (name, descs, counter) in cases {
         let before = counter(&p.fns[0].counters);
@@ -232,7 +401,11 @@ fn bad_queue_setup_needs_reset() {
     d.common_w(&mut p, off::QUEUE_SIZE, 2, 100);
     d.common_w(&mut p, off::QUEUE_DESC, 8, IOVA);
     d.common_w(&mut p, off::QUEUE_ENABLE, 2, 1);
-    assert_ne!(p.fns[1].status() & cc::STATUS_DEVICE_NEEDS_RESET, 0, "size 100 is not a power of two");
+    assert_ne!(
+        p.fns[1].status() & cc::STATUS_DEVICE_NEEDS_RESET,
+        0,
+        "size 100 is not a power of two"
+    );
 }
 
 #[test]
@@ -241,7 +414,10 @@ fn mixed_pair_copies_and_the_slot_stays_with_its_sender() {
     let mut d = [Drv::up(&mut p, 0, true), Drv::up(&mut p, 1, false)];
     d[0].ack(&mut p);
     assert_eq!(p.switch.mode(), Mode::Copy);
-    assert!(p.switch.owners().iter().all(|o| *o == 0), "the shared-buffers side owns every slot");
+    assert!(
+        p.switch.owners().iter().all(|o| *o == 0),
+        "the shared-buffers side owns every slot"
+    );
     d[1].post_classic(2048);
     d[0].post_classic(2048);
     p.poll();
@@ -295,7 +471,10 @@ fn epoch_change_flushes_the_survivor_and_restarts_the_split() {
     assert_eq!(back[0].1, 0);
     d[0].ack(&mut p);
     assert!(!p.switch.resyncing(0));
-    assert!(p.switch.owners().iter().all(|o| *o == 0), "alone with shared buffers: owns all");
+    assert!(
+        p.switch.owners().iter().all(|o| *o == 0),
+        "alone with shared buffers: owns all"
+    );
     // Side 1 comes back: a new epoch, both resync, rule 2 again.
     let mut d1 = Drv::up(&mut p, 1, true);
     assert_eq!(p.epoch(), e0 + 2);
@@ -316,9 +495,20 @@ fn interrupts_only_when_asked() {
     use std::os::fd::{AsFd, OwnedFd};
     let mut p = pair(Duration::ZERO);
     let mut d = [Drv::up(&mut p, 0, false), Drv::up(&mut p, 1, false)];
-    let efds: Vec<EventFd> = (0..3).map(|_| EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap()).collect();
-    let fds: Vec<OwnedFd> = efds.iter().map(|e| e.as_fd().try_clone_to_owned().unwrap()).collect();
-    assert!(p.fns[1].set_irqs(sbnet_abi::layout::IRQ_MSIX, vu::IRQ_SET_DATA_EVENTFD | vu::IRQ_SET_ACTION_TRIGGER, 0, 3, fds));
+    let efds: Vec<EventFd> = (0..3)
+        .map(|_| EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap())
+        .collect();
+    let fds: Vec<OwnedFd> = efds
+        .iter()
+        .map(|e| e.as_fd().try_clone_to_owned().unwrap())
+        .collect();
+    assert!(p.fns[1].set_irqs(
+        sbnet_abi::layout::IRQ_MSIX,
+        vu::IRQ_SET_DATA_EVENTFD | vu::IRQ_SET_ACTION_TRIGGER,
+        0,
+        3,
+        fds
+    ));
     d[1].post_classic(2048);
     d[0].send_classic(&frame(1, 100));
     p.poll();
@@ -328,6 +518,9 @@ fn interrupts_only_when_asked() {
     d[1].post_classic(2048);
     d[0].send_classic(&frame(2, 100));
     p.poll();
-    assert!(efds[1].read().is_err(), "no interrupt when the driver polls");
+    assert!(
+        efds[1].read().is_err(),
+        "no interrupt when the driver polls"
+    );
     let _ = d[1].used(0);
 }

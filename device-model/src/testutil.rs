@@ -34,15 +34,23 @@ pub struct Drv {
 impl Drv {
     /// Maps memory and brings the function up with `features`.
     pub fn up(p: &mut Pair, side: usize, shared_buffers: bool) -> Self {
-        let fd = nix::sys::memfd::memfd_create(c"drv", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).unwrap();
+        let fd =
+            nix::sys::memfd::memfd_create(c"drv", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+                .unwrap();
         let file = File::from(fd);
         file.set_len(MEM).unwrap();
-        let map = memmap2::MmapOptions::new().len(MEM as usize).map_raw(&file).unwrap();
+        let map = memmap2::MmapOptions::new()
+            .len(MEM as usize)
+            .map_raw(&file)
+            .unwrap();
         let base = map.as_mut_ptr();
         std::mem::forget(map);
         // A fresh driver instance: whatever an earlier one mapped is gone.
         p.fns[side].mem.clear();
-        p.fns[side].mem.map(IOVA, MEM, Some(file.try_clone().unwrap()), 0).unwrap();
+        p.fns[side]
+            .mem
+            .map(IOVA, MEM, Some(file.try_clone().unwrap()), 0)
+            .unwrap();
         let mut d = Self {
             side,
             base,
@@ -61,7 +69,10 @@ impl Drv {
         d.common_w(p, off::DRIVER_FEATURE, 4, feats & 0xffff_ffff);
         d.common_w(p, off::DRIVER_FEATURE_SELECT, 4, 1);
         d.common_w(p, off::DRIVER_FEATURE, 4, feats >> 32);
-        d.status(p, cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER | cc::STATUS_FEATURES_OK);
+        d.status(
+            p,
+            cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER | cc::STATUS_FEATURES_OK,
+        );
         assert_ne!(p.fns[side].status() & cc::STATUS_FEATURES_OK, 0);
         for q in 0..2u16 {
             d.common_w(p, off::QUEUE_SELECT, 2, q as u64);
@@ -73,7 +84,13 @@ impl Drv {
             d.common_w(p, off::QUEUE_DEVICE, 8, r + 0x4000);
             d.common_w(p, off::QUEUE_ENABLE, 2, 1);
         }
-        d.status(p, cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER | cc::STATUS_FEATURES_OK | cc::STATUS_DRIVER_OK);
+        d.status(
+            p,
+            cc::STATUS_ACKNOWLEDGE
+                | cc::STATUS_DRIVER
+                | cc::STATUS_FEATURES_OK
+                | cc::STATUS_DRIVER_OK,
+        );
         if shared_buffers {
             d.ack(p);
         }
@@ -81,8 +98,20 @@ impl Drv {
     }
 
     pub fn program_bar(&self, p: &mut Pair) {
-        p.fns[self.side].write(l::CONFIG_REGION, cfg::BAR0 as u64 + 8, &(WINDOW as u32).to_le_bytes()).unwrap();
-        p.fns[self.side].write(l::CONFIG_REGION, cfg::BAR0 as u64 + 12, &((WINDOW >> 32) as u32).to_le_bytes()).unwrap();
+        p.fns[self.side]
+            .write(
+                l::CONFIG_REGION,
+                cfg::BAR0 as u64 + 8,
+                &(WINDOW as u32).to_le_bytes(),
+            )
+            .unwrap();
+        p.fns[self.side]
+            .write(
+                l::CONFIG_REGION,
+                cfg::BAR0 as u64 + 12,
+                &((WINDOW >> 32) as u32).to_le_bytes(),
+            )
+            .unwrap();
     }
 
     pub fn status(&mut self, p: &mut Pair, s: u8) {
@@ -93,13 +122,17 @@ impl Drv {
     }
 
     pub fn common_w(&self, p: &mut Pair, o: usize, len: usize, v: u64) {
-        p.fns[self.side].write(0, o as u64, &v.to_le_bytes()[..len]).unwrap();
+        p.fns[self.side]
+            .write(0, o as u64, &v.to_le_bytes()[..len])
+            .unwrap();
         p.handle_events(self.side);
     }
 
     pub fn device_cfg_u32(&self, p: &mut Pair, o: usize) -> u32 {
         let mut b = [0; 4];
-        p.fns[self.side].read(0, l::DEVICE_OFFSET as u64 + o as u64, &mut b).unwrap();
+        p.fns[self.side]
+            .read(0, l::DEVICE_OFFSET as u64 + o as u64, &mut b)
+            .unwrap();
         u32::from_le_bytes(b)
     }
 
@@ -107,7 +140,11 @@ impl Drv {
     pub fn ack(&self, p: &mut Pair) {
         let e = self.device_cfg_u32(p, net::cfg_off::PAIRING_EPOCH);
         p.fns[self.side]
-            .write(0, l::DEVICE_OFFSET as u64 + net::cfg_off::EPOCH_ACK as u64, &e.to_le_bytes())
+            .write(
+                0,
+                l::DEVICE_OFFSET as u64 + net::cfg_off::EPOCH_ACK as u64,
+                &e.to_le_bytes(),
+            )
             .unwrap();
         p.handle_events(self.side);
     }
@@ -161,7 +198,8 @@ impl Drv {
         while self.last_used[q as usize] != idx {
             let slot = self.last_used[q as usize] % QSIZE;
             // SAFETY: as above.
-            let e = unsafe { (self.at(r + 4 + 8 * slot as u64) as *const UsedElem).read_volatile() };
+            let e =
+                unsafe { (self.at(r + 4 + 8 * slot as u64) as *const UsedElem).read_volatile() };
             out.push((e.id as u16, e.len));
             self.free_desc[q as usize].push(e.id as u16);
             if q == 1 {
@@ -175,13 +213,24 @@ impl Drv {
     }
 
     fn take_desc(&mut self, q: u16) -> u16 {
-        self.free_desc[q as usize].pop().expect("test driver ran out of descriptors")
+        self.free_desc[q as usize]
+            .pop()
+            .expect("test driver ran out of descriptors")
     }
 
     /// Posts a classic RX buffer of `len` bytes; returns its head.
     pub fn post_classic(&mut self, len: u32) -> u16 {
         let h = self.take_desc(0);
-        self.set_desc(0, h, Desc { addr: self.buf_iova(0, h), len, flags: DESC_F_WRITE, next: 0 });
+        self.set_desc(
+            0,
+            h,
+            Desc {
+                addr: self.buf_iova(0, h),
+                len,
+                flags: DESC_F_WRITE,
+                next: 0,
+            },
+        );
         self.avail(0, h);
         h
     }
@@ -190,7 +239,16 @@ impl Drv {
     pub fn post_slot(&mut self, p: &Pair, s: u32) -> u16 {
         let h = self.take_desc(0);
         let g = p.fns[0].net_geometry();
-        self.set_desc(0, h, Desc { addr: WINDOW + g.slot_offset(s), len: g.slot_size(), flags: DESC_F_WRITE, next: 0 });
+        self.set_desc(
+            0,
+            h,
+            Desc {
+                addr: WINDOW + g.slot_offset(s),
+                len: g.slot_size(),
+                flags: DESC_F_WRITE,
+                next: 0,
+            },
+        );
         self.avail(0, h);
         h
     }
@@ -207,8 +265,26 @@ impl Drv {
             std::ptr::copy_nonoverlapping(hdr.as_ptr(), self.at(a), NET_HDR_LEN);
             std::ptr::copy_nonoverlapping(frame.as_ptr(), self.at(b), frame.len());
         }
-        self.set_desc(1, h, Desc { addr: a, len: NET_HDR_LEN as u32, flags: DESC_F_NEXT, next: h2 });
-        self.set_desc(1, h2, Desc { addr: b, len: frame.len() as u32, flags: 0, next: 0 });
+        self.set_desc(
+            1,
+            h,
+            Desc {
+                addr: a,
+                len: NET_HDR_LEN as u32,
+                flags: DESC_F_NEXT,
+                next: h2,
+            },
+        );
+        self.set_desc(
+            1,
+            h2,
+            Desc {
+                addr: b,
+                len: frame.len() as u32,
+                flags: 0,
+                next: 0,
+            },
+        );
         // The second descriptor is reaped with the head.
         self.chained.insert(h, h2);
         self.avail(1, h);
@@ -218,15 +294,34 @@ impl Drv {
     /// Sends slot `s` carrying `frame` (written into the region), or a gift.
     pub fn send_slot(&mut self, p: &Pair, s: u32, frame: &[u8], gift: bool) -> u16 {
         let g = p.fns[0].net_geometry();
-        let hdr = NetHdr { flags: if gift { net::VIRTIO_NET_HDR_F_GIFT_BUFFER } else { 0 }, ..Default::default() };
-        let dst = p.shm().ptr(g.slot_offset(s), (NET_HDR_LEN + frame.len()) as u64).unwrap();
+        let hdr = NetHdr {
+            flags: if gift {
+                net::VIRTIO_NET_HDR_F_GIFT_BUFFER
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let dst = p
+            .shm()
+            .ptr(g.slot_offset(s), (NET_HDR_LEN + frame.len()) as u64)
+            .unwrap();
         // SAFETY: dst has room for header and frame (checked by ptr()).
         unsafe {
             std::ptr::copy_nonoverlapping(hdr.to_bytes().as_ptr(), dst, NET_HDR_LEN);
             std::ptr::copy_nonoverlapping(frame.as_ptr(), dst.add(NET_HDR_LEN), frame.len());
         }
         let h = self.take_desc(1);
-        self.set_desc(1, h, Desc { addr: WINDOW + g.slot_offset(s), len: (NET_HDR_LEN + frame.len()) as u32, flags: 0, next: 0 });
+        self.set_desc(
+            1,
+            h,
+            Desc {
+                addr: WINDOW + g.slot_offset(s),
+                len: (NET_HDR_LEN + frame.len()) as u32,
+                flags: 0,
+                next: 0,
+            },
+        );
         self.avail(1, h);
         h
     }
@@ -235,7 +330,16 @@ impl Drv {
     pub fn send_slot_len(&mut self, p: &Pair, s: u32, len: u32) -> u16 {
         let g = p.fns[0].net_geometry();
         let h = self.take_desc(1);
-        self.set_desc(1, h, Desc { addr: WINDOW + g.slot_offset(s), len, flags: 0, next: 0 });
+        self.set_desc(
+            1,
+            h,
+            Desc {
+                addr: WINDOW + g.slot_offset(s),
+                len,
+                flags: 0,
+                next: 0,
+            },
+        );
         self.avail(1, h);
         h
     }
@@ -253,7 +357,9 @@ impl Drv {
     pub fn rx_bytes(&self, head: u16, len: usize) -> Vec<u8> {
         let mut v = vec![0; len];
         // SAFETY: the buffer lies in the driver's mapping.
-        unsafe { std::ptr::copy_nonoverlapping(self.at(self.buf_iova(0, head)), v.as_mut_ptr(), len) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.at(self.buf_iova(0, head)), v.as_mut_ptr(), len)
+        };
         v
     }
 }
@@ -261,7 +367,10 @@ impl Drv {
 /// Reads slot `s`'s frame of `len` bytes (header excluded).
 pub fn slot_frame(p: &Pair, s: u32, len: usize) -> Vec<u8> {
     let g = p.fns[0].net_geometry();
-    let src = p.shm().ptr(g.slot_offset(s) + NET_HDR_LEN as u64, len as u64).unwrap();
+    let src = p
+        .shm()
+        .ptr(g.slot_offset(s) + NET_HDR_LEN as u64, len as u64)
+        .unwrap();
     let mut v = vec![0; len];
     // SAFETY: src..src+len is in the region (checked by ptr()).
     unsafe { std::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len) };

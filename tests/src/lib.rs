@@ -9,6 +9,8 @@
 //!   the sockets.
 //! - [`bin`]: the path of a workspace binary, built on demand.
 
+pub mod raw;
+
 use memmap2::{MmapOptions, MmapRaw};
 use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use sbnet_abi::layout as l;
@@ -42,14 +44,24 @@ pub struct InProcessBus {
 }
 
 fn refused(what: &'static str) -> impl Fn(nix::errno::Errno) -> BusError {
-    move |e| BusError::Refused { what, errno: e as i32 }
+    move |e| BusError::Refused {
+        what,
+        errno: e as i32,
+    }
 }
 
 impl InProcessBus {
     /// Side `side` of `shared`, with BARs programmed and memory + bus master on.
     pub fn new(shared: Arc<Shared>, side: usize) -> Self {
-        let mut b = Self { handle: SideHandle::new(shared, side), shm: None, dma: Vec::new(), next_iova: DMA_BASE };
-        let w = |b: &mut Self, off: usize, v: u32| b.config_write(off as u16, &v.to_le_bytes()).unwrap();
+        let mut b = Self {
+            handle: SideHandle::new(shared, side),
+            shm: None,
+            dma: Vec::new(),
+            next_iova: DMA_BASE,
+        };
+        let w = |b: &mut Self, off: usize, v: u32| {
+            b.config_write(off as u16, &v.to_le_bytes()).unwrap()
+        };
         w(&mut b, cfg::BAR0, BAR0_ADDR as u32);
         w(&mut b, cfg::BAR0 + 4, BAR1_ADDR as u32);
         w(&mut b, cfg::BAR0 + 8, SHM_ADDR as u32);
@@ -62,19 +74,27 @@ impl InProcessBus {
 
 impl Bus for InProcessBus {
     fn config_read(&mut self, offset: u16, data: &mut [u8]) -> Result<(), BusError> {
-        self.handle.region_read(l::CONFIG_REGION, offset as u64, data).map_err(refused("config read"))
+        self.handle
+            .region_read(l::CONFIG_REGION, offset as u64, data)
+            .map_err(refused("config read"))
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Result<(), BusError> {
-        self.handle.region_write(l::CONFIG_REGION, offset as u64, data).map_err(refused("config write"))
+        self.handle
+            .region_write(l::CONFIG_REGION, offset as u64, data)
+            .map_err(refused("config write"))
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), BusError> {
-        self.handle.region_read(bar as u32, offset, data).map_err(refused("BAR read"))
+        self.handle
+            .region_read(bar as u32, offset, data)
+            .map_err(refused("BAR read"))
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), BusError> {
-        self.handle.region_write(bar as u32, offset, data).map_err(refused("BAR write"))
+        self.handle
+            .region_write(bar as u32, offset, data)
+            .map_err(refused("BAR write"))
     }
 
     fn map_bar(&mut self, bar: u8) -> Result<MappedBar, BusError> {
@@ -82,10 +102,19 @@ impl Bus for InProcessBus {
             return Err(BusError::Map(format!("BAR {bar} is not mmap-able")));
         }
         if self.shm.is_none() {
-            let r = self.handle.regions().into_iter().find(|r| r.index == bar as u32).ok_or_else(|| BusError::Map("no such region".into()))?;
-            let (fd, off) = r.mmap.ok_or_else(|| BusError::Map("region has no fd".into()))?;
+            let r = self
+                .handle
+                .regions()
+                .into_iter()
+                .find(|r| r.index == bar as u32)
+                .ok_or_else(|| BusError::Map("no such region".into()))?;
+            let (fd, off) = r
+                .mmap
+                .ok_or_else(|| BusError::Map("region has no fd".into()))?;
             // SAFETY: the fd belongs to the pair's region, alive as long as the pair (held by the handle).
-            let owned = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().map_err(|e| BusError::Map(e.to_string()))?;
+            let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+                .try_clone_to_owned()
+                .map_err(|e| BusError::Map(e.to_string()))?;
             let map = MmapOptions::new()
                 .offset(off)
                 .len(r.size as usize)
@@ -94,21 +123,34 @@ impl Bus for InProcessBus {
             self.shm = Some((map, r.size));
         }
         let (map, len) = self.shm.as_ref().expect("mapped above");
-        Ok(MappedBar { ptr: map.as_mut_ptr(), bus_addr: SHM_ADDR, len: *len as usize })
+        Ok(MappedBar {
+            ptr: map.as_mut_ptr(),
+            bus_addr: SHM_ADDR,
+            len: *len as usize,
+        })
     }
 
     fn dma_alloc(&mut self, len: usize) -> Result<DmaRegion, BusError> {
         let len = len.div_ceil(4096) * 4096;
-        let fd = memfd_create(c"sbnet-test-dma", MemFdCreateFlag::MFD_CLOEXEC).map_err(|e| BusError::Map(e.to_string()))?;
+        let fd = memfd_create(c"sbnet-test-dma", MemFdCreateFlag::MFD_CLOEXEC)
+            .map_err(|e| BusError::Map(e.to_string()))?;
         let file = File::from(fd);
-        file.set_len(len as u64).map_err(|e| BusError::Map(e.to_string()))?;
-        let map = MmapOptions::new().len(len).map_raw(&file).map_err(|e| BusError::Map(e.to_string()))?;
+        file.set_len(len as u64)
+            .map_err(|e| BusError::Map(e.to_string()))?;
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(&file)
+            .map_err(|e| BusError::Map(e.to_string()))?;
         let iova = self.next_iova;
         self.handle
             .dma_map(iova, len as u64, 0, 3, Some(file.into()))
             .map_err(refused("DMA map"))?;
         self.next_iova += len as u64 + 0x10_0000;
-        let r = DmaRegion { ptr: map.as_mut_ptr(), iova, len };
+        let r = DmaRegion {
+            ptr: map.as_mut_ptr(),
+            iova,
+            len,
+        };
         self.dma.push(map);
         Ok(r)
     }
@@ -144,7 +186,11 @@ impl SocketPair {
         }
         let s2 = shared.clone();
         threads.push(std::thread::spawn(move || run_switch(&s2, poll)));
-        Self { shared, sockets, threads }
+        Self {
+            shared,
+            sockets,
+            threads,
+        }
     }
 }
 
@@ -161,7 +207,11 @@ impl Drop for SocketPair {
 /// A fresh, unique temporary directory.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("sbnet-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "sbnet-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("temp dir");
     d
@@ -170,15 +220,23 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// Path of workspace binary `name`, built with the same profile as the
 /// running test if it is missing or stale (`cargo build --bin name`).
 pub fn bin(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
     let release = !cfg!(debug_assertions);
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let path = target.join(if release { "release" } else { "debug" }).join(name);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let path = target
+        .join(if release { "release" } else { "debug" })
+        .join(name);
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _g = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(&root).args(["build", "--quiet", "--bin", name]);
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "--bin", name]);
     if release {
         cmd.arg("--release");
     }
