@@ -402,13 +402,17 @@ impl Ctx<'_> {
         let (rx, xmem, cx) = fx.parts(RX_QUEUE);
         let mut rx = if rx_ready { rx } else { None };
         let mut done = 0;
+        // One load of the avail index per burst (it sits on a cache line the
+        // driver writes).
+        let mut avail = tx.avail_pending()?;
         while done < self.cfg.burst {
             let head = match sy.held {
                 Some(h) => h.head,
                 None => {
-                    if tx.avail_pending()? == 0 {
+                    if avail == 0 {
                         break;
                     }
+                    avail -= 1;
                     tx.pop_head()?
                 }
             };

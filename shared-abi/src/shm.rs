@@ -95,11 +95,14 @@ impl SlotGeometry {
     }
 
     /// The slot that starts exactly at `offset` into the region, if any.
+    #[inline]
     pub const fn slot_at(&self, offset: u64) -> Option<u32> {
-        if offset >= self.region_size() || !offset.is_multiple_of(self.slot_size as u64) {
+        // Powers of two: a mask and a shift, no division on the packet path.
+        let mask = self.slot_size as u64 - 1;
+        if offset >= self.region_size() || offset & mask != 0 {
             return None;
         }
-        Some((offset / self.slot_size as u64) as u32)
+        Some((offset >> self.slot_size.trailing_zeros()) as u32)
     }
 }
 
