@@ -100,7 +100,7 @@ impl Function {
             config_generation: 0,
             queue_select: 0,
             config_msix_vector: cc::NO_VECTOR,
-            queues: Default::default(),
+            queues: fresh_queues(max_queue_size),
             isr: 0,
             link_up: false,
             pairing_epoch: 0,
@@ -232,7 +232,8 @@ impl Function {
         self.status = 0;
         self.queue_select = 0;
         self.config_msix_vector = cc::NO_VECTOR;
-        self.queues = Default::default();
+        // virtio 1.2 §4.1.4.3: queue_size reads the maximum after reset.
+        self.queues = fresh_queues(self.max_queue_size);
         self.isr = 0;
         self.epoch_ack = 0;
         self.counters.resets += 1;
@@ -725,6 +726,17 @@ impl Function {
             })
             .collect()
     }
+}
+
+fn fresh_queues(max: u16) -> [QueueSlot; 2] {
+    [0, 1].map(|_| QueueSlot {
+        regs: QueueRegs {
+            size: max,
+            msix_vector: cc::NO_VECTOR,
+            ..Default::default()
+        },
+        queue: None,
+    })
 }
 
 fn queue_addr_field(o: usize, r: &QueueRegs) -> Option<(usize, u64)> {

@@ -524,3 +524,21 @@ fn interrupts_only_when_asked() {
     );
     let _ = d[1].used(0);
 }
+
+#[test]
+fn queue_size_reads_the_maximum_after_reset() {
+    use sbnet_abi::common_cfg::off;
+    let mut p = pair(Duration::ZERO);
+    let mut d = Drv::up(&mut p, 0, false);
+    d.status(&mut p, 0);
+    for q in 0..2u16 {
+        d.common_w(&mut p, off::QUEUE_SELECT, 2, q as u64);
+        let mut b = [0u8; 2];
+        p.fns[0].read(0, off::QUEUE_SIZE as u64, &mut b).unwrap();
+        assert_eq!(u16::from_le_bytes(b), 256, "queue {q}");
+        p.fns[0]
+            .read(0, off::QUEUE_MSIX_VECTOR as u64, &mut b)
+            .unwrap();
+        assert_eq!(u16::from_le_bytes(b), cc::NO_VECTOR);
+    }
+}

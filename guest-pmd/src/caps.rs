@@ -342,20 +342,14 @@ mod tests {
     fn missing_common_is_refused() {
         let mut s = space();
         s[cfg::CAP_PTR] = CAP_NOTIFY;
-        assert_eq!(
-            walk(&s),
-            Err(CapError::Missing("common configuration"))
-        );
+        assert_eq!(walk(&s), Err(CapError::Missing("common configuration")));
     }
 
     #[test]
     fn reserved_bar_is_ignored() {
         let mut s = space();
         s[CAP_COMMON as usize + 4] = 6;
-        assert_eq!(
-            walk(&s),
-            Err(CapError::Missing("common configuration"))
-        );
+        assert_eq!(walk(&s), Err(CapError::Missing("common configuration")));
     }
 
     #[test]

@@ -54,11 +54,6 @@ impl ClassicPool {
         self.state.len() as u32
     }
 
-    /// True when the pool has no buffers.
-    pub fn is_empty(&self) -> bool {
-        self.state.is_empty()
-    }
-
     /// Bytes per buffer, header included.
     pub fn buf_size(&self) -> u32 {
         self.buf_size

@@ -32,9 +32,12 @@ pub struct PortConfig {
     pub gift_hysteresis: Option<u32>,
     /// Most slots gifted in one burst. Default 64.
     pub gift_burst: u32,
-    /// Idle receive polls between two reads of `pairing_epoch` and of the
-    /// device status over the bus. Default 1024.
-    pub epoch_poll_interval: u32,
+    /// While the port is idle (receive bursts that complete nothing), read
+    /// `pairing_epoch` over the bus at most this often, to notice an epoch
+    /// change or `DEVICE_NEEDS_RESET` that no completion announced. Each
+    /// read is a bus round trip (a socket message on vfio-user), so it is
+    /// time-based, not per burst. Default 5 ms.
+    pub epoch_poll_interval: Duration,
     /// How long a resync waits for the device to return every outstanding
     /// descriptor before reporting [`PmdError::ResyncTimeout`]. Default
     /// 200 ms.
@@ -51,7 +54,7 @@ impl Default for PortConfig {
             classic_buf_size: 2048,
             gift_hysteresis: None,
             gift_burst: 64,
-            epoch_poll_interval: 1024,
+            epoch_poll_interval: Duration::from_millis(5),
             drain_timeout: Duration::from_millis(200),
         }
     }
@@ -83,9 +86,6 @@ impl PortConfig {
         }
         if self.gift_burst == 0 {
             return Err(PmdError::Config("gift_burst must be at least 1"));
-        }
-        if self.epoch_poll_interval == 0 {
-            return Err(PmdError::Config("epoch_poll_interval must be at least 1"));
         }
         Ok(())
     }

@@ -55,7 +55,6 @@ pub struct SharedRegion {
 unsafe impl Send for SharedRegion {}
 
 /// What bring-up found out.
-#[derive(Debug)]
 pub struct Setup {
     /// Negotiated feature bits.
     pub features: u64,
@@ -293,7 +292,7 @@ impl<B: Bus> Device<B> {
         if mem.len < layout.total {
             return Err(PmdError::BadDma("shorter than asked"));
         }
-        if mem.ptr as usize % 16 != 0 || mem.iova % 16 != 0 {
+        if !(mem.ptr as usize).is_multiple_of(16) || !mem.iova.is_multiple_of(16) {
             return Err(PmdError::BadDma("not 16-byte aligned"));
         }
         // SAFETY: the bus contract makes `mem` valid, zeroed DMA memory for
@@ -375,11 +374,17 @@ impl<B: Bus> Device<B> {
     }
 
     fn common_at(&self, o: usize) -> (u8, u64) {
-        (self.caps.common.bar, u64::from(self.caps.common.offset) + o as u64)
+        (
+            self.caps.common.bar,
+            u64::from(self.caps.common.offset) + o as u64,
+        )
     }
 
     fn device_at(&self, o: usize) -> (u8, u64) {
-        (self.caps.device.bar, u64::from(self.caps.device.offset) + o as u64)
+        (
+            self.caps.device.bar,
+            u64::from(self.caps.device.offset) + o as u64,
+        )
     }
 
     fn common_read8(&mut self, o: usize) -> Result<u8, PmdError> {
@@ -446,7 +451,10 @@ mod tests {
     use crate::testing::{FakeOptions, FakePair};
     use sbnet_abi::common_cfg::STATUS_FEATURES_OK;
 
-    fn init(pair: &FakePair, cfg: &PortConfig) -> Result<(Device<crate::testing::FakeBus>, Setup), PmdError> {
+    fn init(
+        pair: &FakePair,
+        cfg: &PortConfig,
+    ) -> Result<(Device<crate::testing::FakeBus>, Setup), PmdError> {
         Device::init(pair.bus(0), cfg)
     }
 
@@ -466,7 +474,10 @@ mod tests {
         assert_eq!(setup.rxq.size(), FakeOptions::default().queue_size);
         let side = pair.side_regs(0);
         assert_eq!(side.status & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
-        assert!(side.queues.iter().all(|q| q.enable == 1 && q.msix == NO_VECTOR));
+        assert!(side
+            .queues
+            .iter()
+            .all(|q| q.enable == 1 && q.msix == NO_VECTOR));
         assert_eq!(side.queues[0].desc, setup.rxq.iovas().0);
         assert_eq!(side.queues[1].device, setup.txq.iovas().2);
         assert_eq!(side.command & (COMMAND_MEMORY | COMMAND_BUS_MASTER), 6);

@@ -84,13 +84,6 @@ pub enum PmdError {
         /// What it did.
         error: VqError,
     },
-    /// The device wrote a used length that cannot be a packet (1..=11: less
-    /// than a header).
-    #[error("device completed a receive buffer with {len} bytes, less than a header")]
-    RuntFrame {
-        /// The length.
-        len: u32,
-    },
     /// Resync (docs/abi.md §6): the device did not return every outstanding
     /// descriptor in time. The next burst retries.
     #[error("resync: {outstanding} descriptors still outstanding after the drain timeout")]
@@ -120,7 +113,8 @@ pub enum PmdError {
 pub(crate) enum Failure {
     NeedsReset(u8),
     Misbehaved(u16, VqError),
-    Runt(u32),
+    /// A queue notification failed (the transport is gone; logged).
+    Notify,
 }
 
 impl From<Failure> for PmdError {
@@ -129,7 +123,9 @@ impl From<Failure> for PmdError {
         match f {
             Failure::NeedsReset(status) => Self::DeviceNeedsReset { status },
             Failure::Misbehaved(queue, error) => Self::DeviceMisbehaved { queue, error },
-            Failure::Runt(len) => Self::RuntFrame { len },
+            Failure::Notify => Self::Bus(BusError::Transport(
+                "a queue notification failed earlier (see the log)".into(),
+            )),
         }
     }
 }

@@ -102,11 +102,6 @@ impl Ledger {
         self.state.len() as u32
     }
 
-    /// True when the region has no slots (a classic port).
-    pub fn is_empty(&self) -> bool {
-        self.state.is_empty()
-    }
-
     /// Where slot `s` is (None when out of range).
     pub fn state(&self, s: u32) -> Option<SlotState> {
         self.state.get(s as usize).copied()
@@ -265,14 +260,20 @@ impl Ledger {
             counts[*st as usize] += 1;
         }
         if counts != self.counts {
-            return Err(format!("counts {:?} but states say {counts:?}", self.counts));
+            return Err(format!(
+                "counts {:?} but states say {counts:?}",
+                self.counts
+            ));
         }
         if counts.iter().sum::<u32>() != n {
             return Err("counts do not add up to the slot count".into());
         }
         let mut seen = vec![false; n as usize];
         if self.nfree != counts[SlotState::Free as usize] {
-            return Err(format!("{} on the free stack, {} free", self.nfree, counts[0]));
+            return Err(format!(
+                "{} on the free stack, {} free",
+                self.nfree, counts[0]
+            ));
         }
         for &s in &self.free[..self.nfree as usize] {
             if !self.is(s, SlotState::Free) || std::mem::replace(&mut seen[s as usize], true) {
@@ -280,7 +281,10 @@ impl Ledger {
             }
         }
         if self.un_len != counts[SlotState::PeerUnposted as usize] {
-            return Err(format!("{} queued to post, {} unposted", self.un_len, counts[4]));
+            return Err(format!(
+                "{} queued to post, {} unposted",
+                self.un_len, counts[4]
+            ));
         }
         for i in 0..self.un_len {
             let s = self.unposted[((self.un_head + i) % n) as usize];

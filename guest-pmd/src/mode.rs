@@ -25,7 +25,10 @@ impl Mode {
     /// `peer_status` word of the device configuration.
     pub fn of_epoch(shared_buffers: bool, peer_status: u32) -> Self {
         let peer_zero_copy = PEER_PRESENT | PEER_SHARED_BUFFERS;
-        match (shared_buffers, peer_status & peer_zero_copy == peer_zero_copy) {
+        match (
+            shared_buffers,
+            peer_status & peer_zero_copy == peer_zero_copy,
+        ) {
             (false, _) => Self::Classic,
             (true, true) => Self::ZeroCopy,
             (true, false) => Self::Copy,

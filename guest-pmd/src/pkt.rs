@@ -1,26 +1,4 @@
-//! Packet handles.
-//!
-//! A [`Pkt`] names one buffer the application holds: a slot of the Shared
-//! Buffers region or a classic buffer in the port's DMA memory. It is a
-//! small plain value (port id, epoch generation, buffer, length) and holds
-//! no reference to the port, so
-//!
-//! - the application can hold many packets and still call `&mut self`
-//!   methods of the port (`rx_burst`, `tx_burst`, `alloc`);
-//! - the packet path needs no reference count, lock or allocation.
-//!
-//! The price: a `Pkt` is not a guard. It is returned to the port
-//! explicitly, by [`crate::Port::free`] or by sending it with
-//! [`crate::Port::tx_burst`]. It is neither `Copy` nor `Clone` (one handle
-//! per buffer) and is `#[must_use]`; dropping it leaks the buffer until the
-//! next epoch change, when the slot ledger is reset to the initial split
-//! and every slot handle of the old epoch becomes stale
-//! ([`crate::Stats::slots`]`.held` shows what the application holds).
-//!
-//! The frame bytes are reached through the port ([`crate::Port::data`],
-//! [`crate::Port::data_mut`]), which checks that the handle is its own and
-//! of the current epoch before building a slice; a stale handle gets an
-//! empty slice.
+//! Packet handles ([`Pkt`]) and the ring tokens that name buffers.
 
 use std::num::NonZeroU32;
 
@@ -61,8 +39,30 @@ impl Buf {
     }
 }
 
-/// A packet buffer held by the application. See the [module
-/// docs](crate::pkt) for its life cycle.
+/// A packet buffer held by the application.
+///
+/// A [`Pkt`] names one buffer the application holds: a slot of the Shared
+/// Buffers region or a classic buffer in the port's DMA memory. It is a
+/// small plain value (port id, epoch generation, buffer, length) and holds
+/// no reference to the port, so
+///
+/// - the application can hold many packets and still call `&mut self`
+///   methods of the port (`rx_burst`, `tx_burst`, `alloc`);
+/// - the packet path needs no reference count, lock or allocation.
+///
+/// The price: a `Pkt` is not a guard. It is returned to the port
+/// explicitly, by [`crate::Port::free`] or by sending it with
+/// [`crate::Port::tx_burst`]. It is neither `Copy` nor `Clone` (one handle
+/// per buffer) and is `#[must_use]`. Dropping it leaks the buffer: a slot
+/// until the next epoch change (the slot ledger is then reset to the
+/// initial split and every slot handle of the old epoch becomes stale), a
+/// classic buffer for the life of the port. [`crate::Stats::slots`] and
+/// [`crate::Stats::classic`] show how many buffers the application holds.
+///
+/// The frame bytes are reached through the port ([`crate::Port::data`],
+/// [`crate::Port::data_mut`]), which checks that the handle is its own and
+/// of the current epoch before building a slice; a stale handle gets an
+/// empty slice.
 #[must_use = "a Pkt leaks its buffer until the next epoch unless given to Port::free or Port::tx_burst"]
 #[derive(Debug, PartialEq, Eq)]
 pub struct Pkt {
@@ -152,7 +152,12 @@ mod tests {
 
     #[test]
     fn tokens_round_trip() {
-        for b in [Buf::Slot(0), Buf::Slot(32767), Buf::Classic(0), Buf::Classic(65535)] {
+        for b in [
+            Buf::Slot(0),
+            Buf::Slot(32767),
+            Buf::Classic(0),
+            Buf::Classic(65535),
+        ] {
             assert_eq!(Buf::from_token(b.token()), b);
         }
         assert_ne!(Buf::Classic(5).token(), Buf::Slot(5).token());

@@ -74,8 +74,15 @@ pub struct Stats {
     /// Packets completed during a resync and not delivered (their epoch is
     /// over).
     pub rx_dropped_resync: u64,
+    /// Receive completions shorter than a header (1..=11 bytes), dropped.
+    pub rx_runts: u64,
     /// Notifications written to the device (the host was not polling).
     pub notifies: u64,
+    /// Stores of the receive queue's `avail.idx` (one per burst that
+    /// posted buffers).
+    pub rx_publishes: u64,
+    /// Stores of the transmit queue's `avail.idx` (one per burst that sent).
+    pub tx_publishes: u64,
     /// Reads of `pairing_epoch` done because the port was idle.
     pub epoch_polls: u64,
     /// The current epoch's mode.
@@ -109,7 +116,10 @@ impl Stats {
             "resyncs": self.resyncs,
             "stale_handles": self.stale_handles,
             "rx_dropped_resync": self.rx_dropped_resync,
+            "rx_runts": self.rx_runts,
             "notifies": self.notifies,
+            "rx_publishes": self.rx_publishes,
+            "tx_publishes": self.tx_publishes,
             "epoch_polls": self.epoch_polls,
             "mode": self.mode.name(),
             "epoch": self.epoch,

@@ -17,7 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "host-pair", version, about = "Pair two sbnet virtio-net functions over vfio-user: zero-copy between Shared Buffers slots, one copy otherwise.")]
+#[command(
+    name = "host-pair",
+    version,
+    about = "Pair two sbnet virtio-net functions over vfio-user: zero-copy between Shared Buffers slots, one copy otherwise."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -79,7 +83,8 @@ enum Poll {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SBNET_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SBNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -101,11 +106,18 @@ fn serve(a: ServeArgs) -> Result<()> {
         );
     }
     if a.sockets[0] == a.sockets[1] {
-        bail!("the two --socket paths are the same: {}", a.sockets[0].display());
+        bail!(
+            "the two --socket paths are the same: {}",
+            a.sockets[0].display()
+        );
     }
-    let geometry = SlotGeometry::new(a.slot_size, a.slots).map_err(|e| anyhow::anyhow!("{e} (see --slots and --slot-size)"))?;
+    let geometry = SlotGeometry::new(a.slot_size, a.slots)
+        .map_err(|e| anyhow::anyhow!("{e} (see --slots and --slot-size)"))?;
     if !a.queue_size.is_power_of_two() || a.queue_size < 2 {
-        bail!("--queue-size {} is not a power of two between 2 and 32768", a.queue_size);
+        bail!(
+            "--queue-size {} is not a power of two between 2 and 32768",
+            a.queue_size
+        );
     }
     if (a.queue_size as u32) < a.slots / 2 {
         tracing::warn!(
@@ -119,18 +131,32 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     if let Some(dir) = &a.hugetlbfs {
         if !dir.is_dir() {
-            bail!("--hugetlbfs {}: not a directory (mount one with: mount -t hugetlbfs nodev {})", dir.display(), dir.display());
+            bail!(
+                "--hugetlbfs {}: not a directory (mount one with: mount -t hugetlbfs nodev {})",
+                dir.display(),
+                dir.display()
+            );
         }
     }
     let cfg = PairConfig {
         geometry,
         max_queue_size: a.queue_size,
-        switch: SwitchConfig { burst: a.burst, tx_wait: Duration::from_micros(a.tx_wait_us) },
+        switch: SwitchConfig {
+            burst: a.burst,
+            tx_wait: Duration::from_micros(a.tx_wait_us),
+        },
         shm_dir: a.hugetlbfs.clone(),
     };
     let pair = Pair::new(&cfg).with_context(|| match &a.hugetlbfs {
-        Some(d) => format!("cannot create a {} byte region in {} (enough huge pages? see vm.nr_hugepages)", geometry.region_size(), d.display()),
-        None => format!("cannot create a {} byte memfd region", geometry.region_size()),
+        Some(d) => format!(
+            "cannot create a {} byte region in {} (enough huge pages? see vm.nr_hugepages)",
+            geometry.region_size(),
+            d.display()
+        ),
+        None => format!(
+            "cannot create a {} byte memfd region",
+            geometry.region_size()
+        ),
     })?;
     let shared = Shared::new(pair).context("cannot create the switch's wake-up eventfd")?;
 
@@ -146,7 +172,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, term.clone()).context("cannot install signal handlers")?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone()).context("cannot install signal handlers")?;
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())
+        .context("cannot install signal handlers")?;
 
     tracing::info!(
         slots = a.slots,
@@ -192,7 +219,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     let mut last = Instant::now();
     while !term.load(Ordering::Relaxed) && !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        let periodic = a.stats_interval > 0 && last.elapsed() >= Duration::from_secs(a.stats_interval);
+        let periodic =
+            a.stats_interval > 0 && last.elapsed() >= Duration::from_secs(a.stats_interval);
         if usr1.swap(false, Ordering::Relaxed) || periodic {
             last = Instant::now();
             stats::print(&shared.lock());
@@ -207,7 +235,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     let pair = shared.lock();
     stats::print(&pair);
     if let Some(path) = &a.stats_json {
-        std::fs::write(path, stats::json(&pair).to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, stats::json(&pair).to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
 }

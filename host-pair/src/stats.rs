@@ -15,7 +15,14 @@ pub fn json(p: &Pair) -> serde_json::Value {
     let sides: Vec<serde_json::Value> = p
         .fns
         .iter()
-        .map(|f| serde_json::Value::Object(f.counters.fields().map(|(k, v)| (k.to_string(), v.into())).collect()))
+        .map(|f| {
+            serde_json::Value::Object(
+                f.counters
+                    .fields()
+                    .map(|(k, v)| (k.to_string(), v.into()))
+                    .collect(),
+            )
+        })
         .collect();
     serde_json::json!({
         "epoch": p.epoch(),

@@ -72,7 +72,7 @@ debian_mirror() {
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
         uri=$(awk '
-            function flush() { if (u != "" && s != "" && s !~ /-security/ && en != "no" && u ~ /debian\/?$/) { print u; found=1; exit } u=""; s=""; en="" }
+            function flush() { if (u != "" && s != "" && s !~ /-security/ && en != "no" && u ~ /debian/ && u !~ /security/) { print u; found=1; exit } u=""; s=""; en="" }
             /^[[:space:]]*$/ { flush(); next }
             /^[[:space:]]*#/ { next }
             tolower($1) == "uris:"    { u=$2 }
@@ -86,7 +86,7 @@ debian_mirror() {
         [ -f "$f" ] || continue
         uri=$(awk '$1 == "deb" {
                 i=2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                if ($(i+1) !~ /-security/ && $i ~ /debian\/?$/) { print $i; exit } }' "$f")
+                if ($(i+1) !~ /-security/ && $i ~ /debian/ && $i !~ /security/) { print $i; exit } }' "$f")
         [ -n "$uri" ] && { echo "$uri"; return; }
     done
     return 1
@@ -159,12 +159,19 @@ if [ ! -f "$ROOT/.sbnet-kernel-done" ]; then
         | awk '/^ *\|?Depends: linux-image-[0-9]/ {print $2; exit}')
     [ -n "$KPKG" ] || die "cannot resolve linux-image-cloud-amd64 to a kernel package"
     rm -rf "$ROOT/sbnet/kpkg" && mkdir -p "$ROOT/sbnet/kpkg"
+    # The package lists may be old (a point release replaced the kernel): update once and retry.
     in_root sh -c "cd /sbnet/kpkg && apt-get download '$KPKG'" >"$VM_DIR/kernel.log" 2>&1 \
-        || { tail -20 "$VM_DIR/kernel.log" >&2; die "apt-get download $KPKG failed"; }
+        || { in_root apt-get update >>"$VM_DIR/kernel.log" 2>&1 &&
+             KPKG=$(in_root apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/^ *\|?Depends: linux-image-[0-9]/ {print $2; exit}') &&
+             in_root sh -c "cd /sbnet/kpkg && apt-get download '$KPKG'" >>"$VM_DIR/kernel.log" 2>&1; } \
+        || { tail -20 "$VM_DIR/kernel.log" >&2; die "apt-get download $KPKG failed (log: $VM_DIR/kernel.log)"; }
     deb=$(ls "$ROOT"/sbnet/kpkg/*.deb | head -1)
     mkdir -p "$ROOT/sbnet/kpkg/x"
     in_root dpkg-deb -x "/sbnet/kpkg/$(basename "$deb")" /sbnet/kpkg/x
-    KVER=$(ls "$ROOT/sbnet/kpkg/x/usr/lib/modules" "$ROOT/sbnet/kpkg/x/lib/modules" 2>/dev/null | grep -v -e : -e '^$' | head -1 || true)
+    KVER=''
+    for m in "$ROOT"/sbnet/kpkg/x/usr/lib/modules/* "$ROOT"/sbnet/kpkg/x/lib/modules/*; do
+        [ -d "$m" ] && { KVER=${m##*/}; break; }
+    done
     [ -n "$KVER" ] || die "no modules directory in $KPKG"
     rm -rf "$KIT/kernel" && mkdir -p "$KIT/kernel/lib/modules" "$KIT/kernel/usr/lib"
     ln -s ../../lib/modules "$KIT/kernel/usr/lib/modules"

@@ -39,7 +39,14 @@ fn put(space: &mut [u8], at: u8, bytes: &[u8]) {
     space[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
 }
 
-fn vendor_cap(next: u8, len: usize, cfg_type: u8, bar: u8, offset: u32, length: u32) -> VirtioPciCap {
+fn vendor_cap(
+    next: u8,
+    len: usize,
+    cfg_type: u8,
+    bar: u8,
+    offset: u32,
+    length: u32,
+) -> VirtioPciCap {
     VirtioPciCap {
         cap_vndr: CAP_ID_VENDOR,
         cap_next: next,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytemuck::{bytes_of, bytes_of_mut};
+use bytemuck::bytes_of;
 use sbnet_abi::common_cfg::{
     bit, off, COMMON_CFG_LEN, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
     VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1,
@@ -339,7 +339,11 @@ impl PairState {
 
     fn common_read(&self, k: usize, o: usize) -> u64 {
         let r = &self.sides[k].regs;
-        let q = r.queues.get(r.queue_select as usize).copied().unwrap_or_default();
+        let q = r
+            .queues
+            .get(r.queue_select as usize)
+            .copied()
+            .unwrap_or_default();
         match o {
             off::DEVICE_FEATURE => match r.dfsel {
                 0 => self.opts.features & 0xffff_ffff,
@@ -488,7 +492,10 @@ impl PairState {
     /// ownership of its mode (`docs/abi.md` §6).
     pub(super) fn new_epoch(&mut self) {
         self.epoch += 1;
-        let zc = [self.sides[0].zero_copy_capable(), self.sides[1].zero_copy_capable()];
+        let zc = [
+            self.sides[0].zero_copy_capable(),
+            self.sides[1].zero_copy_capable(),
+        ];
         for (s, o) in self.owner.iter_mut().enumerate() {
             *o = match zc {
                 [true, true] => (s % 2) as u8,
@@ -572,9 +579,12 @@ impl FakePair {
         self.lock().new_epoch();
     }
 
-    /// Sets `DEVICE_NEEDS_RESET` in side `k`'s status.
+    /// Sets `DEVICE_NEEDS_RESET` in side `k`'s status and, as the host
+    /// does, moves the epoch.
     pub fn set_needs_reset(&self, k: usize) {
-        self.lock().sides[k].regs.status |= STATUS_DEVICE_NEEDS_RESET;
+        let mut st = self.lock();
+        st.sides[k].regs.status |= STATUS_DEVICE_NEEDS_RESET;
+        st.new_epoch();
     }
 
     /// Runs `f` on side `k`'s device rings (RX, TX), if it has
@@ -633,10 +643,7 @@ impl FakePair {
 
     /// Net config of side `k` as the driver sees it.
     pub fn net_config(&self, k: usize) -> NetConfig {
-        let st = self.lock();
-        let mut n = NetConfig::default();
-        bytes_of_mut(&mut n).copy_from_slice(bytes_of(&st.sides[k].regs.net));
-        n
+        self.lock().sides[k].regs.net
     }
 }
 

@@ -57,14 +57,16 @@ impl DeviceRing {
     /// The driver's `avail.flags`.
     pub fn avail_flags(&self) -> u16 {
         // SAFETY: RING_FLAGS is inside the avail ring.
-        self.atomic(unsafe { self.avail.1.add(RING_FLAGS as usize) }).load(Ordering::Relaxed)
+        self.atomic(unsafe { self.avail.1.add(RING_FLAGS as usize) })
+            .load(Ordering::Relaxed)
     }
 
     /// The driver's `avail.idx` (Acquire: pairs with the driver's Release
     /// store in `SplitQueue::publish`).
     pub fn avail_idx(&self) -> u16 {
         // SAFETY: RING_IDX is inside the avail ring.
-        self.atomic(unsafe { self.avail.1.add(RING_IDX as usize) }).load(Ordering::Acquire)
+        self.atomic(unsafe { self.avail.1.add(RING_IDX as usize) })
+            .load(Ordering::Acquire)
     }
 
     /// The next available descriptor (head index and a copy of it), if the
@@ -76,7 +78,12 @@ impl DeviceRing {
         let pos = (self.last_avail % self.size) as usize;
         // SAFETY: `pos < size`: the entry is inside the avail ring.
         let id: u16 = unsafe {
-            ptr::read_volatile(self.avail.1.add(RING_ENTRIES as usize + 2 * pos).cast::<u16>())
+            ptr::read_volatile(
+                self.avail
+                    .1
+                    .add(RING_ENTRIES as usize + 2 * pos)
+                    .cast::<u16>(),
+            )
         };
         self.last_avail = self.last_avail.wrapping_add(1);
         let d = self.desc(id)?;
@@ -125,6 +132,7 @@ impl DeviceRing {
     /// Stores `used.flags`.
     pub fn set_used_flags(&mut self, flags: u16) {
         // SAFETY: RING_FLAGS is inside the used ring.
-        self.atomic(unsafe { self.used.1.add(RING_FLAGS as usize) }).store(flags, Ordering::SeqCst);
+        self.atomic(unsafe { self.used.1.add(RING_FLAGS as usize) })
+            .store(flags, Ordering::SeqCst);
     }
 }

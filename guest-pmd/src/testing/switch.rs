@@ -3,6 +3,8 @@
 //! everything with length 0 while a side resyncs, and refuses what
 //! `docs/abi.md` §6 says the host refuses.
 
+use std::collections::hash_map::Entry;
+
 use sbnet_abi::net::NET_HDR_LEN;
 use sbnet_abi::ring::{Desc, DESC_F_WRITE};
 
@@ -58,7 +60,7 @@ impl PairState {
         } else {
             (NET_HDR_LEN as u64..=size).contains(&u64::from(d.len))
         };
-        if d.addr < SHM_WINDOW || off % size != 0 || !ok_len {
+        if d.addr < SHM_WINDOW || !off.is_multiple_of(size) || !ok_len {
             return Some(Err(()));
         }
         Some(Ok((off / size) as u32))
@@ -93,26 +95,45 @@ impl PairState {
     }
 
     /// Takes every new avail entry of side `k`: RX posts are checked and
-    /// recorded, TX chains queued in order.
+    /// recorded, TX chains queued in order. A resyncing side's entries are
+    /// not judged (they belong to an epoch that is over): they are
+    /// completed with length 0 by `flush_resyncing`.
     fn take_avail(&mut self, k: usize) -> usize {
         let mut done = 0;
-        loop {
-            let Some(next) = self.sides[k].rings.as_mut().and_then(|r| r[RX].next_avail()) else {
-                break;
-            };
-            let (id, d) = next;
+        if self.sides[k].resyncing() {
+            while let Some((id, d)) = self.sides[k]
+                .rings
+                .as_mut()
+                .and_then(|r| r[RX].next_avail())
+            {
+                self.sides[k].rx_classic.push_back((id, d));
+            }
+            while let Some(next) = self.sides[k]
+                .rings
+                .as_mut()
+                .and_then(|r| r[TX].next_avail())
+            {
+                self.sides[k].tx.push_back(next);
+            }
+            return 0;
+        }
+        while let Some((id, d)) = self.sides[k]
+            .rings
+            .as_mut()
+            .and_then(|r| r[RX].next_avail())
+        {
             match self.classify(k, &d, true) {
                 Target::Slot(s) => {
                     if self.owner[s as usize] == k as u8 || self.owner[s as usize] == NOBODY {
                         self.counters.rx_post_not_peer_owned += 1;
                         self.complete(k, RX, id, 0);
                         done += 1;
-                    } else if self.sides[k].rx_slots.contains_key(&s) {
+                    } else if let Entry::Vacant(v) = self.sides[k].rx_slots.entry(s) {
+                        v.insert(id);
+                    } else {
                         self.counters.rx_post_duplicate += 1;
                         self.complete(k, RX, id, 0);
                         done += 1;
-                    } else {
-                        self.sides[k].rx_slots.insert(s, id);
                     }
                 }
                 Target::Classic(_) => self.sides[k].rx_classic.push_back((id, d)),
@@ -122,7 +143,11 @@ impl PairState {
                 }
             }
         }
-        while let Some(next) = self.sides[k].rings.as_mut().and_then(|r| r[TX].next_avail()) {
+        while let Some(next) = self.sides[k]
+            .rings
+            .as_mut()
+            .and_then(|r| r[TX].next_avail())
+        {
             self.sides[k].tx.push_back(next);
         }
         done
@@ -160,8 +185,8 @@ impl PairState {
                     true
                 }
                 Target::Slot(s) => {
-                    let zero_copy = self.sides[k].zero_copy_capable()
-                        && self.sides[p].zero_copy_capable();
+                    let zero_copy =
+                        self.sides[k].zero_copy_capable() && self.sides[p].zero_copy_capable();
                     if zero_copy {
                         if self.sides[p].resyncing() {
                             false
@@ -174,7 +199,10 @@ impl PairState {
                             false // wait for the peer to post s
                         }
                     } else {
-                        let src = self.shm.ptr().wrapping_add(s as usize * self.opts.slot_size as usize);
+                        let src = self
+                            .shm
+                            .ptr()
+                            .wrapping_add(s as usize * self.opts.slot_size as usize);
                         self.copy_to_peer(p, src, d.len)
                     }
                 }
@@ -200,14 +228,19 @@ impl PairState {
         if self.sides[p].resyncing() {
             return false;
         }
-        let Some((rx_id, rd)) = self.sides[p].rx_classic.pop_front() else {
+        if (len as usize) < NET_HDR_LEN {
+            self.counters.bad_chain += 1;
+            return true;
+        }
+        let Some(&(rx_id, rd)) = self.sides[p].rx_classic.front() else {
             return false;
         };
         if len > rd.len {
+            // Refuse the sender's chain; the peer keeps its buffer.
             self.counters.frame_too_big += 1;
-            self.complete(p, RX, rx_id, 0);
             return true;
         }
+        self.sides[p].rx_classic.pop_front();
         let Some((_, dst)) = self.sides[p].arena.translate(rd.addr, u64::from(rd.len)) else {
             self.counters.bad_chain += 1;
             self.complete(p, RX, rx_id, 0);

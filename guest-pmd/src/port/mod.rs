@@ -1,0 +1,545 @@
+//! The port: one sbnet function driven as a poll-mode Ethernet port.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod.rs` | opening, buffers and packet handles, accessors, stats |
+//! | `rx.rs` | `rx_burst` and the receive completions |
+//! | `tx.rs` | `tx_burst`, transmit completions, gifts, posting receive buffers |
+//! | `resync.rs` | epochs: noticing a change, drain, acknowledge, new split |
+
+mod resync;
+mod rx;
+mod tx;
+
+use std::num::NonZeroU32;
+use std::ptr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use sbnet_abi::net::{NetHdr, NET_HDR_LEN, RX_QUEUE, TX_QUEUE};
+
+use crate::bus::Bus;
+use crate::classic::{ClassicPool, ClassicState};
+use crate::config::PortConfig;
+use crate::device::{Device, SharedRegion};
+use crate::error::{Failure, PmdError};
+use crate::gift::GiftPolicy;
+use crate::ledger::{Ledger, SlotState};
+use crate::mode::Mode;
+use crate::pkt::{Buf, Pkt};
+use crate::stats::Stats;
+use crate::vq::{SplitQueue, VqError};
+
+/// Header bytes in front of every frame.
+const HDR: u32 = NET_HDR_LEN as u32;
+
+/// Source of port ids (a handle names the port it came from).
+static NEXT_PORT_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A burst function chosen once per epoch.
+type RxFn<B> = fn(&mut Port<B>, &mut [Option<Pkt>]) -> usize;
+/// A burst function chosen once per epoch.
+type TxFn<B> = fn(&mut Port<B>, &mut [Option<Pkt>]) -> usize;
+
+/// The Shared Buffers region as the packet path uses it (all zero on a
+/// classic port).
+#[derive(Clone, Copy)]
+struct Slots {
+    base: *mut u8,
+    window: u64,
+    size: u32,
+    side: u8,
+}
+
+// SAFETY: `base` points into the BAR mapping the port's bus owns; the port
+// owns the bus and moves with it.
+unsafe impl Send for Slots {}
+
+/// A poll-mode port over one sbnet function.
+///
+/// Open it with [`Port::open`]; then, from one thread, call
+/// [`Port::rx_burst`] regularly (it also reaps transmit completions,
+/// reposts receive buffers, gifts surplus slots and notices epoch changes),
+/// [`Port::alloc`] and [`Port::tx_burst`] to send, and [`Port::free`] for
+/// received packets the application does not forward. Dropping the port
+/// resets the device, so the host stops using its memory before the bus
+/// unmaps it.
+///
+/// The packet path (`alloc`, `free`, `data`, `data_mut`, `rx_burst`,
+/// `tx_burst`) allocates nothing, takes no lock and makes no system call,
+/// except the queue notification a non-polling host asks for.
+pub struct Port<B: Bus> {
+    id: NonZeroU32,
+    dev: Device<B>,
+    cfg: PortConfig,
+    features: u64,
+    mac: [u8; 6],
+    mtu: u16,
+    shm: Option<SharedRegion>,
+    slots: Slots,
+    rxq: SplitQueue,
+    txq: SplitQueue,
+    ledger: Ledger,
+    classic: ClassicPool,
+    gift: GiftPolicy,
+    /// The current epoch's mode and the burst functions chosen for it.
+    mode: Mode,
+    rx_fn: RxFn<B>,
+    tx_fn: TxFn<B>,
+    /// Bumped at every resync; slot handles carry it.
+    generation: u32,
+    /// The pairing epoch acknowledged.
+    epoch: u32,
+    peer_status: u32,
+    /// Classic receive buffers to keep posted in this mode.
+    classic_rx_target: u32,
+    idle_polls: u32,
+    /// When an idle port next reads the pairing epoch.
+    next_epoch_poll: Instant,
+    /// A resync started and has not finished (drain timed out).
+    resync_pending: bool,
+    /// Receive completions of length 0 seen in this burst.
+    zero_len: u32,
+    failed: Option<Failure>,
+    st: Stats,
+}
+
+impl<B: Bus> Port<B> {
+    /// Brings the function up (virtio 1.x initialisation, feature
+    /// negotiation, queues), synchronises to the current pairing epoch and
+    /// posts receive buffers.
+    pub fn open(bus: B, cfg: PortConfig) -> Result<Self, PmdError> {
+        cfg.validate()?;
+        let (mut dev, setup) = Device::init(bus, &cfg)?;
+        let classic_count = u32::from(setup.rxq.size())
+            + if setup.shm.is_none() {
+                u32::from(setup.txq.size())
+            } else {
+                0
+            };
+        let buf_size = cfg.classic_buf_size.next_multiple_of(64);
+        let pool_bytes = classic_count as usize * buf_size as usize;
+        let classic = match dev.bus_mut().dma_alloc(pool_bytes) {
+            Ok(mem) => ClassicPool::new(mem, classic_count, buf_size)
+                .ok_or(PmdError::BadDma("classic pool shorter than asked")),
+            Err(e) => Err(e.into()),
+        };
+        let classic = match classic {
+            Ok(c) => c,
+            Err(e) => {
+                dev.fail();
+                return Err(e);
+            }
+        };
+        let slot_count = setup.shm.map_or(0, |s| s.geometry.slot_count());
+        let slots = setup.shm.map_or(
+            Slots {
+                base: ptr::null_mut(),
+                window: 0,
+                size: 0,
+                side: 0,
+            },
+            |s| Slots {
+                base: s.ptr,
+                window: s.window,
+                size: s.geometry.slot_size(),
+                side: s.side,
+            },
+        );
+        let id = NonZeroU32::new(NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed))
+            .unwrap_or(NonZeroU32::MIN);
+        let mut port = Self {
+            id,
+            dev,
+            gift: GiftPolicy::new(slot_count, cfg.gift_hysteresis, cfg.gift_burst),
+            cfg,
+            features: setup.features,
+            mac: setup.mac,
+            mtu: setup.mtu,
+            shm: setup.shm,
+            slots,
+            rxq: setup.rxq,
+            txq: setup.txq,
+            ledger: Ledger::new(slot_count, |_| false),
+            classic,
+            mode: Mode::Classic,
+            rx_fn: Self::rx_impl::<false>,
+            tx_fn: Self::tx_impl::<false>,
+            generation: 0,
+            epoch: 0,
+            peer_status: 0,
+            classic_rx_target: 0,
+            idle_polls: 0,
+            next_epoch_poll: Instant::now(),
+            resync_pending: false,
+            zero_len: 0,
+            failed: None,
+            st: Stats::default(),
+        };
+        let room =
+            u32::from(port.rxq.size()).saturating_sub(u32::from(port.cfg.classic_rx_buffers));
+        if slot_count / 2 > room {
+            tracing::warn!(
+                slot_count,
+                rx_queue = port.rxq.size(),
+                "the receive queue cannot post all of the peer's slots; \
+                 sends of unposted slots will wait in the host"
+            );
+        }
+        // From here on, dropping `port` resets the device.
+        port.sync_epoch()?;
+        port.refill_rx();
+        Ok(port)
+    }
+
+    /// The MAC address the device reports.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The MTU the device reports.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// The negotiated feature bits.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The current epoch's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The pairing epoch the port is synchronised to (on a classic port:
+    /// the last one seen).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The epoch's `peer_status` word (`PEER_PRESENT`,
+    /// `PEER_SHARED_BUFFERS`).
+    pub fn peer_status(&self) -> u32 {
+        self.peer_status
+    }
+
+    /// The port's epoch generation (see [`Pkt::generation`]).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// This side's index in the pair, when shared buffers were negotiated.
+    pub fn side(&self) -> Option<u8> {
+        self.shm.map(|s| s.side)
+    }
+
+    /// Slot size, when shared buffers were negotiated.
+    pub fn slot_size(&self) -> Option<u32> {
+        self.shm.map(|s| s.geometry.slot_size())
+    }
+
+    /// Number of slots (0 on a classic port).
+    pub fn slot_count(&self) -> u32 {
+        self.ledger.len()
+    }
+
+    /// Receive and transmit queue sizes.
+    pub fn queue_sizes(&self) -> (u16, u16) {
+        (self.rxq.size(), self.txq.size())
+    }
+
+    /// Where slot `s` is in this side's ledger.
+    pub fn slot_state(&self, s: u32) -> Option<SlotState> {
+        self.ledger.state(s)
+    }
+
+    /// Whether this side owns slot `s` now (it is free, held by the
+    /// application, or — in copy mode — on the transmit queue).
+    pub fn owns_slot(&self, s: u32) -> bool {
+        match self.ledger.state(s) {
+            Some(SlotState::Free | SlotState::Held) => true,
+            Some(SlotState::InFlightTx) => self.mode == Mode::Copy,
+            _ => false,
+        }
+    }
+
+    /// Checks the slot ledger's invariants (O(slots); for tests and
+    /// diagnostics).
+    pub fn check_ledger(&self) -> Result<(), String> {
+        self.ledger.check()
+    }
+
+    /// The failure that stopped the port, if any.
+    pub fn failure(&self) -> Option<PmdError> {
+        self.failed.map(PmdError::from)
+    }
+
+    /// Reads the link status bit of the device configuration (a bus access).
+    pub fn link_up(&mut self) -> Result<bool, PmdError> {
+        self.dev.link_up()
+    }
+
+    /// The counters, with a snapshot of the ledger.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            mode: self.mode,
+            epoch: self.epoch,
+            slots: self.ledger.counts(),
+            classic: self.classic.counts(),
+            rx_publishes: self.rxq.publishes(),
+            tx_publishes: self.txq.publishes(),
+            ..self.st
+        }
+    }
+
+    /// Whether `pkt` is a current handle of this port for a buffer the
+    /// application holds.
+    #[inline]
+    fn owns(&self, pkt: &Pkt) -> bool {
+        if pkt.port() != self.id {
+            return false;
+        }
+        match pkt.buf() {
+            Buf::Slot(s) => {
+                pkt.generation() == self.generation && self.ledger.state(s) == Some(SlotState::Held)
+            }
+            Buf::Classic(i) => self.classic.state(i) == Some(ClassicState::Held),
+        }
+    }
+
+    /// Where buffer `b`'s header starts in this process. `b` must be a
+    /// buffer of this port (a slot below the slot count or a classic index
+    /// below the pool size), as every token and checked handle is.
+    #[inline]
+    fn buf_ptr(&self, b: Buf) -> *mut u8 {
+        match b {
+            Buf::Slot(s) => self
+                .slots
+                .base
+                .wrapping_add(s as usize * self.slots.size as usize),
+            Buf::Classic(i) => self.classic.ptr(i),
+        }
+    }
+
+    /// The bus address a descriptor for buffer `b` carries.
+    #[inline]
+    fn buf_addr(&self, b: Buf) -> u64 {
+        match b {
+            Buf::Slot(s) => self.slots.window + u64::from(s) * u64::from(self.slots.size),
+            Buf::Classic(i) => self.classic.iova(i),
+        }
+    }
+
+    /// Bytes in buffer `b`, header included.
+    #[inline]
+    fn buf_size(&self, b: Buf) -> u32 {
+        match b {
+            Buf::Slot(_) => self.slots.size,
+            Buf::Classic(_) => self.classic.buf_size(),
+        }
+    }
+
+    /// Writes a header with `flags` (others zero) in front of buffer `b`.
+    #[inline]
+    fn write_hdr(&self, b: Buf, flags: u8) {
+        let h = NetHdr {
+            flags,
+            ..NetHdr::default()
+        }
+        .to_bytes();
+        // SAFETY: `b` is this port's buffer (see `buf_ptr`), at least
+        // 64 bytes long, so its 12 header bytes are inside mapped memory;
+        // the port owns it (rule 1), so nobody else writes it; the write is
+        // volatile because the memory is shared.
+        unsafe { ptr::write_volatile(self.buf_ptr(b).cast::<[u8; NET_HDR_LEN]>(), h) };
+    }
+
+    /// Reads buffer `b`'s header, once.
+    #[inline]
+    fn read_hdr(&self, b: Buf) -> NetHdr {
+        // SAFETY: as in `write_hdr`; a volatile read of plain bytes, copied
+        // out before use, so a peer that rewrites it cannot change what we
+        // decide on.
+        let bytes = unsafe { ptr::read_volatile(self.buf_ptr(b).cast::<[u8; NET_HDR_LEN]>()) };
+        NetHdr::from_bytes(&bytes)
+    }
+
+    /// A free buffer to build a packet in, its header zeroed and its length
+    /// 0 (use [`Pkt::set_len`], then [`Port::data_mut`]). A slot in
+    /// zero-copy and copy modes, a classic buffer on a classic port. `None`
+    /// when none is free (counted in [`Stats::alloc_failed`]): receive or
+    /// wait for transmit completions and try again.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Pkt> {
+        if self.failed.is_some() || self.resync_pending {
+            return None;
+        }
+        let b = match self.take_free() {
+            Some(b) => b,
+            None => self.alloc_slow()?,
+        };
+        self.write_hdr(b, 0);
+        Some(Pkt::new(
+            self.id,
+            self.generation,
+            b,
+            0,
+            self.buf_size(b) - HDR,
+        ))
+    }
+
+    #[inline]
+    fn take_free(&mut self) -> Option<Buf> {
+        if self.mode != Mode::Classic {
+            return self.ledger.alloc().map(Buf::Slot);
+        }
+        // Leave what the receive queue is missing for the next refill.
+        let deficit = self
+            .classic_rx_target
+            .saturating_sub(self.classic.count(ClassicState::PostedRx));
+        if self.classic.count(ClassicState::Free) <= deficit {
+            return None;
+        }
+        self.classic.alloc().map(Buf::Classic)
+    }
+
+    /// The pool is empty: reap transmit completions (a copy-mode or classic
+    /// send returns its buffer) and try once more.
+    #[cold]
+    fn alloc_slow(&mut self) -> Option<Buf> {
+        if self.mode == Mode::ZeroCopy {
+            self.reap_tx::<true>();
+        } else {
+            self.reap_tx::<false>();
+        }
+        let b = self.take_free();
+        if b.is_none() {
+            self.st.alloc_failed += 1;
+        }
+        b
+    }
+
+    /// Gives a packet back to the pool. A stale handle (older epoch or
+    /// another port) is ignored and counted.
+    #[inline]
+    pub fn free(&mut self, pkt: Pkt) {
+        if !self.owns(&pkt) {
+            self.stale();
+            return;
+        }
+        let ok = match pkt.buf() {
+            Buf::Slot(s) => self.ledger.free(s),
+            Buf::Classic(i) => self.classic.free(i),
+        };
+        debug_assert!(ok, "a checked handle's buffer is held");
+    }
+
+    #[cold]
+    fn stale(&mut self) {
+        self.st.stale_handles += 1;
+    }
+
+    /// The frame bytes of `pkt` (after the header, `pkt.len()` of them).
+    /// Empty for a stale handle.
+    #[inline]
+    pub fn data<'a>(&'a self, pkt: &'a Pkt) -> &'a [u8] {
+        if !self.owns(pkt) {
+            return &[];
+        }
+        let p = self.buf_ptr(pkt.buf()).wrapping_add(NET_HDR_LEN);
+        // SAFETY: `owns` checked that the buffer is this port's and held by
+        // the application through this very handle (there is one handle
+        // per held buffer), so `p .. p + len` lies inside mapped memory
+        // (`len <= capacity = buffer size - header`) that stays mapped
+        // while `self` lives. Rule 1 makes this side the only writer of a
+        // buffer it owns; the host writes a receive buffer only before
+        // completing it, which the Acquire in `SplitQueue::poll` ordered
+        // before the handle existed. The slice borrows `self`, so no resync
+        // can reassign the buffer while it lives. A peer that breaks rule 1
+        // and writes anyway can only change these plain bytes (every value
+        // is a valid u8), never the port's own state: the PMD itself reads
+        // shared memory only through volatile copies.
+        unsafe { std::slice::from_raw_parts(p, pkt.len()) }
+    }
+
+    /// The frame bytes of `pkt`, writable. Empty for a stale handle.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub fn data_mut<'a>(&'a self, pkt: &'a mut Pkt) -> &'a mut [u8] {
+        if !self.owns(pkt) {
+            return &mut [];
+        }
+        let p = self.buf_ptr(pkt.buf()).wrapping_add(NET_HDR_LEN);
+        // SAFETY: as in `data`; in addition the slice is unique: it borrows
+        // `pkt` mutably and `pkt` is the only handle of its buffer, and the
+        // port never touches the frame bytes of a held buffer, so no other
+        // reference to these bytes exists while it lives.
+        unsafe { std::slice::from_raw_parts_mut(p, pkt.len()) }
+    }
+
+    /// A copy of `pkt`'s `virtio_net_hdr` (None for a stale handle).
+    pub fn header(&self, pkt: &Pkt) -> Option<NetHdr> {
+        self.owns(pkt).then(|| self.read_hdr(pkt.buf()))
+    }
+
+    /// Returns the error that stopped the port, or finishes a resync left
+    /// pending. Called first by every burst.
+    #[inline]
+    fn ready(&mut self) -> Result<(), PmdError> {
+        if let Some(f) = self.failed {
+            return Err(f.into());
+        }
+        if self.resync_pending {
+            return self.resync();
+        }
+        Ok(())
+    }
+
+    /// The device broke the ring protocol on queue `q`: the port stops.
+    #[cold]
+    fn misbehaved(&mut self, q: u16, e: VqError) {
+        self.st.device_misbehaved += 1;
+        if self.failed.is_none() {
+            self.failed = Some(Failure::Misbehaved(q, e));
+        }
+    }
+
+    /// Notifies queue `q` if the device is not polling it.
+    #[inline]
+    fn kick_if_needed(&mut self, q: u16) {
+        let wanted = if q == RX_QUEUE {
+            self.rxq.needs_notify()
+        } else {
+            self.txq.needs_notify()
+        };
+        if wanted {
+            self.kick(q);
+        }
+    }
+
+    #[cold]
+    fn kick(&mut self, q: u16) {
+        self.st.notifies += 1;
+        if let Err(e) = self.dev.notify(q) {
+            tracing::error!(queue = q, error = %e, "queue notification failed");
+            self.failed.get_or_insert(Failure::Notify);
+        }
+    }
+}
+
+impl<B: Bus> Drop for Port<B> {
+    fn drop(&mut self) {
+        // Stop the device before the bus (and with it the DMA memory and
+        // the BAR mapping) goes away.
+        if let Err(e) = self.dev.reset() {
+            tracing::warn!(error = %e, "resetting the device on close failed");
+        }
+    }
+}
+
+/// Queue indices, for messages.
+const _: () = assert!(RX_QUEUE == 0 && TX_QUEUE == 1);
+
+#[cfg(test)]
+mod tests;
