@@ -320,6 +320,15 @@ impl Function {
         let data =
             flags & (vu::IRQ_SET_DATA_NONE | vu::IRQ_SET_DATA_BOOL | vu::IRQ_SET_DATA_EVENTFD);
         match (index, action, data) {
+            (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD)
+                if fds.is_empty() =>
+            {
+                // QEMU enables MSI-X with eventfd data but no fds: "no
+                // eventfd for these vectors yet" (the kernel's -1 entries).
+                for v in start..end {
+                    self.msix_fds[v as usize] = None;
+                }
+            }
             (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
                 if fds.len() != count as usize {
                     return false;
@@ -348,6 +357,11 @@ impl Function {
                         self.signal(v as u16);
                     }
                 }
+            }
+            (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD)
+                if fds.is_empty() =>
+            {
+                self.intx_fd = None
             }
             (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
                 if fds.len() != count as usize {

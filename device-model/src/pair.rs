@@ -280,7 +280,16 @@ impl Backend for SideHandle {
                     Ok(())
                 }
                 Err(e) => {
-                    tracing::error!(side = k, "refusing DMA map: {e}");
+                    // QEMU also offers fd-less ranges (ROM, MMIO windows) the
+                    // device never needs: say it once per side, then quietly.
+                    if f.counters.dma_refused == 0 {
+                        tracing::warn!(
+                            side = k,
+                            "refusing DMA map (later refusals are logged at debug level): {e}"
+                        );
+                    } else {
+                        tracing::debug!(side = k, "refusing DMA map: {e}");
+                    }
                     f.counters.dma_refused += 1;
                     Err(match e {
                         MemError::Mmap(_) => Errno::EFAULT,

@@ -32,8 +32,10 @@ enum Cmd {
     /// Serve two functions and switch packets between them until SIGINT/SIGTERM.
     ///
     /// Side 0 is served on the first --socket, side 1 on the second. Connect
-    /// QEMU with `-device vfio-user-pci,socket=PATH` or a PMD with
-    /// `sbnet-testpmd --socket PATH`. SIGUSR1 prints the counters.
+    /// QEMU (10.1 or later) with
+    /// `-device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"PATH"}}'`
+    /// or a PMD with `sbnet-testpmd --socket PATH`. SIGUSR1 prints the
+    /// counters. See docs/operator-guide.md.
     Serve(ServeArgs),
 }
 
