@@ -359,15 +359,15 @@ fn echo(c: &mut Ctx, swap: bool) -> Result<()> {
         if pending.iter().all(Option::is_none) {
             let n = c.port.rx_burst(&mut c.rx)?;
             moved |= n > 0;
-            for i in 0..n {
-                let Some(mut p) = c.rx[i].take() else {
+            for (slot, rx) in pending.iter_mut().zip(c.rx[..n].iter_mut()) {
+                let Some(mut p) = rx.take() else {
                     continue;
                 };
                 c.meter.rx += 1;
                 if swap {
                     frame::macswap(c.port.data_mut(&mut p));
                 }
-                pending[i] = Some(p);
+                *slot = Some(p);
             }
         }
         let sent = c.port.tx_burst(&mut pending)?;
