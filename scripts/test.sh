@@ -13,3 +13,5 @@ echo "== build (release)"
 cargo build --release --workspace --all-targets
 echo "== tests (release: the 1,000,000-packet flows run at full speed)"
 cargo test --release --workspace -- --test-threads=2
+echo "== micro-benchmarks, smoke mode (each benchmark once)"
+cargo bench -p sbnet-device --features test-utils --bench switch -- --test
