@@ -158,6 +158,12 @@ impl Function {
         self.pci.bar_address(l::SHM_BAR)
     }
 
+    /// True when events wait for [`Self::take_events`].
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Takes the events raised since the last call.
     pub fn take_events(&mut self) -> impl Iterator<Item = Event> + '_ {
         self.events.drain(..)

@@ -77,10 +77,18 @@ impl Pair {
         &self.shm
     }
 
-    /// One polling round of the switch.
+    /// One polling round of the switch. A ring the switch found broken
+    /// (`DEVICE_NEEDS_RESET`) changes the epoch right away, so the peer
+    /// learns of it without waiting for the broken side's next message.
     #[inline]
     pub fn poll(&mut self) -> usize {
-        self.switch.poll(&mut self.fns, &self.shm)
+        let work = self.switch.poll(&mut self.fns, &self.shm);
+        for k in 0..2 {
+            if self.fns[k].has_events() {
+                self.handle_events(k);
+            }
+        }
+        work
     }
 
     /// Sets `USED_F_NO_NOTIFY` on every enabled queue (the host is polling)

@@ -371,9 +371,11 @@ fn avail_index_jump_needs_reset_and_the_peer_keeps_running() {
     let mut p = pair(Duration::ZERO);
     let mut d = [Drv::up(&mut p, 0, false), Drv::up(&mut p, 1, false)];
     d[1].post_classic(2048);
+    let e = p.epoch();
     d[0].set_avail_idx(1, 1000);
     p.poll();
     assert_ne!(p.fns[0].status() & cc::STATUS_DEVICE_NEEDS_RESET, 0);
+    assert_eq!(p.epoch(), e + 1, "the peer is told at once");
     assert_eq!(p.fns[0].counters.needs_reset, 1);
     assert!(!p.fns[0].is_active());
     // Side 1 is alone now: its TX is dropped (no peer), never stuck.
