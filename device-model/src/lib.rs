@@ -26,6 +26,8 @@ pub mod switch;
 pub mod vfio_user;
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 mod switch_tests;
 #[cfg(any(test, feature = "test-utils"))]
 #[allow(missing_docs, clippy::missing_panics_doc)]
