@@ -507,16 +507,14 @@ impl Ctx<'_> {
             cy.tx_not_owner += 1;
             return Outcome::Done;
         }
-        let Some(p) = shm.ptr(self.g.slot_offset(s), len as u64) else {
-            cy.bad_slot_ref += 1;
-            return Outcome::Done;
-        };
-        // SAFETY: p is inside the live region mapping (ShmRegion::ptr checked
-        // the range); a volatile byte read is fine whatever the guests write.
-        let gift = unsafe { p.read_volatile() } & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
         let frame = (len as usize - NET_HDR_LEN) as u64;
         match self.mode {
             Mode::ZeroCopy => {
+                // The host never reads slot memory on this path (the slot's
+                // cache line stays with the guests): a gift is a header with
+                // no frame, so it is told apart by its length for the
+                // counters. Receivers go by the header's GIFT_BUFFER flag.
+                let gift = frame == 0;
                 let h = rx.st.posted[si];
                 if h != NONE {
                     if let Some(q) = rx.q {
@@ -540,6 +538,14 @@ impl Ctx<'_> {
                 Outcome::Wait
             }
             Mode::Copy => {
+                let Some(p) = shm.ptr(self.g.slot_offset(s), len as u64) else {
+                    cy.bad_slot_ref += 1;
+                    return Outcome::Done;
+                };
+                // SAFETY: p is inside the live region mapping (ShmRegion::ptr
+                // checked the range); a volatile byte read is fine whatever
+                // the guests write.
+                let gift = unsafe { p.read_volatile() } & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
                 if gift {
                     cy.bad_gift += 1;
                     return Outcome::Done;
