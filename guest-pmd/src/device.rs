@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use sbnet_abi::common_cfg::{
-    bit, off, NO_VECTOR, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED,
-    STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1,
+    bit, off, NO_VECTOR, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER,
+    STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK, VIRTIO_F_ACCESS_PLATFORM,
+    VIRTIO_F_VERSION_1,
 };
 use sbnet_abi::net::{
     cfg_off, NET_CONFIG_LEN, NUM_QUEUES, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
@@ -152,6 +153,11 @@ impl<B: Bus> Device<B> {
         let txq = self.setup_queue(sbnet_abi::net::TX_QUEUE, cfg.tx_queue_size)?;
         self.common_write16(off::CONFIG_MSIX_VECTOR, NO_VECTOR)?;
         let status = self.status()?;
+        if status & STATUS_DEVICE_NEEDS_RESET != 0 {
+            // The device refused the queue setup (e.g. rings outside the
+            // DMA maps): say so now rather than run a dead port.
+            return Err(PmdError::DeviceNeedsReset { status });
+        }
         self.set_status(status | STATUS_DRIVER_OK)?;
         tracing::info!(
             features = format_args!("{features:#x}"),

@@ -4,7 +4,10 @@
 # The kit is a Debian trixie root (debootstrap --variant=minbase) holding
 #   - QEMU >= 10.1 from trixie-backports (it has the vfio-user-pci client),
 #   - a Debian cloud guest kernel (linux-image-*-cloud-amd64),
-#   - a small busybox initramfs with virtio_net/virtio_pci and sbnet's /init.
+#   - a small busybox initramfs with virtio_net/virtio_pci, the VFIO modules
+#     (vfio, vfio_iommu_type1, vfio_pci) and sbnet's /init. The PMD tests
+#     append a second cpio archive with sbnet-testpmd to it at run time
+#     (tests/vm/run-pmd-pair.sh), so a rebuilt PMD needs no kit rebuild.
 # QEMU runs as `chroot ROOT qemu-system-x86_64 ...`; the kernel, the initramfs
 # and every socket QEMU opens must therefore live inside ROOT.
 #
@@ -31,7 +34,12 @@ SUITE=trixie
 MIN_QEMU_MAJOR=10
 MIN_QEMU_MINOR=1
 # Modules the guest needs (their dependencies are added from modules.dep).
+# GUEST_MODULES: the stock driver, loaded by every guest that uses it
+# (/lib/modules/load-order). VFIO_MODULES: kernel VFIO for the PMD, loaded
+# only by PMD guests (/lib/modules/load-order-vfio). The IOMMU driver
+# (intel-iommu) is built into Debian's cloud kernel; it is checked at boot.
 GUEST_MODULES="virtio_pci virtio_net"
+VFIO_MODULES="vfio vfio_iommu_type1 vfio_pci"
 PRINT_ENV=0
 [ "${1:-}" = "--print-env" ] && PRINT_ENV=1
 
@@ -224,28 +232,43 @@ if [ ! -f "$KIT/initrd.img" ] || [ "$(cat "$KIT/initrd.hash" 2>/dev/null)" != "$
         done
         order+=("$path")
     }
-    for m in $GUEST_MODULES; do resolve "$m"; done
-    : >"$STAGE/lib/modules/load-order"
-    for p in "${order[@]}"; do
-        base=$(basename "$p")
-        case "$base" in
-            *.ko.xz)  xz -dc "$MODDIR/$p" >"$STAGE/lib/modules/${base%.xz}" ;;
-            *.ko.zst) zstd -qdc "$MODDIR/$p" >"$STAGE/lib/modules/${base%.zst}" ;;
-            *.ko.gz)  gzip -dc "$MODDIR/$p" >"$STAGE/lib/modules/${base%.gz}" ;;
-            *.ko)     cp "$MODDIR/$p" "$STAGE/lib/modules/$base" ;;
-            *) die "unknown module file $p" ;;
-        esac
-        echo "${base%%.ko*}.ko" >>"$STAGE/lib/modules/load-order"
-    done
+    # stage_modules LIST-FILE MODULE...: resolve, decompress into the stage,
+    # write the load order (dependencies first).
+    all_modules=()
+    stage_modules() {
+        local list="$1" m p base
+        shift
+        seen=()
+        order=()
+        for m in "$@"; do resolve "$m"; done
+        : >"$STAGE/lib/modules/$list"
+        for p in "${order[@]}"; do
+            base=$(basename "$p")
+            case "$base" in
+                *.ko.xz)  xz -dc "$MODDIR/$p" >"$STAGE/lib/modules/${base%.xz}" ;;
+                *.ko.zst) zstd -qdc "$MODDIR/$p" >"$STAGE/lib/modules/${base%.zst}" ;;
+                *.ko.gz)  gzip -dc "$MODDIR/$p" >"$STAGE/lib/modules/${base%.gz}" ;;
+                *.ko)     cp "$MODDIR/$p" "$STAGE/lib/modules/$base" ;;
+                *) die "unknown module file $p" ;;
+            esac
+            echo "${base%%.ko*}.ko" >>"$STAGE/lib/modules/$list"
+            all_modules+=("${base%%.ko*}")
+        done
+    }
+    # shellcheck disable=SC2086
+    stage_modules load-order $GUEST_MODULES
+    # shellcheck disable=SC2086
+    stage_modules load-order-vfio $VFIO_MODULES
     install -m 0755 "$HERE/guest/init" "$STAGE/init"
     install -m 0755 "$HERE/guest/sbnet-test.sh" "$STAGE/sbnet/sbnet-test.sh"
+    install -m 0755 "$HERE/guest/sbnet-pmd.sh" "$STAGE/sbnet/sbnet-pmd.sh"
     echo "$KVER" >"$STAGE/etc/sbnet-kernel"
     in_root /bin/sh -c 'cd /sbnet/stage && find . | cpio -o -H newc --quiet | gzip -1' >"$KIT/initrd.img.tmp" \
         || die "cpio/gzip of the initramfs failed"
     mv "$KIT/initrd.img.tmp" "$KIT/initrd.img"
     echo "$INPUT_HASH-$KVER" >"$KIT/initrd.hash"
     rm -rf "$STAGE"
-    log "initramfs done (modules: ${order[*]##*/}) at $(elapsed) s"
+    log "initramfs done (modules: ${all_modules[*]}) at $(elapsed) s"
 fi
 
 cat >"$KIT/kit.env" <<EOF

@@ -3,8 +3,9 @@
 //! same for every transport.
 //!
 //! Implementations: [`vfio_user::VfioUserBus`] (a host process acts as its
-//! own VMM over a host-pair socket). A kernel-VFIO bus for guests follows.
+//! own VMM over a host-pair socket) and [`vfio::VfioBus`] (kernel VFIO inside a guest).
 
+pub mod vfio;
 pub mod vfio_user;
 
 use thiserror::Error;
@@ -87,4 +88,30 @@ pub trait Bus: Send {
     fn dma_alloc(&mut self, len: usize) -> Result<DmaRegion, BusError>;
     /// Resets the function through the transport (vfio-user `DEVICE_RESET`).
     fn reset(&mut self) -> Result<(), BusError>;
+}
+
+/// A boxed bus is a bus, so an application can choose the transport at run
+/// time (`Port<Box<dyn Bus>>`, as `sbnet-testpmd --socket | --pci` does).
+impl<B: Bus + ?Sized> Bus for Box<B> {
+    fn config_read(&mut self, offset: u16, data: &mut [u8]) -> Result<(), BusError> {
+        (**self).config_read(offset, data)
+    }
+    fn config_write(&mut self, offset: u16, data: &[u8]) -> Result<(), BusError> {
+        (**self).config_write(offset, data)
+    }
+    fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), BusError> {
+        (**self).bar_read(bar, offset, data)
+    }
+    fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), BusError> {
+        (**self).bar_write(bar, offset, data)
+    }
+    fn map_bar(&mut self, bar: u8) -> Result<MappedBar, BusError> {
+        (**self).map_bar(bar)
+    }
+    fn dma_alloc(&mut self, len: usize) -> Result<DmaRegion, BusError> {
+        (**self).dma_alloc(len)
+    }
+    fn reset(&mut self) -> Result<(), BusError> {
+        (**self).reset()
+    }
 }

@@ -8,6 +8,12 @@
 #   client: pings the server 5 times, then sends BYTES random bytes to it with
 #           busybox nc and prints their byte count and SHA-256.
 # The harness compares the two checksums.
+#   mixed-stock: the stock side of the mixed test (the peer runs the sbnet
+#           PMD, which echoes frames and then generates its own). With a
+#           static ARP entry for PEER (PEERMAC), sends COUNT pings, then waits
+#           until the interface has received EXPECT frames in all (the
+#           echoes plus the PMD's own frames) and reports the interface
+#           counters. Booted with ipv6.disable=1, so nothing else is sent.
 PORT=5001
 res() { echo "$*" >/tmp/result; exit 0; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -55,6 +61,40 @@ client)
     t1=$(now)
     echo "SBNET-INFO: client sent $n bytes in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
     res "PASS ping=5/5 tx_bytes=$n tx_sha256=$sum"
+    ;;
+mixed-stock)
+    [ -n "$PEER" ] && [ -n "$PEERMAC" ] || res "FAIL mixed-stock needs sbnet.peer and sbnet.peermac"
+    s=/sys/class/net/$IF/statistics
+    # The PMD opens its port before this side sees carrier, but give it a
+    # moment to post its receive buffers.
+    sleep 1
+    rx0=$(cat $s/rx_packets) tx0=$(cat $s/tx_packets)
+    arp -i "$IF" -s "$PEER" "$PEERMAC" || res "FAIL arp -s $PEER $PEERMAC failed"
+    echo "SBNET-INFO: mixed-stock: sending $COUNT pings to $PEER ($PEERMAC), then waiting for $EXPECT frames (rx_packets=$rx0 tx_packets=$tx0)"
+    t0=$(now)
+    # The echoes come back MAC-swapped but still addressed to the PMD's IP,
+    # so ping sees no reply: its transmit count is what matters.
+    ping -c "$COUNT" -i 0.2 -W 1 "$PEER" >/tmp/ping 2>&1
+    sed 's/^/SBNET-INFO: ping: /' /tmp/ping | tail -3
+    sent=$(sed -n 's/^\([0-9][0-9]*\) packets transmitted.*/\1/p' /tmp/ping)
+    [ "${sent:-0}" = "$COUNT" ] || res "FAIL ping sent ${sent:-0} of $COUNT echo requests"
+    # Wait for EXPECT frames (bounded by the guest timeout), then 2 s of quiet.
+    last=-1 quiet=0
+    while :; do
+        got=$(( $(cat $s/rx_packets) - rx0 ))
+        echo " waiting for $EXPECT frames, $got received" >/tmp/doing
+        if [ "$got" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$got
+        [ "$got" -ge "$EXPECT" ] && [ $quiet -ge 20 ] && break
+        if [ $quiet -ge 600 ]; then
+            res "FAIL received $got of $EXPECT frames (nothing new for 60 s); sent $(( $(cat $s/tx_packets) - tx0 ))"
+        fi
+        sleep 0.1
+    done
+    t1=$(now)
+    rx=$(( $(cat $s/rx_packets) - rx0 )) tx=$(( $(cat $s/tx_packets) - tx0 ))
+    echo "SBNET-INFO: mixed-stock: received $rx frames, sent $tx in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
+    res "PASS pings=$sent rx_frames=$rx tx_frames=$tx rx_dropped=$(cat $s/rx_dropped) rx_nohandler=$(cat $s/rx_nohandler 2>/dev/null) rx_errors=$(cat $s/rx_errors)"
     ;;
 idle)
     res "PASS idle"

@@ -1,5 +1,6 @@
 //! `sbnet-testpmd`: a testpmd-like tool over the sbnet PMD, in host-process
-//! mode (the process is its own vfio-user client of `host-pair`).
+//! mode (`--socket`: the process is its own vfio-user client of `host-pair`)
+//! or inside a VM (`--pci`: the function is driven through kernel VFIO).
 //!
 //! Modes: `txonly` (generate), `rxonly` (sink and verify), `io` (echo every
 //! frame back in place), `macswap` (echo with MAC addresses swapped) and
@@ -14,7 +15,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use frame::Payload;
 use report::{Meter, Summary};
+use sbnet_pmd::bus::vfio::VfioBus;
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
+use sbnet_pmd::bus::Bus;
 use sbnet_pmd::{Mode, Pkt, Port, PortConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,12 +26,16 @@ use std::time::{Duration, Instant};
 #[command(
     name = "sbnet-testpmd",
     version,
-    about = "Send, receive, echo or ping-pong test frames through an sbnet function (host-process mode)."
+    about = "Send, receive, echo or ping-pong test frames through an sbnet function (host-process mode, or in a VM through VFIO)."
 )]
+#[command(group(clap::ArgGroup::new("device").required(true).args(["socket", "pci"])))]
 struct Args {
     /// vfio-user socket of the function to drive (one side of `host-pair serve`).
     #[arg(long, value_name = "PATH")]
-    socket: PathBuf,
+    socket: Option<PathBuf>,
+    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU and 2 MiB huge pages).
+    #[arg(long, value_name = "DDDD:BB:DD.F")]
+    pci: Option<String>,
     /// What to do.
     #[arg(long, value_enum)]
     mode: TestMode,
@@ -119,7 +126,7 @@ fn main() {
 /// Everything a mode loop needs.
 struct Ctx<'a> {
     a: &'a Args,
-    port: Port<VfioUserBus>,
+    port: Port<Box<dyn Bus>>,
     payload: Payload,
     peer_mac: [u8; 6],
     meter: Meter,
@@ -141,13 +148,20 @@ fn run(a: &Args) -> Result<Summary> {
     if a.burst == 0 || a.burst > 512 {
         bail!("--burst must be between 1 and 512");
     }
-    let bus = VfioUserBus::connect(&a.socket).with_context(|| {
-        format!(
-            "cannot reach the device at {} (is `host-pair serve --socket {}` running?)",
-            a.socket.display(),
-            a.socket.display()
-        )
-    })?;
+    let bus: Box<dyn Bus> = match (&a.socket, &a.pci) {
+        (Some(socket), _) => Box::new(VfioUserBus::connect(socket).with_context(|| {
+            format!(
+                "cannot reach the device at {} (is `host-pair serve --socket {}` running?)",
+                socket.display(),
+                socket.display()
+            )
+        })?),
+        (None, Some(pci)) => Box::new(
+            VfioBus::open(pci)
+                .with_context(|| format!("cannot open PCI function {pci} through VFIO"))?,
+        ),
+        (None, None) => bail!("give --socket or --pci"),
+    };
     let cfg = PortConfig {
         classic_only: a.classic,
         rx_queue_size: a.queue_size,
@@ -184,7 +198,7 @@ fn run(a: &Args) -> Result<Summary> {
     eprintln!(
         "sbnet-testpmd: {:?} on {} side {} mode {} epoch {}, {} B frames, burst {}",
         a.mode,
-        a.socket.display(),
+        a.device(),
         side,
         c.port.mode().name(),
         c.port.epoch(),
@@ -221,6 +235,17 @@ fn run(a: &Args) -> Result<Summary> {
         linger(&mut c)?;
     }
     Ok(summary)
+}
+
+impl Args {
+    /// The device as given on the command line, for messages.
+    fn device(&self) -> String {
+        match (&self.socket, &self.pci) {
+            (Some(s), _) => s.display().to_string(),
+            (None, Some(p)) => p.clone(),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -281,7 +306,7 @@ fn wait_for_peer(c: &mut Ctx) -> Result<()> {
         if Instant::now() > end {
             bail!(
                 "no peer on the other side of {} within {} s: start the other side",
-                c.a.socket.display(),
+                c.a.device(),
                 c.a.peer_timeout
             );
         }

@@ -1,0 +1,440 @@
+#!/bin/bash
+# run-pmd-pair.sh: the two-VM tests with the sbnet PMD in a guest (issue 4,
+# parts 3b and 3c). host-pair serves two sbnet functions on sockets inside the
+# kit's root; two QEMU guests (TCG) attach with -device vfio-user-pci.
+#
+# Scenario `pmd` (default): both guests run sbnet-testpmd through kernel VFIO
+#   (-device intel-iommu,caching-mode=on, intel_iommu=on, vfio-pci):
+#     guest a (side 0): pingpong N, sleep 2, txonly M,  rxonly L (1500 B)
+#     guest b (side 1): io N,       rxonly M, sleep 2,  txonly L (1500 B)
+#   PASS when every step exits 0 with the expected counts and no integrity
+#   error or loss (a frame the host had to defer may arrive late: gaps must
+#   equal late arrivals), and host-pair's counters show zero copies
+#   (copied_bytes == 0 and tx_copied == 0 on both sides), zero-copy packets
+#   on both sides, and no refusal.
+# Scenario `mixed`: guest a runs the PMD (it negotiates Shared Buffers),
+#   guest b the stock virtio_net driver (it does not), so host-pair copies:
+#     guest b (stock): static ARP entry for a, K pings (ipv6.disable=1, so
+#                      nothing else is sent), then waits for K + M frames
+#     guest a (PMD):   macswap K (echoes b's pings back to b), txonly M
+#   PASS when both guests pass, the PMD ran in copy mode, b's interface
+#   received exactly K + M frames, host-pair's counters agree (side 0 sent
+#   K + M frames, all copied; side 1 sent K, all copied; nothing dropped or
+#   zero-copied) and nothing was refused.
+#
+# Usage (as root):  tests/vm/run-pmd-pair.sh [pmd|mixed]
+# Environment (besides those of run-stock-pair.sh: SBNET_VM_DIR,
+# SBNET_HOST_PAIR, SBNET_VM_ACCEL, SBNET_VM_TIMEOUT, SBNET_VM_QEMU_EXTRA,
+# SBNET_VM_TRACE, SBNET_VM_KEEP, SBNET_LOG):
+#   SBNET_VM_SCENARIO   pmd or mixed (the first argument wins)
+#   SBNET_TESTPMD       sbnet-testpmd binary for the guests (default:
+#                       <repo>/target/release/sbnet-testpmd, built with
+#                       `cargo build --release -p sbnet-pmd --bin sbnet-testpmd`
+#                       when SBNET_TESTPMD is unset)
+#   SBNET_VM_PINGS      N (pmd: pingpong round trips, default 500) or
+#                       K (mixed: pings, default 20)
+#   SBNET_VM_PACKETS    M, one-way frames (pmd: default 100000, mixed: 2000)
+#   SBNET_VM_BACK       L, one-way frames of 1500 B from b to a (pmd; default 20000)
+#   SBNET_VM_FRAME      frame size of the other PMD steps (default 64)
+#   SBNET_VM_HP_ARGS    extra host-pair arguments (default for mixed:
+#                       "--tx-wait-us 500000": a TCG guest on a loaded host
+#                       can be descheduled for tens of milliseconds, and the
+#                       test counts frames exactly; pmd: none)
+#   SBNET_VM_TRACE_EVENTS  QEMU trace event patterns (space-separated) written
+#                       to qemu-NAME.trace (SBNET_VM_TRACE=1: a default set)
+#   SBNET_VM_MONITOR=1  an HMP monitor socket per guest: RUN/NAME.mon
+# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error. The
+# verdict is the line "SBNET-VM-TEST: PASS ..." or "SBNET-VM-TEST: FAIL reason".
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+SCENARIO="${1:-${SBNET_VM_SCENARIO:-pmd}}"
+VM_DIR="${SBNET_VM_DIR:-/var/cache/sbnet-vm}"
+ROOT="$VM_DIR/root"
+ACCEL="${SBNET_VM_ACCEL:-tcg}"
+TOTAL_TIMEOUT="${SBNET_VM_TIMEOUT:-300}"
+FRAME="${SBNET_VM_FRAME:-64}"
+BACK="${SBNET_VM_BACK:-20000}"
+case "$SCENARIO" in
+    pmd)   PINGS="${SBNET_VM_PINGS:-1000}"; PACKETS="${SBNET_VM_PACKETS:-100000}" ;;
+    mixed) PINGS="${SBNET_VM_PINGS:-20}";  PACKETS="${SBNET_VM_PACKETS:-2000}" ;;
+esac
+GUEST_TIMEOUT=$((TOTAL_TIMEOUT - 20))
+[ "$GUEST_TIMEOUT" -ge 30 ] || GUEST_TIMEOUT=30
+
+T0=$(date +%s.%N)
+now() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
+say() { printf '[%6ss] %s\n' "$(now)" "$*"; }
+setup_error() { say "setup error: $*"; echo "SBNET-VM-TEST: FAIL setup: $*"; exit 2; }
+
+[ "$(id -u)" = 0 ] || setup_error "must run as root (chroot, unshare and QEMU need it)"
+case "$SCENARIO" in pmd|mixed) ;; *) setup_error "scenario must be pmd or mixed, got '$SCENARIO'";; esac
+case "$ACCEL" in tcg|kvm) ;; *) setup_error "SBNET_VM_ACCEL must be tcg or kvm, got '$ACCEL'";; esac
+for v in PINGS PACKETS FRAME BACK; do
+    case "${!v}" in ''|*[!0-9]*) setup_error "$v must be a number, got '${!v}'";; esac
+done
+
+# ------------------------------------------------------------ kit + binaries
+say "scenario $SCENARIO: building/checking the VM kit in $VM_DIR"
+kit_t0=$(now)
+"$HERE/build-kit.sh" || setup_error "tests/vm/build-kit.sh failed (see above)"
+say "kit ready ($(awk -v a="$kit_t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s)"
+# shellcheck disable=SC1091
+. "$ROOT/sbnet/kit/kit.env"
+
+in_root() {
+    unshare --mount --propagation private /bin/sh -c '
+        root="$1"; shift
+        mount -t proc proc "$root/proc" || exit 1
+        exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 "$@"' sh "$ROOT" "$@"
+}
+
+TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
+HP="${SBNET_HOST_PAIR:-}"
+if [ -z "$HP" ]; then
+    HP="$TARGET/release/host-pair"
+    if [ ! -x "$HP" ]; then
+        say "building host-pair (cargo build --release -p host-pair)"
+        (cd "$REPO" && cargo build --release -p host-pair) || setup_error "cargo build --release -p host-pair failed"
+    fi
+fi
+[ -x "$HP" ] || setup_error "host-pair binary $HP not found or not executable"
+TESTPMD="${SBNET_TESTPMD:-}"
+if [ -z "$TESTPMD" ]; then
+    TESTPMD="$TARGET/release/sbnet-testpmd"
+    say "building sbnet-testpmd (cargo build --release -p sbnet-pmd --bin sbnet-testpmd)"
+    (cd "$REPO" && cargo build --release -p sbnet-pmd --bin sbnet-testpmd) || setup_error "cargo build --release -p sbnet-pmd --bin sbnet-testpmd failed"
+fi
+[ -x "$TESTPMD" ] || setup_error "sbnet-testpmd binary $TESTPMD not found or not executable"
+
+mkdir -p "$ROOT/sbnet/run"
+RUN=$(mktemp -d "$ROOT/sbnet/run/$SCENARIO.XXXXXX") || setup_error "cannot create a run directory in $ROOT/sbnet/run"
+IN_RUN="/sbnet/run/${RUN##*/}"          # the same directory as QEMU sees it inside the root
+say "run directory $RUN"
+
+PIDS=()
+HP_PID=
+cleanup() {
+    local p
+    for p in "${PIDS[@]}" $HP_PID; do kill -TERM "$p" 2>/dev/null; done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        local alive=0
+        for p in "${PIDS[@]}" $HP_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [ $alive = 0 ] && break
+        sleep 0.2
+    done
+    for p in "${PIDS[@]}" $HP_PID; do kill -KILL "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "${KEEP_RUN:-0}" = 1 ] || [ "${SBNET_VM_KEEP:-0}" = 1 ]; then
+        echo "run directory kept: $RUN"
+    else
+        rm -rf "$RUN"
+    fi
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 1' INT TERM
+
+strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
+
+fail() {
+    KEEP_RUN=1
+    echo
+    say "FAIL: $*"
+    local f
+    for f in "$RUN"/a.console "$RUN"/b.console; do
+        [ -f "$f" ] || continue
+        echo "----- ${f##*/} (serial console): every SBNET- line but the JSON -----"
+        grep -a '^SBNET-' "$f" | grep -av '^SBNET-JSON' | tr -d '\r'
+        echo "----- ${f##*/}: last 25 lines -----"
+        tail -n 25 "$f" | tr -d '\r'
+    done
+    for f in "$RUN"/qemu-a.log "$RUN"/qemu-b.log; do
+        [ -s "$f" ] || continue
+        echo "----- last 15 lines of ${f##*/} (QEMU stderr) -----"
+        tail -n 15 "$f"
+    done
+    if [ -f "$RUN/host-pair.log" ]; then
+        echo "----- last 30 lines of host-pair.log -----"
+        tail -n 30 "$RUN/host-pair.log" | strip_ansi
+    fi
+    [ -f "$RUN/stats.json" ] && { echo "----- host-pair stats.json -----"; cat "$RUN/stats.json"; echo; }
+    echo "SBNET-VM-TEST: FAIL $SCENARIO: $*"
+    exit 1
+}
+
+# json_flat: flattens one JSON document (stdin) to "path=value" lines
+# (objects by key, arrays by index: sides.0.tx_copied=12). Enough for the
+# JSON host-pair and sbnet-testpmd write (no escapes in strings).
+json_flat() {
+    awk '{ s = s $0 } END {
+        n = length(s); i = 1; d = 0
+        while (i <= n) {
+            c = substr(s, i, 1)
+            if (c == "{") { d++; arr[d] = 0; key[d] = ""; i++; continue }
+            if (c == "[") { d++; arr[d] = 1; idx[d] = 0; key[d] = "0"; i++; continue }
+            if (c == "}" || c == "]") { d--; i++; continue }
+            if (c == ",") { if (arr[d]) { idx[d]++; key[d] = idx[d] } i++; continue }
+            if (c == "\"") {
+                j = index(substr(s, i + 1), "\""); str = substr(s, i + 1, j - 1); i += j + 1
+                rest = substr(s, i); sub(/^[ \t\r\n]*/, "", rest)
+                if (!arr[d] && substr(rest, 1, 1) == ":") { key[d] = str; i = n - length(rest) + 2; continue }
+                emit(str); continue
+            }
+            if (c ~ /[-0-9tfn]/) {
+                match(substr(s, i), /^[-+0-9.eEa-z]+/); emit(substr(s, i, RLENGTH)); i += RLENGTH; continue
+            }
+            i++
+        }
+    }
+    function emit(v,   p, k) { p = ""; for (k = 1; k <= d; k++) p = p (k > 1 ? "." : "") key[k]; print p "=" v }'
+}
+# jget FLAT KEY: the value of KEY in flattened JSON text FLAT
+jget() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -1; }
+
+# ------------------------------------------------------------ guest initramfs
+# The kit's initramfs plus a second cpio archive with sbnet-testpmd and the
+# C libraries it links (the kernel unpacks concatenated archives in order).
+make_pmd_initrd() {
+    local ov="$RUN/overlay" lib
+    mkdir -p "$ov/sbnet/bin"
+    if command -v strip >/dev/null; then
+        strip -o "$ov/sbnet/bin/sbnet-testpmd" "$TESTPMD" || cp "$TESTPMD" "$ov/sbnet/bin/sbnet-testpmd"
+    else
+        cp "$TESTPMD" "$ov/sbnet/bin/sbnet-testpmd"
+    fi
+    chmod 755 "$ov/sbnet/bin/sbnet-testpmd"
+    # Shared libraries as ldd resolves them on the build host, at the same paths.
+    for lib in $(ldd "$TESTPMD" 2>/dev/null | awk '/=> \// {print $3} /^[[:space:]]*\/[^ ]+ \(/ {print $1}'); do
+        mkdir -p "$ov$(dirname "$lib")"
+        cp -L "$lib" "$ov$lib" || return 1
+    done
+    in_root /bin/sh -c "cd '$IN_RUN/overlay' && find . | cpio -o -H newc --quiet | gzip -1" >"$RUN/pmd.cpio.gz" || return 1
+    cat "$ROOT/sbnet/kit/initrd.img" "$RUN/pmd.cpio.gz" >"$RUN/initrd-pmd.img" || return 1
+    rm -rf "$ov"
+}
+make_pmd_initrd || setup_error "cannot build the PMD initramfs from $TESTPMD"
+say "PMD initramfs: $(du -k "$RUN/initrd-pmd.img" | cut -f1) KiB (sbnet-testpmd from $TESTPMD, libs: $(ldd "$TESTPMD" | awk '/=> \//{printf "%s ", $1}'))"
+
+# ------------------------------------------------------------ host-pair
+# shellcheck disable=SC2206
+if [ "$SCENARIO" = mixed ]; then
+    HP_EXTRA=(${SBNET_VM_HP_ARGS---tx-wait-us 500000})
+else
+    HP_EXTRA=(${SBNET_VM_HP_ARGS:-})
+fi
+say "starting host-pair: $HP serve --socket $RUN/a.sock --socket $RUN/b.sock --stats-json $RUN/stats.json ${HP_EXTRA[*]}"
+SBNET_LOG="${SBNET_LOG:-info}" NO_COLOR=1 "$HP" serve \
+    --socket "$RUN/a.sock" --socket "$RUN/b.sock" \
+    --stats-json "$RUN/stats.json" "${HP_EXTRA[@]}" >"$RUN/host-pair.log" 2>&1 &
+HP_PID=$!
+for _ in $(seq 100); do
+    [ -S "$RUN/a.sock" ] && [ -S "$RUN/b.sock" ] && break
+    kill -0 "$HP_PID" 2>/dev/null || fail "host-pair exited at start-up"
+    sleep 0.05
+done
+[ -S "$RUN/a.sock" ] && [ -S "$RUN/b.sock" ] || fail "host-pair did not create its sockets within 5 s"
+
+# ------------------------------------------------------------ guests
+# start_guest NAME DRIVER APPEND...: DRIVER pmd (IOMMU, PMD initramfs) or stock.
+start_guest() {
+    local name=$1 driver=$2 trace=() machine=q35,memory-backend=mem iommu=() initrd="$SBNET_VM_INITRD"
+    shift 2
+    local append="console=ttyS0 panic=-1 sbnet.timeout=$GUEST_TIMEOUT $*"
+    if [ "$driver" = pmd ]; then
+        # The virtual IOMMU comes before the device: QEMU attaches a device to
+        # the IOMMU when it creates it (after it, the guest still sees a group
+        # but QEMU sends host-pair identity maps).
+        # caching-mode=on: the guest reports every new mapping, which QEMU
+        # turns into vfio-user DMA_MAPs. Under KVM its interrupt remapping
+        # needs the split irqchip; TCG has no kernel irqchip.
+        # shellcheck disable=SC2054  # the comma is QEMU's
+        iommu=(-device intel-iommu,caching-mode=on)
+        [ "$ACCEL" = kvm ] && machine="$machine,kernel-irqchip=split"
+        append="$append intel_iommu=on sbnet.driver=pmd"
+        initrd="$IN_RUN/initrd-pmd.img"
+    fi
+    if [ "${SBNET_VM_TRACE:-0}" = 1 ] || [ -n "${SBNET_VM_TRACE_EVENTS:-}" ]; then
+        local ev
+        for ev in ${SBNET_VM_TRACE_EVENTS:-vfio_region_r* vfio_region_w* vfio_msix* vfio_intx* vfio_user_set_irqs vfio_user_dma* vtd_*}; do
+            trace+=(-trace "$ev")
+        done
+        trace+=(-D "$IN_RUN/qemu-$name.trace")
+    fi
+    # A monitor socket per guest (HMP: info mtree -f, info pci, info irq).
+    [ "${SBNET_VM_MONITOR:-0}" = 1 ] && trace+=(-monitor "unix:$IN_RUN/$name.mon,server=on,wait=off")
+    # shellcheck disable=SC2054  # the commas are QEMU's
+    local args=(
+        qemu-system-x86_64
+        -name "sbnet-$name"
+        -accel "$ACCEL"
+        -machine "$machine"
+        -object memory-backend-memfd,id=mem,size=256M,share=on
+        -m 256M -smp 1
+        -nodefaults -nic none
+        -display none -monitor none
+        -serial "file:$IN_RUN/$name.console"
+        -no-reboot
+        "${iommu[@]}"
+        -kernel "$SBNET_VM_KERNEL" -initrd "$initrd"
+        -append "$append"
+        -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$IN_RUN/$name.sock\"}}"
+        "${trace[@]}"
+    )
+    # shellcheck disable=SC2206
+    [ -n "${SBNET_VM_QEMU_EXTRA:-}" ] && args+=(${SBNET_VM_QEMU_EXTRA})
+    printf '%q ' chroot "$ROOT" "${args[@]}" >"$RUN/qemu-$name.cmdline"
+    unshare --mount --propagation private /bin/sh -c '
+        mount -t proc proc "$0/proc" || exit 1
+        if [ "$1" = kvm ]; then
+            [ -e "$0/dev/kvm" ] || touch "$0/dev/kvm"
+            mount --bind /dev/kvm "$0/dev/kvm" || exit 1
+        fi
+        shift
+        exec chroot "$0" "$@"' "$ROOT" "$ACCEL" "${args[@]}" >"$RUN/qemu-$name.log" 2>&1 &
+    PIDS+=($!)
+}
+
+PMDARGS=":--frame-size=$FRAME"
+if [ "$SCENARIO" = pmd ]; then
+    say "booting guest b (side 1, PMD: io $PINGS, rxonly $PACKETS, txonly $BACK) and guest a (side 0, PMD: pingpong $PINGS, txonly $PACKETS, rxonly $BACK), accel $ACCEL, QEMU $SBNET_VM_QEMU_VERSION, kernel $SBNET_VM_KERNEL_VERSION"
+    start_guest b pmd "sbnet.pmd=io:$PINGS$PMDARGS,rxonly:$PACKETS$PMDARGS,sleep:2,txonly:$BACK:--frame-size=1500"
+    start_guest a pmd "sbnet.pmd=pingpong:$PINGS$PMDARGS,sleep:2,txonly:$PACKETS$PMDARGS,rxonly:$BACK:--frame-size=1500"
+else
+    EXPECT=$((PINGS + PACKETS))
+    say "booting guest b (side 1, stock virtio_net: $PINGS pings, expects $EXPECT frames) and guest a (side 0, PMD: macswap $PINGS, txonly $PACKETS), accel $ACCEL"
+    start_guest b stock "ipv6.disable=1 sbnet.ip=169.254.0.2/16 sbnet.role=mixed-stock sbnet.peer=169.254.0.1 sbnet.peermac=52:54:00:5b:00:00 sbnet.count=$PINGS sbnet.expect=$EXPECT"
+    start_guest a pmd "sbnet.pmd=macswap:$PINGS:--linger=1$PMDARGS,txonly:$PACKETS$PMDARGS"
+fi
+
+# ------------------------------------------------------------ wait
+deadline=$(( ${T0%.*} + TOTAL_TIMEOUT ))
+result_of() { grep -a -m1 '^SBNET-RESULT:' "$RUN/$1.console" 2>/dev/null | tr -d '\r'; }
+declare -A shown=()
+while :; do
+    alive=0
+    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break
+    kill -0 "$HP_PID" 2>/dev/null || fail "host-pair died while the guests were running"
+    for g in a b; do
+        grep -q 'KVM internal error' "$RUN/qemu-$g.log" 2>/dev/null \
+            && fail "QEMU for guest $g: KVM internal error (KVM cannot run this guest here; use SBNET_VM_ACCEL=tcg)"
+        # Progress: each finished step once.
+        while IFS= read -r l; do
+            [ -n "${shown[$g$l]:-}" ] && continue
+            shown[$g$l]=1
+            say "guest $g: ${l#SBNET-STEP: }"
+        done < <(grep -a '^SBNET-STEP: .* rc=' "$RUN/$g.console" 2>/dev/null | tr -d '\r')
+    done
+    for g in a b; do
+        case "$(result_of $g)" in *FAIL*) sleep 3; break 2 ;; esac
+    done
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        fail "timeout: the run did not finish within ${TOTAL_TIMEOUT} s (SBNET_VM_TIMEOUT)"
+    fi
+    sleep 1
+done
+say "guests stopped"
+for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+
+kill -TERM "$HP_PID" 2>/dev/null
+for _ in $(seq 100); do kill -0 "$HP_PID" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$HP_PID" 2>/dev/null && fail "host-pair did not exit within 5 s of SIGTERM"
+wait "$HP_PID"; hp_rc=$?
+HP_PID=
+
+# ------------------------------------------------------------ verdict
+no_result() {
+    if [ ! -s "$RUN/$1.console" ]; then
+        fail "guest $1 did not boot: QEMU said: $(grep -m1 -v '^vfio_user' "$RUN/qemu-$1.log" 2>/dev/null || echo nothing)"
+    fi
+    fail "guest $1 printed no SBNET-RESULT line (guest crash or QEMU exit; last console line: $(tail -n1 "$RUN/$1.console" | tr -d '\r'))"
+}
+for g in a b; do
+    r=$(result_of $g)
+    [ -n "$r" ] || no_result $g
+    case "$r" in *": PASS "*) ;; *) fail "guest $g: ${r#SBNET-RESULT: }" ;; esac
+    say "guest $g: ${r#SBNET-RESULT: }"
+done
+
+# step G N: flattened JSON summary of step N of guest G
+step() { grep -a "^SBNET-JSON: $2 " "$RUN/$1.console" | tr -d '\r' | head -1 | cut -d' ' -f3- | json_flat; }
+# expect_step G N MODE FIELD=VALUE...: checks fields of a step summary
+expect_step() {
+    local g=$1 n=$2 mode=$3 kv k v got flat
+    shift 3
+    flat=$(step "$g" "$n")
+    [ -n "$flat" ] || fail "guest $g printed no summary for step $n ($mode)"
+    [ "$(jget "$flat" mode)" = "$mode" ] || fail "guest $g step $n: mode $(jget "$flat" mode), expected $mode"
+    for kv in "$@"; do
+        k=${kv%%=*} v=${kv#*=}
+        got=$(jget "$flat" "$k")
+        if [ "$k" = gaps ] && [ "$v" = reordered ]; then
+            # Late frames are allowed (the host defers a zero-copy frame
+            # whose RX post is late, DESIGN §4 rule 5); lost ones are not.
+            [ "$got" = "$(jget "$flat" reordered)" ] || fail "guest $g step $n ($mode): $got sequence gaps but only $(jget "$flat" reordered) late frames: frames were lost"
+            continue
+        fi
+        [ "$got" = "$v" ] || fail "guest $g step $n ($mode): $k=$got, expected $v"
+    done
+    say "guest $g step $n: $mode rx $(jget "$flat" rx_packets) tx $(jget "$flat" tx_packets) in $(jget "$flat" elapsed_s | cut -c1-6) s ($(awk -v m="$(jget "$flat" mpps)" 'BEGIN{printf "%.0f", m * 1e6}') pps), frame $(jget "$flat" frame_size) B, gaps $(jget "$flat" gaps) late $(jget "$flat" reordered), port mode $(jget "$flat" port.mode), zero-copy tx $(jget "$flat" port.tx_zero_copy) rx $(jget "$flat" port.rx_zero_copy), copied tx $(jget "$flat" port.tx_copied) rx $(jget "$flat" port.rx_copied), gifts sent $(jget "$flat" gifts_sent) received $(jget "$flat" gifts_received)$( r=$(jget "$flat" rtt_p50_us); [ "$r" != 0 ] && echo ", rtt p50 $r us p99 $(jget "$flat" rtt_p99_us)")"
+}
+
+if [ "$SCENARIO" = pmd ]; then
+    expect_step a 1 pingpong tx_packets="$PINGS" rx_packets="$PINGS" integrity_errors=0 port.mode=zero-copy
+    expect_step b 1 io tx_packets="$PINGS" port.mode=zero-copy
+    expect_step a 3 txonly tx_packets="$PACKETS" port.mode=zero-copy
+    expect_step b 2 rxonly rx_packets="$PACKETS" integrity_errors=0 gaps=reordered port.mode=zero-copy
+    expect_step b 4 txonly tx_packets="$BACK" frame_size=1500 port.mode=zero-copy
+    expect_step a 4 rxonly rx_packets="$BACK" integrity_errors=0 gaps=reordered frame_size=1500 port.mode=zero-copy
+else
+    expect_step a 1 macswap tx_packets="$PINGS" port.mode=copy
+    expect_step a 2 txonly tx_packets="$PACKETS" port.mode=copy
+    rb=$(result_of b)
+    field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+    [ "$(field "$rb" rx_frames)" = "$EXPECT" ] || fail "guest b (stock) received $(field "$rb" rx_frames) frames, expected exactly $EXPECT ($PINGS echoes + $PACKETS PMD frames)"
+fi
+
+[ "$hp_rc" = 0 ] || fail "host-pair exited with status $hp_rc"
+[ -s "$RUN/stats.json" ] || fail "host-pair wrote no $RUN/stats.json"
+HPS=$(json_flat <"$RUN/stats.json")
+c() { jget "$HPS" "sides.$1.$2"; }
+for k in 0 1; do
+    line="side $k:"
+    for x in tx_packets rx_packets tx_zero_copy tx_copied copied_bytes gifts_sent gifts_received tx_waits tx_deferred rx_no_buffer tx_no_peer flushed kicks interrupts dma_refused resets needs_reset; do
+        line="$line $x=$(c $k $x)"
+    done
+    say "host-pair $line"
+done
+for k in 0 1; do
+    for x in bad_chain bad_slot_ref tx_not_owner rx_post_not_peer_owned rx_post_duplicate frame_too_big bad_gift needs_reset; do
+        n=$(c $k $x)
+        [ "${n:-0}" = 0 ] || fail "host-pair counters: side $k $x=$n (must be 0)"
+    done
+done
+if [ "$SCENARIO" = pmd ]; then
+    for k in 0 1; do
+        [ "$(c $k copied_bytes)" = 0 ] || fail "host-pair counters: side $k copied_bytes=$(c $k copied_bytes), expected 0 (zero copies)"
+        [ "$(c $k tx_copied)" = 0 ] || fail "host-pair counters: side $k tx_copied=$(c $k tx_copied), expected 0"
+        [ "${ZC:=$(c $k tx_zero_copy)}" -gt 0 ] 2>/dev/null || fail "host-pair counters: side $k tx_zero_copy=$(c $k tx_zero_copy), expected > 0"
+        unset ZC
+    done
+    want=$((PINGS + PACKETS))
+    [ "$(c 0 tx_zero_copy)" -ge "$want" ] || fail "host-pair counters: side 0 tx_zero_copy=$(c 0 tx_zero_copy), expected >= $want"
+    [ "$(c 1 tx_zero_copy)" -ge $((PINGS + BACK)) ] || fail "host-pair counters: side 1 tx_zero_copy=$(c 1 tx_zero_copy), expected >= $((PINGS + BACK))"
+    say "PASS"
+    echo "SBNET-VM-TEST: PASS pmd pingpong=$PINGS a_to_b=$PACKETS b_to_a=$BACK side0_tx_zero_copy=$(c 0 tx_zero_copy) side1_tx_zero_copy=$(c 1 tx_zero_copy) copied_bytes=0 seconds=$(now)"
+else
+    [ "$(c 0 tx_packets)" = "$EXPECT" ] || fail "host-pair counters: side 0 (PMD) tx_packets=$(c 0 tx_packets), expected $EXPECT"
+    [ "$(c 0 tx_copied)" = "$EXPECT" ] || fail "host-pair counters: side 0 (PMD) tx_copied=$(c 0 tx_copied), expected $EXPECT (the stock peer cannot take slots)"
+    [ "$(c 1 rx_packets)" = "$EXPECT" ] || fail "host-pair counters: side 1 (stock) rx_packets=$(c 1 rx_packets), expected $EXPECT"
+    [ "$(c 1 tx_packets)" = "$PINGS" ] || fail "host-pair counters: side 1 (stock) tx_packets=$(c 1 tx_packets), expected $PINGS (the pings)"
+    [ "$(c 1 tx_copied)" = "$PINGS" ] || fail "host-pair counters: side 1 (stock) tx_copied=$(c 1 tx_copied), expected $PINGS"
+    for k in 0 1; do
+        [ "$(c $k tx_zero_copy)" = 0 ] || fail "host-pair counters: side $k tx_zero_copy=$(c $k tx_zero_copy) in a mixed pair"
+        [ "$(c $k rx_no_buffer)" = 0 ] || fail "host-pair counters: side $k rx_no_buffer=$(c $k rx_no_buffer): frames were dropped"
+    done
+    say "PASS"
+    echo "SBNET-VM-TEST: PASS mixed pings=$PINGS pmd_frames=$PACKETS side0_tx_copied=$(c 0 tx_copied) side1_tx_copied=$(c 1 tx_copied) stock_rx_frames=$EXPECT seconds=$(now)"
+fi
+exit 0
