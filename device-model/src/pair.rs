@@ -14,7 +14,7 @@ use crate::vfio_user::{Backend, IrqDesc, RegionDesc};
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use sbnet_abi::layout as l;
-use sbnet_abi::net::{PEER_PRESENT, PEER_SHARED_BUFFERS};
+use sbnet_abi::net::{PEER_PRESENT, PEER_SHARED_BUFFERS, PEER_SYNCED};
 use sbnet_abi::shm::SlotGeometry;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -117,6 +117,8 @@ impl Pair {
                     if e == self.epoch && self.switch.resyncing(k) {
                         tracing::info!(side = k, epoch = e, "side synchronised to the epoch");
                         self.switch.acked(k);
+                        // The peer may now take its share (PEER_SYNCED).
+                        self.publish_pairing();
                         kicked = true;
                     }
                 }
@@ -156,6 +158,9 @@ impl Pair {
             }
             if peer.is_shared_buffers() {
                 st |= PEER_SHARED_BUFFERS;
+            }
+            if peer.is_active() && !self.switch.resyncing(1 - k) {
+                st |= PEER_SYNCED;
             }
             let link = peer.is_active();
             self.fns[k].set_pairing(self.epoch, st, link);

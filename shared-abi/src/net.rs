@@ -93,6 +93,11 @@ impl NetHdr {
 pub const PEER_PRESENT: u32 = 1 << 0;
 /// Peer-status bit: the peer negotiated [`VIRTIO_NET_F_SHARED_BUFFERS`].
 pub const PEER_SHARED_BUFFERS: u32 = 1 << 1;
+/// Peer-status bit: the peer has acknowledged the current epoch (or needs
+/// no resync: it did not negotiate shared buffers). In zero-copy mode a
+/// driver owns no slot of an epoch before this bit is set: until then the
+/// peer may still write slots it owned in the previous epoch.
+pub const PEER_SYNCED: u32 = 1 << 2;
 
 /// `struct virtio_net_config` with the sbnet fields appended (48 bytes).
 ///

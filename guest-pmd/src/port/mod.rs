@@ -188,7 +188,10 @@ impl<B: Bus> Port<B> {
         }
         // From here on, dropping `port` resets the device.
         port.sync_epoch()?;
-        port.refill_rx();
+        if !port.resync_pending {
+            // Otherwise the first burst finishes the resync and posts.
+            port.refill_rx();
+        }
         Ok(port)
     }
 
@@ -485,15 +488,30 @@ impl<B: Bus> Port<B> {
 
     /// Returns the error that stopped the port, or finishes a resync left
     /// pending. Called first by every burst.
+    /// Whether the port can move packets now: `Ok(false)` while a resync
+    /// waits for the device or the peer (a `ResyncTimeout`: the burst
+    /// moves nothing and the next one tries again); `Err` once it failed.
     #[inline]
-    fn ready(&mut self) -> Result<(), PmdError> {
+    fn ready(&mut self) -> Result<bool, PmdError> {
         if let Some(f) = self.failed {
             return Err(f.into());
         }
         if self.resync_pending {
-            return self.resync();
+            return self.retry_resync();
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// A pending resync, tried again. While the peer has not synchronised
+    /// each try costs a few bus reads; that lasts until the peer's next
+    /// burst.
+    #[cold]
+    fn retry_resync(&mut self) -> Result<bool, PmdError> {
+        match self.resync() {
+            Ok(()) => Ok(true),
+            Err(PmdError::ResyncTimeout { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The device broke the ring protocol on queue `q`: the port stops.

@@ -22,7 +22,7 @@
 use std::time::Instant;
 
 use sbnet_abi::common_cfg::STATUS_DEVICE_NEEDS_RESET;
-use sbnet_abi::net::{RX_QUEUE, TX_QUEUE};
+use sbnet_abi::net::{PEER_SYNCED, RX_QUEUE, TX_QUEUE};
 
 use super::{Port, RxFn, TxFn, HDR};
 use crate::bus::Bus;
@@ -40,7 +40,9 @@ impl<B: Bus> Port<B> {
     /// so an unchanged epoch needs no status read. `rx_burst` calls this by
     /// itself while idle ([`crate::PortConfig::epoch_poll_interval`]).
     pub fn poll_epoch(&mut self) -> Result<bool, PmdError> {
-        self.ready()?;
+        if !self.ready()? {
+            return Ok(false);
+        }
         self.st.epoch_polls += 1;
         let epoch = self.dev.epoch()?;
         if epoch == self.epoch {
@@ -52,8 +54,11 @@ impl<B: Bus> Port<B> {
             self.check_status()?;
             return Ok(false);
         }
-        self.resync()?;
-        Ok(true)
+        match self.resync() {
+            // Waiting for the device or the peer: the next burst goes on.
+            Ok(()) | Err(PmdError::ResyncTimeout { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     /// Fails the port if the device set `DEVICE_NEEDS_RESET`.
@@ -85,7 +90,13 @@ impl<B: Bus> Port<B> {
             return Ok(());
         }
         let (epoch, peer) = self.acknowledge()?;
-        self.adopt(epoch, peer);
+        match self.await_peer_sync(epoch, peer) {
+            Ok((epoch, peer)) => self.adopt(epoch, peer),
+            // The peer is slow to synchronise: the port starts owning
+            // nothing and the first burst finishes the resync.
+            Err(PmdError::ResyncTimeout { .. }) => self.resync_pending = true,
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
@@ -101,6 +112,7 @@ impl<B: Bus> Port<B> {
         self.check_status()?;
         self.drain()?;
         let (epoch, peer) = self.acknowledge()?;
+        let (epoch, peer) = self.await_peer_sync(epoch, peer)?;
         self.adopt(epoch, peer);
         self.resync_pending = false;
         self.st.resyncs += 1;
@@ -187,7 +199,23 @@ impl<B: Bus> Port<B> {
         Err(PmdError::EpochUnstable { tries: ACK_TRIES })
     }
 
-    /// Step 4: the new epoch's mode, split and burst functions.
+    /// Step 4: in zero-copy mode, no slot is taken before the peer has
+    /// acknowledged the epoch too (`PEER_SYNCED`): until then its
+    /// application may still write slots it owned in the previous epoch.
+    /// Never blocks: without the bit it reports `ResyncTimeout` (nothing is
+    /// outstanding), the resync stays pending and the bursts move nothing
+    /// until a later one finds the peer synchronised.
+    fn await_peer_sync(&mut self, epoch: u32, peer: u32) -> Result<(u32, u32), PmdError> {
+        if Mode::of_epoch(self.shm.is_some(), peer) != Mode::ZeroCopy || peer & PEER_SYNCED != 0 {
+            return Ok((epoch, peer));
+        }
+        if !self.resync_pending {
+            tracing::debug!(epoch, "waiting for the peer to synchronise to the epoch");
+        }
+        Err(PmdError::ResyncTimeout { outstanding: 0 })
+    }
+
+    /// Step 5: the new epoch's mode, split and burst functions.
     fn adopt(&mut self, epoch: u32, peer_status: u32) {
         let mode = Mode::of_epoch(self.shm.is_some(), peer_status);
         let side = self.slots.side;

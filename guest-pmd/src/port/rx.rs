@@ -28,11 +28,13 @@ impl<B: Bus> Port<B> {
     /// Errors: [`PmdError::DeviceMisbehaved`] and
     /// [`PmdError::DeviceNeedsReset`] stop the port (every later call
     /// returns them; packets already taken in the failing burst are
-    /// returned first); [`PmdError::ResyncTimeout`] is retried by the next
-    /// call.
+    /// returned first). While a resync waits for the device or the peer
+    /// the burst returns 0 and the next call carries on.
     #[inline]
     pub fn rx_burst(&mut self, out: &mut [Option<Pkt>]) -> Result<usize, PmdError> {
-        self.ready()?;
+        if !self.ready()? {
+            return Ok(0);
+        }
         let before = self.rxq.completions() + self.txq.completions();
         let n = (self.rx_fn)(self, out);
         if self.zero_len > 0 || self.failed.is_some() {
@@ -183,7 +185,12 @@ impl<B: Bus> Port<B> {
                     // Packets already taken (classic ones survive a resync)
                     // come first; a resync error is reported by the next
                     // call, which retries it.
-                    return if n > 0 { Ok(n) } else { r.map(|()| 0) };
+                    return match r {
+                        _ if n > 0 => Ok(n),
+                        // Waiting for the device or the peer: the next burst goes on.
+                        Ok(()) | Err(PmdError::ResyncTimeout { .. }) => Ok(0),
+                        Err(e) => Err(e),
+                    };
                 }
             }
         }

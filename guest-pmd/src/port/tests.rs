@@ -383,17 +383,15 @@ fn drain_times_out_and_retries() {
     )
     .unwrap();
     pair.bump_epoch();
-    // Nobody runs the host: the posted buffers never come back.
-    assert!(matches!(
-        a.poll_epoch(),
-        Err(PmdError::ResyncTimeout { outstanding: 256 })
-    ));
+    // Nobody runs the host: the posted buffers never come back. The
+    // timeout is not an error for the application: bursts move nothing
+    // until the resync can finish.
+    assert!(matches!(a.poll_epoch(), Ok(true)));
+    assert!(a.resync_pending);
     assert!(a.alloc().is_none(), "no sending while resyncing");
     let mut out = burst();
-    assert!(matches!(
-        a.rx_burst(&mut out),
-        Err(PmdError::ResyncTimeout { .. })
-    ));
+    assert_eq!(a.rx_burst(&mut out).unwrap(), 0);
+    assert!(a.resync_pending);
     // The host comes back: the next burst finishes the resync.
     pair.step();
     assert_eq!(a.rx_burst(&mut out).unwrap(), 0);

@@ -27,7 +27,9 @@ impl<B: Bus> Port<B> {
     /// To forward a received packet, modify it in place and send it.
     #[inline]
     pub fn tx_burst(&mut self, pkts: &mut [Option<Pkt>]) -> Result<usize, PmdError> {
-        self.ready()?;
+        if !self.ready()? {
+            return Ok(0);
+        }
         let n = (self.tx_fn)(self, pkts);
         match self.failed {
             Some(f) if n == 0 => Err(f.into()),

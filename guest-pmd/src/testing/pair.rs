@@ -18,8 +18,9 @@ use sbnet_abi::layout::{
     VIRTIO_BAR,
 };
 use sbnet_abi::net::{
-    cfg_off, NetConfig, NET_CONFIG_LEN, PEER_PRESENT, PEER_SHARED_BUFFERS, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    cfg_off, NetConfig, NET_CONFIG_LEN, PEER_PRESENT, PEER_SHARED_BUFFERS, PEER_SYNCED,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use sbnet_abi::pci::cfg;
 use sbnet_abi::ring::Desc;
@@ -393,6 +394,7 @@ impl PairState {
             self.common_write(k, o - common.start, v, data.len());
         } else if o == DEVICE_OFFSET as usize + cfg_off::EPOCH_ACK && data.len() == 4 {
             self.sides[k].regs.net.epoch_ack = v as u32;
+            self.refresh_synced();
         } else if notify.contains(&o) {
             let q = (o - notify.start) / NOTIFY_OFF_MULTIPLIER as usize;
             self.sides[k].regs.notifies[q] += 1;
@@ -522,6 +524,26 @@ impl PairState {
                 0
             };
             self.sides[k].regs.generation = self.sides[k].regs.generation.wrapping_add(1);
+        }
+        self.refresh_synced();
+    }
+
+    /// `PEER_SYNCED`: the peer is up and has acknowledged the epoch (or
+    /// needs no resync), as the real host publishes it.
+    pub(super) fn refresh_synced(&mut self) {
+        for k in 0..2 {
+            let peer = &self.sides[1 - k];
+            let synced = peer.driver_ok() && !peer.resyncing();
+            let net = &mut self.sides[k].regs.net;
+            let before = net.peer_status;
+            if synced {
+                net.peer_status |= PEER_SYNCED;
+            } else {
+                net.peer_status &= !PEER_SYNCED;
+            }
+            if net.peer_status != before {
+                self.sides[k].regs.generation = self.sides[k].regs.generation.wrapping_add(1);
+            }
         }
     }
 }

@@ -134,6 +134,8 @@ struct Ctx<'a> {
     deadline: Option<Instant>,
     last_progress: Instant,
     rx: Vec<Option<Pkt>>,
+    /// Frames received while waiting for the peer, in `rx[..backlog]`.
+    backlog: usize,
     tx: Vec<Option<Pkt>>,
 }
 
@@ -192,6 +194,7 @@ fn run(a: &Args) -> Result<Summary> {
         deadline: None,
         last_progress: Instant::now(),
         rx: (0..a.burst).map(|_| None).collect(),
+        backlog: 0,
         tx: (0..a.burst).map(|_| None).collect(),
     };
     wait_for_peer(&mut c)?;
@@ -277,6 +280,16 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A receive burst into `self.rx`; frames taken while waiting for the
+    /// peer come first.
+    #[inline]
+    fn rx_burst(&mut self) -> Result<usize> {
+        if self.backlog > 0 {
+            return Ok(std::mem::take(&mut self.backlog));
+        }
+        Ok(self.port.rx_burst(&mut self.rx)?)
+    }
+
     fn free_rx(&mut self, n: usize) {
         for p in self.rx[..n].iter_mut() {
             if let Some(p) = p.take() {
@@ -290,7 +303,12 @@ fn wait_for_peer(c: &mut Ctx) -> Result<()> {
     let end = Instant::now() + Duration::from_secs_f64(c.a.peer_timeout);
     loop {
         let n = c.port.rx_burst(&mut c.rx)?;
-        c.free_rx(n);
+        if n > 0 {
+            // The peer is up and already sending: these frames belong to
+            // the run (the mode loop takes them first).
+            c.backlog = n;
+            return Ok(());
+        }
         if c.port.link_up()? {
             c.port.poll_epoch()?;
             let ready = match c.port.mode() {
@@ -320,7 +338,7 @@ fn txonly(c: &mut Ctx) -> Result<()> {
     let size = c.a.frame_size;
     while !c.done(seq) {
         // Receive too: gifts come back through the receive queue.
-        let n = c.port.rx_burst(&mut c.rx)?;
+        let n = c.rx_burst()?;
         c.free_rx(n);
         let mut want = c.a.burst;
         if c.a.count > 0 {
@@ -365,7 +383,7 @@ fn txonly(c: &mut Ctx) -> Result<()> {
 
 fn rxonly(c: &mut Ctx) -> Result<()> {
     while !c.done(c.meter.rx) {
-        let n = c.port.rx_burst(&mut c.rx)?;
+        let n = c.rx_burst()?;
         for i in 0..n {
             let Some(p) = c.rx[i].take() else { continue };
             let r = frame::check(c.port.data(&p), c.payload);
@@ -382,7 +400,7 @@ fn echo(c: &mut Ctx, swap: bool) -> Result<()> {
     while !c.done(c.meter.tx) {
         let mut moved = false;
         if pending.iter().all(Option::is_none) {
-            let n = c.port.rx_burst(&mut c.rx)?;
+            let n = c.rx_burst()?;
             moved |= n > 0;
             for (slot, rx) in pending.iter_mut().zip(c.rx[..n].iter_mut()) {
                 let Some(mut p) = rx.take() else {
@@ -417,7 +435,7 @@ fn pingpong(c: &mut Ctx, rtts: &mut Vec<u32>) -> Result<()> {
             if let Some(p) = c.port.alloc() {
                 break p;
             }
-            let n = c.port.rx_burst(&mut c.rx)?;
+            let n = c.rx_burst()?;
             c.free_rx(n);
             c.tick(n > 0)?;
         };
@@ -434,7 +452,7 @@ fn pingpong(c: &mut Ctx, rtts: &mut Vec<u32>) -> Result<()> {
         c.meter.add_tx(1);
         // Wait for the echo of `seq`.
         'wait: loop {
-            let n = c.port.rx_burst(&mut c.rx)?;
+            let n = c.rx_burst()?;
             for i in 0..n {
                 let Some(p) = c.rx[i].take() else { continue };
                 let r = frame::check(c.port.data(&p), c.payload);
@@ -459,7 +477,7 @@ fn linger(c: &mut Ctx) -> Result<()> {
     let end = Instant::now() + Duration::from_secs_f64(c.a.linger);
     let mut last_check = Instant::now();
     while Instant::now() < end {
-        let n = c.port.rx_burst(&mut c.rx)?;
+        let n = c.rx_burst()?;
         c.free_rx(n);
         c.port.tx_burst(&mut [])?;
         if last_check.elapsed() > Duration::from_millis(5) {
