@@ -14,4 +14,4 @@ cargo build --release --workspace --all-targets
 echo "== tests (release: the 1,000,000-packet flows run at full speed)"
 cargo test --release --workspace -- --test-threads=2
 echo "== micro-benchmarks, smoke mode (each benchmark once)"
-cargo bench -p sbnet-device --features test-utils --bench switch -- --test
+cargo bench -p sbnet-device -p sbnet-tests --features sbnet-device/test-utils --bench switch --bench pmd -- --test

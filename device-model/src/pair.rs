@@ -378,17 +378,15 @@ pub enum PollMode {
 /// The data-plane loop: polls the pair until `shared.stop` is set.
 pub fn run_switch(shared: &Shared, mode: PollMode) {
     let mut idle: u32 = 0;
-    let mut polling = false;
     while !shared.stop.load(Ordering::Relaxed) {
         if shared.control_waiting.load(Ordering::Relaxed) > 0 {
             std::thread::yield_now();
         }
         let (work, waiting) = {
             let mut p = shared.pair.lock().unwrap_or_else(|p| p.into_inner());
-            if !polling {
-                p.set_polling(true);
-                polling = true;
-            }
+            // Every round: a queue enabled since the last one gets the flag
+            // too (a load per queue; the store only when it changes).
+            p.set_polling(true);
             (p.poll(), p.switch.has_waiting())
         };
         if work > 0 {
@@ -413,7 +411,6 @@ pub fn run_switch(shared: &Shared, mode: PollMode) {
         {
             let mut p = shared.pair.lock().unwrap_or_else(|p| p.into_inner());
             p.set_polling(false);
-            polling = false;
             if p.poll() > 0 {
                 idle = 0;
                 continue;

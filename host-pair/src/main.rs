@@ -50,7 +50,7 @@ struct ServeArgs {
     /// Bytes per slot (power of two, 2048..=131072); the largest frame is this minus 12.
     #[arg(long, default_value_t = 2048)]
     slot_size: u32,
-    /// Largest virtqueue size a driver may choose (power of two, 2..=32768).
+    /// Largest virtqueue size a driver may choose (power of two, 2..=32768, at least --slots/2 + 128).
     #[arg(long, default_value_t = 1024)]
     queue_size: u16,
     /// Create the region on this hugetlbfs mount (or any directory) instead of a memfd.
@@ -121,9 +121,15 @@ fn serve(a: ServeArgs) -> Result<()> {
             a.queue_size
         );
     }
-    if (a.queue_size as u32) < a.slots / 2 {
-        tracing::warn!(
-            "--queue-size {} is below half of --slots {}: a side cannot post all of its peer's slots at once; TX will be deferred more often",
+    // A side's receive queue must post every slot its peer may own: half
+    // of them, plus what the gift policy lets a side keep above half (up to
+    // 32 free, 64 in flight) and the PMD's classic buffers (32). Below that
+    // a one-way flow can stall (docs/benchmarks.md, problem 2).
+    let need = a.slots / 2 + 128;
+    if (a.queue_size as u32) < need {
+        bail!(
+            "--queue-size {} is too small for --slots {}: each side's receive queue must hold the slots its peer may own \
+             plus classic buffers (at least --slots/2 + 128 = {need}); raise --queue-size or lower --slots",
             a.queue_size,
             a.slots
         );

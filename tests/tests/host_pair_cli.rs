@@ -100,6 +100,12 @@ fn bad_arguments_say_what_to_do() {
             ],
             "mount -t hugetlbfs",
         ),
+        (
+            &[
+                "serve", "--socket", a, "--socket", "b.sock", "--slots", "2048",
+            ],
+            "raise --queue-size",
+        ),
     ];
     for (args, want) in cases {
         let o = run(args);

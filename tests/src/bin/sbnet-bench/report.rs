@@ -1,0 +1,648 @@
+//! docs/benchmarks.md and the charts.
+
+use crate::model::{Cell, Place, System};
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Everything the report needs.
+pub struct Report<'a> {
+    pub cells: &'a [Cell],
+    pub sizes: &'a [usize],
+    pub place: &'a Place,
+    pub machine: String,
+    pub quick: bool,
+    pub secs: f64,
+    pub repeats: usize,
+    pub started: String,
+    pub wall_secs: f64,
+    pub invocation: String,
+    pub micro: &'a [Micro],
+    pub notes: Option<String>,
+    pub charts: Vec<PathBuf>,
+    pub dpdk_note: Option<String>,
+    pub max_background: f64,
+}
+
+/// One criterion result.
+pub struct Micro {
+    pub id: String,
+    /// Median nanoseconds per element (packet) or per iteration.
+    pub ns: f64,
+    /// Elements per iteration (packets), or bytes for a byte throughput.
+    pub per: Per,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+pub enum Per {
+    Elements(u64),
+    Bytes(u64),
+    Iter,
+}
+
+impl Micro {
+    pub fn to_json(&self) -> serde_json::Value {
+        let (kind, n) = match self.per {
+            Per::Elements(n) => ("elements", n),
+            Per::Bytes(n) => ("bytes", n),
+            Per::Iter => ("iter", 1),
+        };
+        serde_json::json!({"id": self.id, "ns": self.ns, "lo": self.lo, "hi": self.hi, "per": kind, "n": n})
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Option<Self> {
+        let n = v.get("n")?.as_u64()?;
+        Some(Self {
+            id: v.get("id")?.as_str()?.to_string(),
+            ns: v.get("ns")?.as_f64()?,
+            lo: v.get("lo")?.as_f64()?,
+            hi: v.get("hi")?.as_f64()?,
+            per: match v.get("per")?.as_str()? {
+                "elements" => Per::Elements(n),
+                "bytes" => Per::Bytes(n),
+                _ => Per::Iter,
+            },
+        })
+    }
+}
+
+/// Reads criterion's `*/*/new/{benchmark,estimates}.json` under `dir`.
+pub fn read_criterion(dir: &Path) -> Vec<Micro> {
+    let mut out = Vec::new();
+    let Ok(groups) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for g in groups.flatten() {
+        let Ok(ids) = std::fs::read_dir(g.path()) else {
+            continue;
+        };
+        for id in ids.flatten() {
+            let new = id.path().join("new");
+            let (Ok(b), Ok(e)) = (
+                crate::util::json(&new.join("benchmark.json")),
+                crate::util::json(&new.join("estimates.json")),
+            ) else {
+                continue;
+            };
+            let full = b
+                .get("full_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?")
+                .to_string();
+            let per = match b.get("throughput") {
+                Some(t) if t.get("Elements").is_some() => {
+                    Per::Elements(t["Elements"].as_u64().unwrap_or(1))
+                }
+                Some(t) if t.get("Bytes").is_some() => Per::Bytes(t["Bytes"].as_u64().unwrap_or(1)),
+                _ => Per::Iter,
+            };
+            let med = &e["median"];
+            let div = match per {
+                Per::Elements(n) => n as f64,
+                _ => 1.0,
+            };
+            let ci = &med["confidence_interval"];
+            out.push(Micro {
+                id: full,
+                ns: med["point_estimate"].as_f64().unwrap_or(0.0) / div,
+                lo: ci["lower_bound"].as_f64().unwrap_or(0.0) / div,
+                hi: ci["upper_bound"].as_f64().unwrap_or(0.0) / div,
+                per,
+            });
+        }
+    }
+    out.sort_by_key(|m| natural(&m.id));
+    out
+}
+
+fn natural(s: &str) -> (String, u64) {
+    match s.rsplit_once('/') {
+        Some((g, n)) => (g.to_string(), n.trim_end_matches('B').parse().unwrap_or(0)),
+        None => (s.to_string(), 0),
+    }
+}
+
+fn mpps(p: f64) -> String {
+    if p >= 1e6 {
+        format!("{:.2} Mpps", p / 1e6)
+    } else {
+        format!("{:.0} kpps", p / 1e3)
+    }
+}
+
+fn gbps(g: f64) -> String {
+    format!("{g:.2} Gbit/s")
+}
+
+fn size(f: usize) -> String {
+    if f >= 1024 && f.is_multiple_of(1024) {
+        format!("{f} B ({} KiB)", f / 1024)
+    } else {
+        format!("{f} B")
+    }
+}
+
+impl Report<'_> {
+    fn cell(&self, s: System, f: usize) -> Option<&Cell> {
+        self.cells.iter().find(|c| c.system == s && c.frame == f)
+    }
+
+    fn median(&self, s: System, f: usize) -> Option<f64> {
+        self.cell(s, f).and_then(Cell::median)
+    }
+
+    fn ratio(&self, a: System, b: System, f: usize) -> Option<f64> {
+        Some(self.median(a, f)? / self.median(b, f)?)
+    }
+
+    fn short(&self, s: System, f: usize) -> String {
+        match self.cell(s, f) {
+            Some(c) if c.median().is_some() => {
+                let m = c.median().unwrap();
+                format!("{} · {}", mpps(m), gbps(c.gbps().unwrap_or(0.0)))
+            }
+            Some(c) => match &c.error {
+                Some(e) if e.starts_with("n/a") => "n/a".into(),
+                Some(_) => "failed".into(),
+                None => "—".into(),
+            },
+            None => "—".into(),
+        }
+    }
+
+    fn micro(&self, id: &str) -> Option<&Micro> {
+        self.micro.iter().find(|m| m.id == id)
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        let w = &mut o;
+        let _ = writeln!(w, "# Benchmarks\n");
+        let _ = writeln!(
+            w,
+            "Generated by `tests/bench/run.sh{}` (the `sbnet-bench` binary) on {}; its end-to-end runs took {:.0} s \
+             (not counting the build and the micro-benchmarks before them). \
+             Do not edit by hand: run it again. The analysis at the end comes from `tests/bench/notes.md`.\n",
+            if self.quick { " --quick" } else { "" },
+            self.started,
+            self.wall_secs
+        );
+        if self.quick {
+            let _ = writeln!(w, "> **Quick mode**: short runs, few sizes, one repeat. For development only; the figures are not the project's results.\n");
+        }
+
+        // Headline.
+        let _ = writeln!(w, "## Targets (issue 5)\n");
+        let _ = writeln!(w, "| target | measured | met? |\n|---|---|---|");
+        let sw = self.micro("switch_zero_copy/32");
+        let _ = writeln!(
+            w,
+            "| host switch ≤ 20 ns per packet at burst 32 (zero-copy) | {} | {} |",
+            sw.map_or("not run".into(), |m| format!(
+                "{:.2} ns (95% CI {:.2}–{:.2})",
+                m.ns, m.lo, m.hi
+            )),
+            sw.map_or("?", |m| if m.ns <= 20.0 { "yes" } else { "**no**" })
+        );
+        let (small, big) = (self.sizes.first().copied(), self.sizes.last().copied());
+        if let (Some(a), Some(b)) = (small, big) {
+            let r = match (
+                self.median(System::SbnetZc, b),
+                self.median(System::SbnetZc, a),
+            ) {
+                (Some(x), Some(y)) => Some(x / y),
+                _ => None,
+            };
+            let _ = writeln!(
+                w,
+                "| zero-copy rate at {} within 10% of its rate at {} | {} | {} |",
+                size(b),
+                size(a),
+                r.map_or("—".into(), |r| format!("{:.0}% of it", r * 100.0)),
+                r.map_or("?", |r| if r >= 0.9 { "yes" } else { "**no**" })
+            );
+            let v = self.ratio(System::SbnetZc, System::Vhost, a);
+            let _ = writeln!(
+                w,
+                "| zero-copy ≥ DPDK vhost path at {} | {} | {} |",
+                size(a),
+                v.map_or("—".into(), |r| format!("{r:.2}×")),
+                v.map_or("?", |r| if r >= 1.0 { "yes" } else { "**no**" })
+            );
+        }
+        if self.sizes.contains(&9000) {
+            let v = self.ratio(System::SbnetZc, System::Vhost, 9000);
+            let _ = writeln!(
+                w,
+                "| zero-copy ≥ 10× DPDK vhost path at 9000 B | {} | {} |",
+                v.map_or("—".into(), |r| format!("{r:.1}×")),
+                v.map_or("?", |r| if r >= 10.0 { "yes" } else { "**no**" })
+            );
+        }
+        let _ = writeln!(w);
+
+        // Throughput table.
+        let _ = writeln!(w, "## One-way throughput\n");
+        let _ = writeln!(
+            w,
+            "Packets per second counted at the receiver and payload Gbit/s (frame bytes × 8, no virtio header), \
+             median of {} run(s) of {} s each; ratios are to the DPDK vhost path measured in this same run. \
+             *Zero-copy* uses `--payload header`: the application writes and checks the Ethernet + test header \
+             only and never touches the rest of the frame, which is the zero-copy rate; *full payload* writes \
+             and checks every byte (one run per size). For the zero-copy path, Gbit/s is the payload whose \
+             *ownership* moved from sender to receiver: no byte of it was read, written or copied.\n",
+            self.repeats, self.secs
+        );
+        let _ = writeln!(
+            w,
+            "| frame | sbnet zero-copy | sbnet zero-copy, full payload | sbnet classic | DPDK vhost path | DPDK memif | zero-copy ÷ vhost | classic ÷ vhost | memif ÷ vhost |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+        for &f in self.sizes {
+            let r = |a| {
+                self.ratio(a, System::Vhost, f)
+                    .map_or("—".into(), |r| format!("{r:.2}×"))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                size(f),
+                self.short(System::SbnetZc, f),
+                self.short(System::SbnetZcFull, f),
+                self.short(System::SbnetClassic, f),
+                self.short(System::Vhost, f),
+                self.short(System::Memif, f),
+                r(System::SbnetZc),
+                r(System::SbnetClassic),
+                r(System::Memif)
+            );
+        }
+        let _ = writeln!(w);
+        for c in &self.charts {
+            let name = c
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = writeln!(w, "![{name}]({name})\n");
+        }
+
+        // Copies.
+        let _ = writeln!(w, "## Data copies per packet\n");
+        let _ = writeln!(
+            w,
+            "sbnet's figures are host-pair's counters (`tx_copied` ÷ `tx_packets`, both sides, whole run); \
+             the DPDK paths' are by construction (vhost: one copy out of the sender's ring into an mbuf, one \
+             into the receiver's ring; memif without zero-copy: the sender copies into the shared ring, the \
+             receiver out of it).\n"
+        );
+        let _ = writeln!(w, "| frame | sbnet zero-copy | sbnet classic | DPDK vhost path | DPDK memif |\n|---|---|---|---|---|");
+        for &f in self.sizes {
+            let c = |s| {
+                self.cell(s, f)
+                    .and_then(|c| c.samples.first())
+                    .and_then(|s| s.copies)
+                    .map_or("—".into(), |v| format!("{v:.2}"))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} |",
+                size(f),
+                c(System::SbnetZc),
+                c(System::SbnetClassic),
+                c(System::Vhost),
+                c(System::Memif)
+            );
+        }
+        let _ = writeln!(w);
+
+        // Latency.
+        let _ = writeln!(w, "## Ping-pong latency (sbnet)\n");
+        let _ = writeln!(
+            w,
+            "`sbnet-testpmd --mode pingpong` on side 0 against `--mode io` (echo in place) on side 1, one frame \
+             in flight, same placement as the throughput runs (both endpoints share one CPU, so each round \
+             trip includes two hand-overs between them). DPDK testpmd has no ping-pong mode, so there is no \
+             DPDK column.\n"
+        );
+        let _ = writeln!(w, "| frame | zero-copy p50 | zero-copy p99 | zero-copy round trips/s | classic p50 | classic p99 |\n|---|---|---|---|---|---|");
+        for &f in self.sizes {
+            let l = |s: System| -> (String, String, String) {
+                match self
+                    .cell(s, f)
+                    .and_then(|c| c.samples.first().map(|x| (c, x)))
+                {
+                    Some((_, x)) => {
+                        let (p50, p99) = x.rtt.unwrap_or((0.0, 0.0));
+                        (
+                            format!("{p50:.1} µs"),
+                            format!("{p99:.1} µs"),
+                            format!("{:.0}", x.pps),
+                        )
+                    }
+                    None => ("—".into(), "—".into(), "—".into()),
+                }
+            };
+            let (a, b, c) = l(System::PingZc);
+            let (d, e, _) = l(System::PingClassic);
+            let _ = writeln!(w, "| {} | {a} | {b} | {c} | {d} | {e} |", size(f));
+        }
+        let _ = writeln!(w);
+
+        // Variance.
+        let _ = writeln!(w, "## Variance\n");
+        let _ = writeln!(
+            w,
+            "Every run, in Mpps, with the coefficient of variation (standard deviation ÷ mean) over the \
+             repeats. Runs of all systems are interleaved (repeat 1 of every system and size, then repeat 2, \
+             …) so that a slow phase of the machine does not fall on one system only. *bg* is the share of \
+             the machine other programs used just before the run (the run waits up to 20 s for it to fall \
+             below {:.0}%).\n",
+            self.max_background * 100.0
+        );
+        let _ = writeln!(
+            w,
+            "| system | frame | runs (Mpps) | min–max | CV | bg |\n|---|---|---|---|---|---|"
+        );
+        for s in System::THROUGHPUT {
+            for &f in self.sizes {
+                let Some(c) = self.cell(s, f) else { continue };
+                if c.samples.is_empty() {
+                    if let Some(e) = &c.error {
+                        let first = e.lines().next().unwrap_or("");
+                        let _ = writeln!(
+                            w,
+                            "| {} | {} | {} | | | |",
+                            s.name(),
+                            size(f),
+                            first.replace('|', "/")
+                        );
+                    }
+                    continue;
+                }
+                let runs: Vec<String> = c
+                    .samples
+                    .iter()
+                    .map(|x| format!("{:.3}", x.pps / 1e6))
+                    .collect();
+                let (lo, hi) = c.range().unwrap_or((0.0, 0.0));
+                let bg = c.samples.iter().map(|x| x.background).fold(0.0, f64::max);
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {:.3}–{:.3} | {} | {:.0}% |",
+                    s.name(),
+                    size(f),
+                    runs.join(", "),
+                    lo / 1e6,
+                    hi / 1e6,
+                    c.cv().map_or("—".into(), |v| format!("{:.0}%", v * 100.0)),
+                    bg * 100.0
+                );
+            }
+        }
+        let _ = writeln!(w);
+
+        // Micro-benchmarks.
+        let _ = writeln!(w, "## Micro-benchmarks (criterion, in-process)\n");
+        if self.micro.is_empty() {
+            let _ = writeln!(
+                w,
+                "Not run (`tests/bench/run.sh` runs them before the end-to-end runs).\n"
+            );
+        } else {
+            let _ = writeln!(
+                w,
+                "Median per packet (per copy for `memcpy`), with criterion's 95% confidence interval. \
+                 `switch_*`: one host polling round over bursts of 1, 8 or 32 TX chains \
+                 (`device-model/benches/switch.rs`); `pmd_*`: the guest PMD's calls, two real ports on an \
+                 in-process pair with the host switch run untimed between them (`tests/benches/pmd.rs`): \
+                 `tx` = `alloc` + `tx_burst`, `rx` = `rx_burst` + `free` on the receiver (it also gifts the \
+                 slots back), `round` = both plus the sender's own `rx_burst` (completions, gifts in, reposts).\n"
+            );
+            let _ = writeln!(w, "| benchmark | median | 95% CI |\n|---|---|---|");
+            for m in self.micro {
+                let (v, unit) = match m.per {
+                    Per::Elements(_) => (format!("{:.1} ns/packet", m.ns), ""),
+                    Per::Bytes(b) => (format!("{:.1} ns ({:.1} GB/s)", m.ns, b as f64 / m.ns), ""),
+                    Per::Iter => (format!("{:.1} ns", m.ns), ""),
+                };
+                let _ = writeln!(w, "| `{}` | {v}{unit} | {:.1}–{:.1} |", m.id, m.lo, m.hi);
+            }
+            let _ = writeln!(w);
+        }
+
+        // Machine and method.
+        let _ = writeln!(w, "## Machine\n\n```\n{}\n```\n", self.machine.trim());
+        let _ = writeln!(w, "## Method\n");
+        let p = self.place;
+        let _ = writeln!(
+            w,
+            "- Everything runs on this machine only (Unix sockets, shared memory; no network).\n\
+             - **Thread placement** (taskset): the host's party on CPU {host} (host-pair, all of its threads; \
+             the DPDK vhost switch testpmd, main and forwarding lcore); both endpoints (the two guests) on \
+             CPU {guest} (sender and receiver, sbnet-testpmd or DPDK testpmd). memif has no host party: its \
+             sender runs on CPU {mtx} and its receiver on CPU {mrx}.\n\
+             - **Polling**: host-pair `--poll {poll}`, sbnet-testpmd `--idle {idle}` (an idle loop yields the \
+             CPU, so the two endpoints that share CPU {guest} hand it to each other when one has nothing to \
+             do). DPDK testpmd has no such option: its endpoints busy-poll and alternate on the shared CPU in \
+             scheduler slices (HZ=250 here), so their rings are made as large as virtio-user allows for the \
+             frame size (up to 32768 descriptors) to bridge a slice.\n\
+             - Slots: host-pair `--slots {slots}`, `--slot-size` the next power of two ≥ frame + 12 (2048 at \
+             least).\n\
+             - DPDK testpmd cannot generate frames above {tmax} B (a 16-bit length), so its 64 KiB point is \
+             {tmax} B; its virtio PMD takes frames up to {vmax} B, so the vhost path has no 64 KiB point.\n\
+             - Run length {secs} s, {rep} repeat(s) per system and size (full payload: one).\n",
+            host = p.host,
+            guest = p.tx,
+            mtx = p.memif_tx,
+            mrx = p.memif_rx,
+            poll = p.poll,
+            idle = p.idle,
+            slots = crate::sbnet::SLOTS,
+            tmax = crate::dpdk::TESTPMD_MAX_FRAME,
+            vmax = crate::dpdk::VIRTIO_MAX_FRAME,
+            secs = self.secs,
+            rep = self.repeats,
+        );
+        if let Some(n) = &self.dpdk_note {
+            let _ = writeln!(w, "- DPDK: {n}\n");
+        }
+        let _ = writeln!(w, "### Commands\n");
+        let _ = writeln!(w, "The whole benchmark: `{}`.\n", self.invocation.trim());
+        let _ = writeln!(w, "The commands of the first run of each system, at the smallest and the largest frame size (the others differ only in sizes, paths and ring sizes; `docs/benchmarks.json` has them all):\n");
+        let mut shown = BTreeMap::new();
+        for c in self.cells {
+            if c.commands.is_empty() {
+                continue;
+            }
+            if Some(c.frame) == small || Some(c.frame) == big {
+                shown.entry((c.system, c.frame)).or_insert(&c.commands);
+            }
+        }
+        let _ = writeln!(
+            w,
+            "`$WORK` is the run's work directory (sockets, logs, JSON); paths are relative to the repository.\n"
+        );
+        for ((s, f), cmds) in shown {
+            let _ = writeln!(w, "{} at {}:\n\n```sh", s.name(), size(f));
+            for c in cmds {
+                let _ = writeln!(w, "{} &", tidy(c));
+            }
+            let _ = writeln!(w, "```\n");
+        }
+        let errors: Vec<&Cell> = self
+            .cells
+            .iter()
+            .filter(|c| c.error.as_ref().is_some_and(|e| !e.starts_with("n/a")))
+            .collect();
+        if !errors.is_empty() {
+            let _ = writeln!(w, "### Failed runs\n");
+            for c in errors {
+                let _ = writeln!(
+                    w,
+                    "- {} at {}: ```{}```",
+                    c.system.name(),
+                    size(c.frame),
+                    c.error
+                        .as_deref()
+                        .unwrap_or("")
+                        .lines()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                );
+            }
+            let _ = writeln!(w);
+        }
+        if let Some(n) = &self.notes {
+            let _ = writeln!(w, "{}", n.trim_end());
+        }
+        o
+    }
+}
+
+/// A command line with the repository prefix and the work directory shortened.
+fn tidy(cmd: &str) -> String {
+    let mut out = cmd.to_string();
+    if let Ok(cwd) = std::env::current_dir() {
+        out = out.replace(&format!("{}/", cwd.display()), "");
+    }
+    // /tmp/sbnet-bench-<pid>/<run> -> $WORK
+    while let Some(i) = out.find("/tmp/sbnet-bench-") {
+        let rest = &out[i + "/tmp/sbnet-bench-".len()..];
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        let after = &rest[digits..];
+        let run_end = after
+            .strip_prefix('/')
+            .map(|r| 1 + r.find('/').unwrap_or(r.len()))
+            .unwrap_or(0);
+        out = format!("{}$WORK{}", &out[..i], &after[run_end..]);
+    }
+    out
+}
+
+const COLORS: [RGBColor; 5] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x17, 0xbe, 0xcf),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+];
+
+/// Rate (Mpps) or payload Gbit/s vs frame size, one line per system, log-log.
+pub fn chart(path: &Path, cells: &[Cell], sizes: &[usize], gbit: bool, title: &str) -> Result<()> {
+    let val = |c: &Cell| -> Option<f64> {
+        if gbit {
+            c.gbps()
+        } else {
+            c.median().map(|p| p / 1e6)
+        }
+    };
+    let series: Vec<(System, Vec<(f64, f64)>)> = System::THROUGHPUT
+        .iter()
+        .map(|&s| {
+            let pts = sizes
+                .iter()
+                .filter_map(|&f| {
+                    cells
+                        .iter()
+                        .find(|c| c.system == s && c.frame == f)
+                        .and_then(val)
+                        .filter(|v| *v > 0.0)
+                        .map(|v| (f as f64, v))
+                })
+                .collect();
+            (s, pts)
+        })
+        .collect();
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .collect();
+    if all.is_empty() {
+        return Ok(());
+    }
+    let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = all.iter().cloned().fold(0.0, f64::max);
+    let (y0, y1) = (
+        10f64.powf((lo.log10() - 0.2).floor()),
+        10f64.powf((hi.log10() + 0.2).ceil()),
+    );
+    let (x0, x1) = (
+        *sizes.first().unwrap_or(&64) as f64 / 1.5,
+        *sizes.last().unwrap_or(&65536) as f64 * 1.5,
+    );
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).context("chart")?;
+    let mut ch = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .context("chart")?;
+    ch.configure_mesh()
+        .x_desc("frame size (bytes)")
+        .y_desc(if gbit {
+            "payload Gbit/s"
+        } else {
+            "Mpps at the receiver"
+        })
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| {
+            if *y >= 1.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y}")
+            }
+        })
+        .draw()
+        .context("chart")?;
+    for (i, (s, pts)) in series.iter().enumerate() {
+        if pts.is_empty() {
+            continue;
+        }
+        let color = COLORS[i % COLORS.len()];
+        let style = ShapeStyle::from(&color).stroke_width(2);
+        ch.draw_series(LineSeries::new(pts.clone(), style))
+            .context("chart")?
+            .label(s.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        ch.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .context("chart")?;
+    }
+    ch.configure_series_labels()
+        .position(if gbit {
+            SeriesLabelPosition::UpperLeft
+        } else {
+            SeriesLabelPosition::LowerLeft
+        })
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .context("chart")?;
+    root.present().context("chart")?;
+    Ok(())
+}
