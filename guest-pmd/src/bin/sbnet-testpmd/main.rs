@@ -260,7 +260,7 @@ impl Ctx<'_> {
     /// Called once per loop iteration; `moved` says whether packets moved.
     #[inline]
     fn tick(&mut self, moved: bool) -> Result<()> {
-        let now = self.meter.tick();
+        let now = self.meter.tick(moved);
         if moved {
             self.last_progress = now;
             return Ok(());
@@ -344,6 +344,8 @@ fn txonly(c: &mut Ctx) -> Result<()> {
         if c.a.count > 0 {
             want = want.min((c.a.count - seq) as usize);
         }
+        // One clock read per burst for the timestamps.
+        let stamp = c.started.elapsed().as_nanos() as u64;
         for i in 0..want {
             if c.tx[i].is_some() {
                 continue;
@@ -356,7 +358,6 @@ fn txonly(c: &mut Ctx) -> Result<()> {
                     c.port.slot_size().unwrap_or(0)
                 );
             }
-            let stamp = c.started.elapsed().as_nanos() as u64;
             frame::build(
                 c.port.data_mut(&mut p),
                 mac,
@@ -466,6 +467,7 @@ fn pingpong(c: &mut Ctx, rtts: &mut Vec<u32>) -> Result<()> {
             }
             c.tick(n > 0)?;
         }
+        c.tick(true)?;
         seq += 1;
     }
     Ok(())

@@ -48,17 +48,13 @@ impl Meter {
 
     #[inline]
     pub fn add_tx(&mut self, n: u64) {
-        if n > 0 {
-            self.tx += n;
-            self.last_activity = Some(Instant::now());
-        }
+        self.tx += n;
     }
 
     /// Counts a received frame; returns its sequence number when it is good.
     #[inline]
     pub fn rx_frame(&mut self, r: Result<(u64, u64), Bad>) -> Option<u64> {
         self.rx += 1;
-        self.last_activity = Some(Instant::now());
         match r {
             Ok((seq, _)) => {
                 if seq < self.next_seq {
@@ -79,10 +75,15 @@ impl Meter {
         }
     }
 
-    /// The time now; prints the interval line when due.
+    /// The time now (one clock read per loop iteration, never per packet);
+    /// notes it as the last activity when packets `moved`, and prints the
+    /// interval line when due.
     #[inline]
-    pub fn tick(&mut self) -> Instant {
+    pub fn tick(&mut self, moved: bool) -> Instant {
         let now = Instant::now();
+        if moved {
+            self.last_activity = Some(now);
+        }
         if let Some(iv) = self.interval {
             let dt = now.duration_since(self.last_print);
             if dt >= iv {
