@@ -19,5 +19,5 @@ mod vm_common;
 
 #[test]
 fn two_vms_mixed_pmd_and_stock_driver() {
-    vm_common::run_pmd_pair("vm_mixed", "mixed");
+    vm_common::run_harness("vm_mixed", "tests/vm/run-pmd-pair.sh", &["mixed"], true);
 }

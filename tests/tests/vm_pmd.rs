@@ -21,5 +21,5 @@ mod vm_common;
 
 #[test]
 fn two_vms_pmd_zero_copy() {
-    vm_common::run_pmd_pair("vm_pmd", "pmd");
+    vm_common::run_harness("vm_pmd", "tests/vm/run-pmd-pair.sh", &["pmd"], true);
 }

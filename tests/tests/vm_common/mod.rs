@@ -115,8 +115,11 @@ fn release_binary(
     path
 }
 
-/// Runs `tests/vm/run-pmd-pair.sh scenario` and asserts its verdict.
-pub fn run_pmd_pair(test: &str, scenario: &str) {
+/// Runs a VM harness script (relative to the repository) with `args`,
+/// bounded by [`WALL_LIMIT`], and asserts its `SBNET-VM-TEST: PASS` verdict.
+/// host-pair (and, with `testpmd`, sbnet-testpmd) are built in release
+/// unless `SBNET_HOST_PAIR` / `SBNET_TESTPMD` name binaries.
+pub fn run_harness(test: &str, script: &str, args: &[&str], testpmd: bool) {
     if std::env::var("SBNET_SKIP_VM").as_deref() == Ok("1") {
         eprintln!("{test}: skipped (SBNET_SKIP_VM=1)");
         println!("skipped (SBNET_SKIP_VM=1)");
@@ -143,22 +146,23 @@ pub fn run_pmd_pair(test: &str, scenario: &str) {
         &logdir,
         deadline,
     );
-    let testpmd = release_binary(
-        "SBNET_TESTPMD",
-        "sbnet-pmd",
-        "sbnet-testpmd",
-        &logdir,
-        deadline,
-    );
-
-    let script = root.join("tests/vm/run-pmd-pair.sh");
-    let log = logdir.join("run-pmd-pair.log");
+    let script = root.join(script);
+    let log = logdir.join("harness.log");
     let mut cmd = Command::new("bash");
     cmd.arg(&script)
-        .arg(scenario)
+        .args(args)
         .current_dir(&root)
-        .env("SBNET_HOST_PAIR", &host_pair)
-        .env("SBNET_TESTPMD", &testpmd);
+        .env("SBNET_HOST_PAIR", &host_pair);
+    if testpmd {
+        let testpmd = release_binary(
+            "SBNET_TESTPMD",
+            "sbnet-pmd",
+            "sbnet-testpmd",
+            &logdir,
+            deadline,
+        );
+        cmd.env("SBNET_TESTPMD", testpmd);
+    }
     if std::env::var_os("SBNET_VM_TIMEOUT").is_none() {
         cmd.env("SBNET_VM_TIMEOUT", RUN_TIMEOUT_SECS.to_string());
     }
