@@ -48,40 +48,24 @@
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=tests/vm/lib.sh
+. "$HERE/lib.sh"
 SCENARIO="${1:-${SBNET_VM_SCENARIO:-pmd}}"
-VM_DIR="${SBNET_VM_DIR:-/var/cache/sbnet-vm}"
-ROOT="$VM_DIR/root"
-ACCEL="${SBNET_VM_ACCEL:-tcg}"
-TOTAL_TIMEOUT="${SBNET_VM_TIMEOUT:-300}"
 FRAME="${SBNET_VM_FRAME:-64}"
 BACK="${SBNET_VM_BACK:-20000}"
 case "$SCENARIO" in
     pmd)   PINGS="${SBNET_VM_PINGS:-1000}"; PACKETS="${SBNET_VM_PACKETS:-100000}" ;;
     mixed) PINGS="${SBNET_VM_PINGS:-20}";  PACKETS="${SBNET_VM_PACKETS:-2000}" ;;
 esac
-GUEST_TIMEOUT=$((TOTAL_TIMEOUT - 20))
-[ "$GUEST_TIMEOUT" -ge 30 ] || GUEST_TIMEOUT=30
 
-T0=$(date +%s.%N)
-now() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
-say() { printf '[%6ss] %s\n' "$(now)" "$*"; }
-setup_error() { say "setup error: $*"; echo "SBNET-VM-TEST: FAIL setup: $*"; exit 2; }
-
-[ "$(id -u)" = 0 ] || setup_error "must run as root (chroot, unshare and QEMU need it)"
+vm_preflight
 case "$SCENARIO" in pmd|mixed) ;; *) setup_error "scenario must be pmd or mixed, got '$SCENARIO'";; esac
-case "$ACCEL" in tcg|kvm) ;; *) setup_error "SBNET_VM_ACCEL must be tcg or kvm, got '$ACCEL'";; esac
 for v in PINGS PACKETS FRAME BACK; do
     case "${!v}" in ''|*[!0-9]*) setup_error "$v must be a number, got '${!v}'";; esac
 done
 
 # ------------------------------------------------------------ kit + binaries
-say "scenario $SCENARIO: building/checking the VM kit in $VM_DIR"
-kit_t0=$(now)
-"$HERE/build-kit.sh" || setup_error "tests/vm/build-kit.sh failed (see above)"
-say "kit ready ($(awk -v a="$kit_t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s)"
-# shellcheck disable=SC1091
-. "$ROOT/sbnet/kit/kit.env"
+vm_kit "scenario $SCENARIO"
 
 in_root() {
     unshare --mount --propagation private /bin/sh -c '
@@ -91,15 +75,7 @@ in_root() {
 }
 
 TARGET="${CARGO_TARGET_DIR:-$REPO/target}"
-HP="${SBNET_HOST_PAIR:-}"
-if [ -z "$HP" ]; then
-    HP="$TARGET/release/host-pair"
-    if [ ! -x "$HP" ]; then
-        say "building host-pair (cargo build --release -p host-pair)"
-        (cd "$REPO" && cargo build --release -p host-pair) || setup_error "cargo build --release -p host-pair failed"
-    fi
-fi
-[ -x "$HP" ] || setup_error "host-pair binary $HP not found or not executable"
+vm_host_pair
 TESTPMD="${SBNET_TESTPMD:-}"
 if [ -z "$TESTPMD" ]; then
     TESTPMD="$TARGET/release/sbnet-testpmd"
@@ -108,34 +84,7 @@ if [ -z "$TESTPMD" ]; then
 fi
 [ -x "$TESTPMD" ] || setup_error "sbnet-testpmd binary $TESTPMD not found or not executable"
 
-mkdir -p "$ROOT/sbnet/run"
-RUN=$(mktemp -d "$ROOT/sbnet/run/$SCENARIO.XXXXXX") || setup_error "cannot create a run directory in $ROOT/sbnet/run"
-IN_RUN="/sbnet/run/${RUN##*/}"          # the same directory as QEMU sees it inside the root
-say "run directory $RUN"
-
-PIDS=()
-HP_PID=
-cleanup() {
-    local p
-    for p in "${PIDS[@]}" $HP_PID; do kill -TERM "$p" 2>/dev/null; done
-    for _ in 1 2 3 4 5 6 7 8 9 10; do
-        local alive=0
-        for p in "${PIDS[@]}" $HP_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [ $alive = 0 ] && break
-        sleep 0.2
-    done
-    for p in "${PIDS[@]}" $HP_PID; do kill -KILL "$p" 2>/dev/null; done
-    wait 2>/dev/null
-    if [ "${KEEP_RUN:-0}" = 1 ] || [ "${SBNET_VM_KEEP:-0}" = 1 ]; then
-        echo "run directory kept: $RUN"
-    else
-        rm -rf "$RUN"
-    fi
-}
-trap cleanup EXIT
-trap 'say "interrupted"; exit 1' INT TERM
-
-strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
+vm_run_dir "$SCENARIO"
 
 fail() {
     KEEP_RUN=1
@@ -149,16 +98,7 @@ fail() {
         echo "----- ${f##*/}: last 25 lines -----"
         tail -n 25 "$f" | tr -d '\r'
     done
-    for f in "$RUN"/qemu-a.log "$RUN"/qemu-b.log; do
-        [ -s "$f" ] || continue
-        echo "----- last 15 lines of ${f##*/} (QEMU stderr) -----"
-        tail -n 15 "$f"
-    done
-    if [ -f "$RUN/host-pair.log" ]; then
-        echo "----- last 30 lines of host-pair.log -----"
-        tail -n 30 "$RUN/host-pair.log" | strip_ansi
-    fi
-    [ -f "$RUN/stats.json" ] && { echo "----- host-pair stats.json -----"; cat "$RUN/stats.json"; echo; }
+    vm_fail_tails
     echo "SBNET-VM-TEST: FAIL $SCENARIO: $*"
     exit 1
 }
