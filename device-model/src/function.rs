@@ -68,7 +68,6 @@ pub struct Function {
     config_msix_vector: u16,
     queues: [QueueSlot; 2],
     isr: u8,
-    link_up: bool,
     pairing_epoch: u32,
     peer_status: u32,
     epoch_ack: u32,
@@ -102,7 +101,6 @@ impl Function {
             config_msix_vector: cc::NO_VECTOR,
             queues: fresh_queues(max_queue_size),
             isr: 0,
-            link_up: false,
             pairing_epoch: 0,
             peer_status: 0,
             epoch_ack: 0,
@@ -193,13 +191,12 @@ impl Function {
     }
 
     /// Updates the pairing fields; raises a config interrupt when they changed.
-    pub fn set_pairing(&mut self, epoch: u32, peer_status: u32, link_up: bool) {
-        if (epoch, peer_status, link_up) == (self.pairing_epoch, self.peer_status, self.link_up) {
+    pub fn set_pairing(&mut self, epoch: u32, peer_status: u32) {
+        if (epoch, peer_status) == (self.pairing_epoch, self.peer_status) {
             return;
         }
         self.pairing_epoch = epoch;
         self.peer_status = peer_status;
-        self.link_up = link_up;
         self.config_changed();
     }
 
@@ -417,7 +414,8 @@ impl Function {
     fn net_config(&self) -> NetConfig {
         NetConfig {
             mac: self.mac,
-            status: if self.link_up {
+            // The link is up while a driver runs on the other side.
+            status: if self.peer_status & net::PEER_PRESENT != 0 {
                 net::VIRTIO_NET_S_LINK_UP
             } else {
                 0

@@ -162,8 +162,7 @@ impl Pair {
             if peer.is_active() && !self.switch.resyncing(1 - k) {
                 st |= PEER_SYNCED;
             }
-            let link = peer.is_active();
-            self.fns[k].set_pairing(self.epoch, st, link);
+            self.fns[k].set_pairing(self.epoch, st);
         }
     }
 }
