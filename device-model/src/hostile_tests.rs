@@ -78,7 +78,7 @@ proptest! {
     fn a_hostile_side_cannot_break_the_device_or_its_peer(acts in proptest::collection::vec(act(), 1..120), sb in any::<bool>()) {
         let mut p = Pair::new(&PairConfig {
             geometry: SlotGeometry::new(2048, 16).unwrap(),
-            max_queue_size: 64,
+            max_queue_size: 256,
             switch: SwitchConfig { burst: 16, tx_wait: Duration::ZERO },
             shm_dir: None,
         })

@@ -8,7 +8,7 @@ mod stats;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use sbnet_abi::shm::SlotGeometry;
-use sbnet_device::pair::{run_switch, Pair, PairConfig, PollMode, Shared, SideHandle};
+use sbnet_device::pair::{run_switch, ConfigError, Pair, PairConfig, PollMode, Shared, SideHandle};
 use sbnet_device::switch::SwitchConfig;
 use sbnet_device::vfio_user::server::Server;
 use std::path::PathBuf;
@@ -115,24 +115,29 @@ fn serve(a: ServeArgs) -> Result<()> {
     }
     let geometry = SlotGeometry::new(a.slot_size, a.slots)
         .map_err(|e| anyhow::anyhow!("{e} (see --slots and --slot-size)"))?;
-    if !a.queue_size.is_power_of_two() || a.queue_size < 2 {
-        bail!(
-            "--queue-size {} is not a power of two between 2 and 32768",
-            a.queue_size
-        );
-    }
-    // A side's receive queue must post every slot its peer may own: half
-    // of them, plus what the gift policy lets a side keep above half (up to
-    // 32 free, 64 in flight) and the PMD's classic buffers (32). Below that
-    // a one-way flow can stall (docs/benchmarks.md, problem 2).
-    let need = a.slots / 2 + 128;
-    if (a.queue_size as u32) < need {
-        bail!(
-            "--queue-size {} is too small for --slots {}: each side's receive queue must hold the slots its peer may own \
-             plus classic buffers (at least --slots/2 + 128 = {need}); raise --queue-size or lower --slots",
-            a.queue_size,
-            a.slots
-        );
+    let cfg = PairConfig {
+        geometry,
+        max_queue_size: a.queue_size,
+        switch: SwitchConfig {
+            burst: a.burst,
+            tx_wait: Duration::from_micros(a.tx_wait_us),
+        },
+        shm_dir: a.hugetlbfs.clone(),
+    };
+    // The pair enforces the geometry rules; say them in the CLI's words.
+    match cfg.validate() {
+        Ok(()) => {}
+        Err(ConfigError::QueueSizeNotPowerOfTwo(q)) => {
+            bail!("--queue-size {q} is not a power of two between 2 and 32768")
+        }
+        Err(ConfigError::QueueTooSmall {
+            queue_size,
+            slots,
+            need,
+        }) => bail!(
+            "--queue-size {queue_size} is too small for --slots {slots}: each side's receive queue must hold the slots its peer may own \
+             plus classic buffers (at least --slots/2 + 128 = {need}); raise --queue-size or lower --slots"
+        ),
     }
     if a.burst == 0 {
         bail!("--burst must be at least 1");
@@ -146,15 +151,6 @@ fn serve(a: ServeArgs) -> Result<()> {
             );
         }
     }
-    let cfg = PairConfig {
-        geometry,
-        max_queue_size: a.queue_size,
-        switch: SwitchConfig {
-            burst: a.burst,
-            tx_wait: Duration::from_micros(a.tx_wait_us),
-        },
-        shm_dir: a.hugetlbfs.clone(),
-    };
     let pair = Pair::new(&cfg).with_context(|| match &a.hugetlbfs {
         Some(d) => format!(
             "cannot create a {} byte region in {} (enough huge pages? see vm.nr_hugepages)",

@@ -168,7 +168,7 @@ struct Model {
 
 impl Model {
     fn new(setup: Setup) -> Result<Self, String> {
-        let pair = InPair::new(SLOT_SIZE, SLOTS, 64, setup.wait);
+        let pair = InPair::new(SLOT_SIZE, SLOTS, 256, setup.wait);
         let open = |k: usize| {
             Port::open(pair.bus(k), port_cfg(setup.queue))
                 .map_err(|e| format!("side {k}: open: {e}"))

@@ -72,7 +72,7 @@ struct Rig {
 
 impl Rig {
     fn new(wait: TxWait, queue: u16, seed: u64) -> Self {
-        let pair = InPair::new(SLOT_SIZE, SLOTS, 64, wait);
+        let pair = InPair::new(SLOT_SIZE, SLOTS, 256, wait);
         let p0 = Port::open(pair.bus(0), port_cfg(queue)).expect("open side 0");
         let p1 = Port::open(pair.bus(1), port_cfg(queue)).expect("open side 1");
         let mut r = Self {

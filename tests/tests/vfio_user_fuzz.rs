@@ -65,7 +65,7 @@ proptest! {
         let dir = temp_dir("fuzz");
         let cfg = PairConfig {
             geometry: SlotGeometry::new(2048, 16).unwrap(),
-            max_queue_size: 64,
+            max_queue_size: 256,
             switch: SwitchConfig::default(),
             shm_dir: None,
         };
