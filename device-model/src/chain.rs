@@ -131,82 +131,21 @@ impl Chain {
 mod tests {
     use super::*;
     use crate::queue::tests::TestRing;
-    use sbnet_abi::ring::Desc;
-
-    fn d(addr: u64, len: u32, flags: u16, next: u16) -> Desc {
-        Desc {
-            addr,
-            len,
-            flags,
-            next,
-        }
-    }
+    use crate::testutil::hostile_chains;
 
     #[test]
     fn malformed_chains() {
         let r = TestRing::new(8);
         let q = Queue::enable(r.regs, 256, &r.mem).unwrap();
-        let a = r.data_iova(0);
-        let cases: Vec<(Vec<Desc>, bool, Result<usize, ChainError>)> = vec![
-            (vec![d(a, 10, 0, 0)], false, Ok(1)),
-            (vec![d(a, 10, DESC_F_NEXT, 1), d(a, 20, 0, 0)], false, Ok(2)),
-            (
-                vec![d(a, 10, DESC_F_NEXT, 0)],
-                false,
-                Err(ChainError::TooLong),
-            ),
-            (
-                vec![d(a, 10, DESC_F_NEXT, 1), d(a, 10, DESC_F_NEXT, 0)],
-                false,
-                Err(ChainError::TooLong),
-            ),
-            (
-                vec![d(a, 10, DESC_F_NEXT, 8)],
-                false,
-                Err(ChainError::NextOutOfRange(8)),
-            ),
-            (
-                vec![d(a, 10, 0x40, 0)],
-                false,
-                Err(ChainError::UnknownFlags(0x40)),
-            ),
-            (
-                vec![d(a, 16, DESC_F_INDIRECT, 0)],
-                false,
-                Err(ChainError::Indirect),
-            ),
-            (vec![d(a, 0, 0, 0)], false, Err(ChainError::ZeroLength)),
-            (
-                vec![d(u64::MAX - 4, 10, 0, 0)],
-                false,
-                Err(ChainError::AddressOverflow(u64::MAX - 4)),
-            ),
-            (
-                vec![d(a, 10, DESC_F_WRITE, 0)],
-                false,
-                Err(ChainError::WrongDirection),
-            ),
-            (vec![d(a, 10, 0, 0)], true, Err(ChainError::WrongDirection)),
-            (
-                vec![d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1), d(a, 10, 0, 0)],
-                true,
-                Err(ChainError::ReadAfterWrite),
-            ),
-            (
-                vec![
-                    d(a, 10, DESC_F_WRITE | DESC_F_NEXT, 1),
-                    d(a, 10, DESC_F_WRITE, 0),
-                ],
-                true,
-                Ok(2),
-            ),
-        ];
-        for (i, (descs, write, want)) in cases.into_iter().enumerate() {
-            for (j, x) in descs.iter().enumerate() {
+        for (i, case) in hostile_chains(r.data_iova(0), 0x1000, 8)
+            .into_iter()
+            .enumerate()
+        {
+            for (j, x) in case.descs.iter().enumerate() {
                 r.set_desc(j as u16, *x);
             }
-            let got = Chain::parse(&q, 0, write).map(|c| c.segs().len());
-            assert_eq!(got, want, "case {i}");
+            let got = Chain::parse(&q, 0, case.writable).map(|c| c.segs().len());
+            assert_eq!(got, case.parse, "case {i} {}", case.name);
         }
     }
 }

@@ -288,18 +288,19 @@ impl Queue {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::testutil::{DriverRing, RingLayout};
     use std::fs::File;
 
-    /// A tiny driver stand-in: one DMA map holding a queue's rings.
+    /// The queue tests' driver: one DMA map holding a queue's rings, driven
+    /// through the shared [`DriverRing`].
     pub(crate) struct TestRing {
         pub mem: GuestMemory,
         pub regs: QueueRegs,
-        base: *mut u8,
-        pub next_avail: u16,
-        pub last_used: u16,
+        ring: DriverRing,
     }
 
     pub(crate) const RING_IOVA: u64 = 0x100000;
+    const RING_LEN: u64 = 0x40000;
 
     impl TestRing {
         pub fn new(size: u16) -> Self {
@@ -309,10 +310,10 @@ pub(crate) mod tests {
             )
             .unwrap();
             let f = File::from(fd);
-            f.set_len(0x40000).unwrap();
+            f.set_len(RING_LEN).unwrap();
             let mut mem = GuestMemory::default();
-            mem.map(RING_IOVA, 0x40000, Some(f), 0).unwrap();
-            let base = mem.translate(RING_IOVA, 1).unwrap();
+            mem.map(RING_IOVA, RING_LEN, Some(f), 0).unwrap();
+            let base = mem.translate(RING_IOVA, RING_LEN).unwrap();
             let regs = QueueRegs {
                 size,
                 desc: RING_IOVA,
@@ -320,55 +321,33 @@ pub(crate) mod tests {
                 device: RING_IOVA + 0x20000,
                 msix_vector: 0,
             };
-            Self {
-                mem,
-                regs,
-                base,
-                next_avail: 0,
-                last_used: 0,
-            }
-        }
-        fn at(&self, iova: u64) -> *mut u8 {
-            // SAFETY: tests only pass addresses inside the 0x40000-byte map.
-            unsafe { self.base.add((iova - RING_IOVA) as usize) }
-        }
-        pub fn set_desc(&self, i: u16, d: Desc) {
-            // SAFETY: test addresses are in the map.
-            unsafe { (self.at(self.regs.desc + 16 * i as u64) as *mut Desc).write_volatile(d) }
-        }
-        pub fn make_avail(&mut self, head: u16) {
-            let size = self.regs.size;
-            let slot = self.next_avail % size;
-            // SAFETY: test addresses are in the map.
-            unsafe {
-                (self.at(self.regs.driver + 4 + 2 * slot as u64) as *mut u16).write_volatile(head);
-                self.next_avail = self.next_avail.wrapping_add(1);
-                (self.at(self.regs.driver + 2) as *mut u16).write_volatile(self.next_avail);
-            }
-        }
-        pub fn set_avail_idx(&mut self, idx: u16) {
-            // SAFETY: test addresses are in the map.
-            unsafe { (self.at(self.regs.driver + 2) as *mut u16).write_volatile(idx) }
-            self.next_avail = idx;
-        }
-        pub fn used(&mut self) -> Vec<(u32, u32)> {
-            // SAFETY: test addresses are in the map.
-            let idx = unsafe { (self.at(self.regs.device + 2) as *const u16).read_volatile() };
-            let mut out = vec![];
-            while self.last_used != idx {
-                let slot = self.last_used % self.regs.size;
-                // SAFETY: as above.
-                let e = unsafe {
-                    (self.at(self.regs.device + 4 + 8 * slot as u64) as *const UsedElem)
-                        .read_volatile()
-                };
-                out.push((e.id, e.len));
-                self.last_used = self.last_used.wrapping_add(1);
-            }
-            out
+            let layout = RingLayout {
+                desc: regs.desc,
+                avail: regs.driver,
+                used: regs.device,
+                size,
+            };
+            // SAFETY: `base` maps RING_LEN bytes at RING_IOVA for as long as
+            // `mem` keeps the map; the one test that unmaps it no longer
+            // touches the ring.
+            let ring = unsafe { DriverRing::new(base, RING_IOVA, RING_LEN, layout) };
+            Self { mem, regs, ring }
         }
         pub fn data_iova(&self, i: u64) -> u64 {
             RING_IOVA + 0x30000 + i * 256
+        }
+    }
+
+    impl std::ops::Deref for TestRing {
+        type Target = DriverRing;
+        fn deref(&self) -> &DriverRing {
+            &self.ring
+        }
+    }
+
+    impl std::ops::DerefMut for TestRing {
+        fn deref_mut(&mut self) -> &mut DriverRing {
+            &mut self.ring
         }
     }
 
@@ -439,7 +418,7 @@ pub(crate) mod tests {
             assert_eq!(q.pop_head().unwrap(), head);
             q.push_used(head, round);
             q.publish();
-            assert_eq!(r.used(), vec![(head as u32, round)]);
+            assert_eq!(r.used(), vec![(head, round)]);
         }
         assert_eq!(q.in_flight(), 0);
     }

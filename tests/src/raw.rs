@@ -7,9 +7,9 @@
 use sbnet_abi::common_cfg::{self as cc, bit, off};
 use sbnet_abi::net::{self, NetHdr, NET_HDR_LEN};
 use sbnet_abi::pci;
-use sbnet_abi::ring::{Desc, UsedElem, DESC_F_NEXT, DESC_F_WRITE};
+use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
+use sbnet_device::testutil::{DriverRing, RingLayout};
 use sbnet_pmd::bus::{Bus, BusError, DmaRegion};
-use std::sync::atomic::{AtomicU16, Ordering};
 
 /// Queue size the raw driver uses.
 pub const QSIZE: u16 = 64;
@@ -72,15 +72,6 @@ pub fn read_caps(bus: &mut dyn Bus) -> Result<Caps, BusError> {
     Ok(c)
 }
 
-/// A raw driver's queue in DMA memory.
-struct Q {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_avail: u16,
-    last_used: u16,
-}
-
 /// The raw driver.
 pub struct RawDriver<B: Bus> {
     /// The bus (public so tests can poke registers).
@@ -88,7 +79,7 @@ pub struct RawDriver<B: Bus> {
     /// Capability locations.
     pub caps: Caps,
     mem: DmaRegion,
-    q: [Q; 2],
+    q: [DriverRing; 2],
 }
 
 /// Ring memory layout inside the DMA region, per queue: desc @0, avail
@@ -102,12 +93,17 @@ impl<B: Bus> RawDriver<B> {
     pub fn up(mut bus: B, features: u64) -> Result<Self, BusError> {
         let caps = read_caps(&mut bus)?;
         let mem = bus.dma_alloc(BUFS as usize + 2 * QSIZE as usize * BUF)?;
-        let q = [0u64, 0x4000].map(|base| Q {
-            desc: mem.iova + base,
-            avail: mem.iova + base + 0x1000,
-            used: mem.iova + base + 0x2000,
-            next_avail: 0,
-            last_used: 0,
+        let q = [0u64, 0x4000].map(|base| {
+            let layout = RingLayout {
+                desc: mem.iova + base,
+                avail: mem.iova + base + 0x1000,
+                used: mem.iova + base + 0x2000,
+                size: QSIZE,
+            };
+            // SAFETY: the DMA region maps `len` bytes at `ptr` for as long
+            // as the bus lives, and the driver owns the bus; the rings lie
+            // inside it, page-aligned.
+            unsafe { DriverRing::new(mem.ptr, mem.iova, mem.len as u64, layout) }
         });
         let mut d = Self { bus, caps, mem, q };
         d.common_w(off::DEVICE_STATUS, &[0])?;
@@ -131,14 +127,10 @@ impl<B: Bus> RawDriver<B> {
             d.common_w(off::QUEUE_SELECT, &qi.to_le_bytes())?;
             d.common_w(off::QUEUE_SIZE, &QSIZE.to_le_bytes())?;
             d.common_w(off::QUEUE_MSIX_VECTOR, &(qi + 1).to_le_bytes())?;
-            let (a, b, c) = (
-                d.q[qi as usize].desc,
-                d.q[qi as usize].avail,
-                d.q[qi as usize].used,
-            );
-            d.common_w(off::QUEUE_DESC, &a.to_le_bytes())?;
-            d.common_w(off::QUEUE_DRIVER, &b.to_le_bytes())?;
-            d.common_w(off::QUEUE_DEVICE, &c.to_le_bytes())?;
+            let r = d.q[qi as usize].layout();
+            d.common_w(off::QUEUE_DESC, &r.desc.to_le_bytes())?;
+            d.common_w(off::QUEUE_DRIVER, &r.avail.to_le_bytes())?;
+            d.common_w(off::QUEUE_DEVICE, &r.used.to_le_bytes())?;
             d.common_w(off::QUEUE_ENABLE, &1u16.to_le_bytes())?;
         }
         d.common_w(off::CONFIG_MSIX_VECTOR, &0u16.to_le_bytes())?;
@@ -226,60 +218,27 @@ impl<B: Bus> RawDriver<B> {
 
     /// Writes descriptor `i` of queue `q`.
     pub fn set_desc(&mut self, q: u16, i: u16, d: Desc) {
-        let p = self.ptr(self.q[q as usize].desc + 16 * i as u64) as *mut Desc;
-        // SAFETY: inside the DMA region, 16-aligned.
-        unsafe { p.write_volatile(d) }
+        self.q[q as usize].set_desc(i, d);
     }
 
     /// Publishes `head` on queue `q`'s avail ring (Release on idx).
     pub fn avail(&mut self, q: u16, head: u16) {
-        let qq = &self.q[q as usize];
-        let slot = qq.next_avail % QSIZE;
-        let ring = qq.avail;
-        // SAFETY: inside the DMA region.
-        unsafe { (self.ptr(ring + 4 + 2 * slot as u64) as *mut u16).write_volatile(head) };
-        let qq = &mut self.q[q as usize];
-        qq.next_avail = qq.next_avail.wrapping_add(1);
-        let idx = qq.next_avail;
-        // SAFETY: inside the DMA region, 2-aligned. Release pairs with the
-        // device's Acquire load of avail.idx.
-        unsafe { AtomicU16::from_ptr(self.ptr(ring + 2) as *mut u16) }
-            .store(idx, Ordering::Release);
+        self.q[q as usize].make_avail(head);
     }
 
     /// Sets the avail index to anything (malformed-input tests).
     pub fn set_avail_idx(&mut self, q: u16, idx: u16) {
-        let ring = self.q[q as usize].avail;
-        // SAFETY: inside the DMA region.
-        unsafe { AtomicU16::from_ptr(self.ptr(ring + 2) as *mut u16) }
-            .store(idx, Ordering::Release);
+        self.q[q as usize].set_avail_idx(idx);
     }
 
     /// Sets the avail flags (e.g. `AVAIL_F_NO_INTERRUPT`).
     pub fn set_avail_flags(&mut self, q: u16, flags: u16) {
-        let ring = self.q[q as usize].avail;
-        // SAFETY: inside the DMA region.
-        unsafe { AtomicU16::from_ptr(self.ptr(ring) as *mut u16) }.store(flags, Ordering::Release);
+        self.q[q as usize].set_avail_flags(flags);
     }
 
     /// Reaps used entries of queue `q`.
     pub fn used(&mut self, q: u16) -> Vec<(u16, u32)> {
-        let ring = self.q[q as usize].used;
-        // SAFETY: inside the DMA region. Acquire pairs with the device's
-        // Release store of used.idx.
-        let idx =
-            unsafe { AtomicU16::from_ptr(self.ptr(ring + 2) as *mut u16) }.load(Ordering::Acquire);
-        let mut out = vec![];
-        while self.q[q as usize].last_used != idx {
-            let slot = self.q[q as usize].last_used % QSIZE;
-            // SAFETY: inside the DMA region.
-            let e = unsafe {
-                (self.ptr(ring + 4 + 8 * slot as u64) as *const UsedElem).read_volatile()
-            };
-            out.push((e.id as u16, e.len));
-            self.q[q as usize].last_used = self.q[q as usize].last_used.wrapping_add(1);
-        }
-        out
+        self.q[q as usize].used()
     }
 
     /// Waits (bounded) until queue `q` has `n` used entries.

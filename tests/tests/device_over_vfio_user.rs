@@ -6,10 +6,11 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use sbnet_abi::common_cfg::{self as cc, bit};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, NET_HDR_LEN};
-use sbnet_abi::ring::{Desc, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT};
+use sbnet_abi::ring::AVAIL_F_NO_INTERRUPT;
 use sbnet_abi::shm::SlotGeometry;
 use sbnet_device::pair::{PairConfig, PollMode};
 use sbnet_device::switch::SwitchConfig;
+use sbnet_device::testutil::hostile_chains;
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::Bus;
 use sbnet_tests::raw::{RawDriver, QSIZE};
@@ -215,135 +216,18 @@ fn malformed_chains_over_the_socket_are_refused_and_counted() {
         d[1].post_rx(i);
     }
     d[1].kick(0).unwrap();
+    // The table the chain unit test uses; every case the switch refuses as
+    // a TX goes over the socket. 0x1000 is below the driver's DMA region.
     let a = d[0].buf(1, 10);
-    let cases: Vec<(&str, Vec<(u16, Desc)>)> = vec![
-        (
-            "loop",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 12,
-                    flags: DESC_F_NEXT,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "next out of range",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 12,
-                    flags: DESC_F_NEXT,
-                    next: 4000,
-                },
-            )],
-        ),
-        (
-            "zero length",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 0,
-                    flags: 0,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "unmapped address",
-            vec![(
-                0,
-                Desc {
-                    addr: 0x1000,
-                    len: 100,
-                    flags: 0,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "overflowing address",
-            vec![(
-                0,
-                Desc {
-                    addr: u64::MAX - 10,
-                    len: 100,
-                    flags: 0,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "indirect",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 32,
-                    flags: 4,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "unknown flag",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 32,
-                    flags: 0x100,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "writable in TX",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 32,
-                    flags: 2,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "shorter than the header",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 4,
-                    flags: 0,
-                    next: 0,
-                },
-            )],
-        ),
-        (
-            "frame too big for the peer",
-            vec![(
-                0,
-                Desc {
-                    addr: a,
-                    len: 4000,
-                    flags: 0,
-                    next: 0,
-                },
-            )],
-        ),
-    ];
-    for (i, (name, descs)) in cases.iter().enumerate() {
+    let cases = hostile_chains(a, 0x1000, QSIZE);
+    let mut sent = 0;
+    for (i, case) in cases.iter().enumerate().filter(|(_, c)| c.refused_as_tx) {
+        let name = case.name;
         let before = p.shared.lock().fns[0].counters.refusals();
-        for (idx, desc) in descs {
-            d[0].set_desc(1, *idx, *desc);
+        for (idx, desc) in case.descs.iter().enumerate() {
+            d[0].set_desc(1, idx as u16, *desc);
         }
-        d[0].avail(1, descs[0].0);
+        d[0].avail(1, 0);
         d[0].kick(1).unwrap();
         let used = d[0].wait_used(1, 1, T);
         assert_eq!(used.len(), 1, "case {i} {name}: completed");
@@ -353,7 +237,9 @@ fn malformed_chains_over_the_socket_are_refused_and_counted() {
             before + 1,
             "case {i} {name}: counted"
         );
+        sent += 1;
     }
+    assert!(sent >= 12, "the table lost its TX cases");
     // Both sides still work.
     d[0].send(5, &frame(9, 64));
     d[0].kick(1).unwrap();

@@ -4,12 +4,18 @@
 //! shared-buffers roles. Only built for tests and with the `test-utils`
 //! feature (benchmarks); never part of a release build of host-pair.
 
+mod chains;
+mod ring;
+
+pub use chains::{hostile_chains, HostileChain};
+pub use ring::{DriverRing, RingLayout};
+
 use crate::pair::Pair;
 use sbnet_abi::common_cfg::{self as cc, bit, off};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, NetHdr, NET_HDR_LEN};
 use sbnet_abi::pci::cfg;
-use sbnet_abi::ring::{Desc, UsedElem, DESC_F_NEXT, DESC_F_WRITE};
+use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
 use std::fs::File;
 
 pub const IOVA: u64 = 0x1000_0000;
@@ -25,8 +31,7 @@ pub struct Drv {
     pub side: usize,
     base: *mut u8,
     _file: File,
-    next_avail: [u16; 2],
-    last_used: [u16; 2],
+    rings: [DriverRing; 2],
     free_desc: [Vec<u16>; 2],
     chained: std::collections::HashMap<u16, u16>,
 }
@@ -51,12 +56,22 @@ impl Drv {
             .mem
             .map(IOVA, MEM, Some(file.try_clone().unwrap()), 0)
             .unwrap();
+        let rings = RING.map(|r| {
+            let layout = RingLayout {
+                desc: IOVA + r,
+                avail: IOVA + r + 0x2000,
+                used: IOVA + r + 0x4000,
+                size: QSIZE,
+            };
+            // SAFETY: `base` maps MEM bytes at IOVA and is never unmapped
+            // (the mapping is leaked above); the rings lie inside it, aligned.
+            unsafe { DriverRing::new(base, IOVA, MEM, layout) }
+        });
         let mut d = Self {
             side,
             base,
             _file: file,
-            next_avail: [0; 2],
-            last_used: [0; 2],
+            rings,
             free_desc: [(0..QSIZE).rev().collect(), (0..QSIZE).rev().collect()],
             chained: Default::default(),
         };
@@ -78,10 +93,10 @@ impl Drv {
             d.common_w(p, off::QUEUE_SELECT, 2, q as u64);
             d.common_w(p, off::QUEUE_SIZE, 2, QSIZE as u64);
             d.common_w(p, off::QUEUE_MSIX_VECTOR, 2, q as u64 + 1);
-            let r = IOVA + RING[q as usize];
-            d.common_w(p, off::QUEUE_DESC, 8, r);
-            d.common_w(p, off::QUEUE_DRIVER, 8, r + 0x2000);
-            d.common_w(p, off::QUEUE_DEVICE, 8, r + 0x4000);
+            let r = d.rings[q as usize].layout();
+            d.common_w(p, off::QUEUE_DESC, 8, r.desc);
+            d.common_w(p, off::QUEUE_DRIVER, 8, r.avail);
+            d.common_w(p, off::QUEUE_DEVICE, 8, r.used);
             d.common_w(p, off::QUEUE_ENABLE, 2, 1);
         }
         d.status(
@@ -160,54 +175,32 @@ impl Drv {
     }
 
     pub fn set_desc(&self, q: u16, i: u16, d: Desc) {
-        // SAFETY: the descriptor table lies in the driver's mapping.
-        unsafe { (self.at(IOVA + RING[q as usize] + 16 * i as u64) as *mut Desc).write_volatile(d) }
+        self.rings[q as usize].set_desc(i, d);
     }
 
     /// Makes `head` available on queue `q` (one publish).
     pub fn avail(&mut self, q: u16, head: u16) {
-        let r = IOVA + RING[q as usize] + 0x2000;
-        let slot = self.next_avail[q as usize] % QSIZE;
-        // SAFETY: the avail ring lies in the driver's mapping.
-        unsafe {
-            (self.at(r + 4 + 2 * slot as u64) as *mut u16).write_volatile(head);
-            self.next_avail[q as usize] = self.next_avail[q as usize].wrapping_add(1);
-            (self.at(r + 2) as *mut u16).write_volatile(self.next_avail[q as usize]);
-        }
+        self.rings[q as usize].make_avail(head);
     }
 
     pub fn set_avail_idx(&mut self, q: u16, idx: u16) {
-        let r = IOVA + RING[q as usize] + 0x2000;
-        // SAFETY: the avail ring lies in the driver's mapping.
-        unsafe { (self.at(r + 2) as *mut u16).write_volatile(idx) };
-        self.next_avail[q as usize] = idx;
+        self.rings[q as usize].set_avail_idx(idx);
     }
 
     pub fn set_avail_flags(&self, q: u16, flags: u16) {
-        let r = IOVA + RING[q as usize] + 0x2000;
-        // SAFETY: the avail ring lies in the driver's mapping.
-        unsafe { (self.at(r) as *mut u16).write_volatile(flags) };
+        self.rings[q as usize].set_avail_flags(flags);
     }
 
     /// Reaps used entries of queue `q`, freeing their descriptors.
     pub fn used(&mut self, q: u16) -> Vec<(u16, u32)> {
-        let r = IOVA + RING[q as usize] + 0x4000;
-        // SAFETY: the used ring lies in the driver's mapping.
-        let idx = unsafe { (self.at(r + 2) as *const u16).read_volatile() };
-        let mut out = vec![];
-        while self.last_used[q as usize] != idx {
-            let slot = self.last_used[q as usize] % QSIZE;
-            // SAFETY: as above.
-            let e =
-                unsafe { (self.at(r + 4 + 8 * slot as u64) as *const UsedElem).read_volatile() };
-            out.push((e.id as u16, e.len));
-            self.free_desc[q as usize].push(e.id as u16);
+        let out = self.rings[q as usize].used();
+        for &(id, _) in &out {
+            self.free_desc[q as usize].push(id);
             if q == 1 {
-                if let Some(next) = self.chained.remove(&(e.id as u16)) {
+                if let Some(next) = self.chained.remove(&id) {
                     self.free_desc[1].push(next);
                 }
             }
-            self.last_used[q as usize] = self.last_used[q as usize].wrapping_add(1);
         }
         out
     }
