@@ -130,13 +130,13 @@ impl Chain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::tests::TestRing;
+    use crate::queue::tests::{enable, TestRing};
     use crate::testutil::hostile_chains;
 
     #[test]
     fn malformed_chains() {
         let r = TestRing::new(8);
-        let q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        let q = enable(r.regs, 256, &r.mem).unwrap();
         for (i, case) in hostile_chains(r.data_iova(0), 0x1000, 8)
             .into_iter()
             .enumerate()

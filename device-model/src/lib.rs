@@ -8,13 +8,16 @@
 //! | [`queue`] | the device side of a split virtqueue, validated once at enable |
 //! | [`chain`] | descriptor-chain walking and validation |
 //! | [`pci_config`] | PCI config space: identity, BARs, capabilities |
-//! | [`function`] | one virtio-net function's registers, features, status, interrupts |
+//! | [`function`] | one virtio-net function's registers: common config, MSI-X, net config |
+//! | [`view`] | the switch's narrow view of one side (queues, memory, counters, interrupt hook) |
 //! | [`switch`] | the pairing switch: zero-copy and classic paths, the host ledger |
-//! | [`pair`] | two functions, the switch and the epoch rules behind one lock |
+//! | [`pair`] | two functions and the switch behind one lock: epoch rules, the data-plane runner |
+//! | [`backend`] | one side served to the vfio-user front end (regions, IRQs, DMA maps) |
 //! | [`counters`] | per-side counters |
 //! | [`vfio_user`] | the vfio-user front end (knows nothing of virtio) |
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod chain;
 pub mod counters;
 pub mod function;
@@ -24,6 +27,7 @@ pub mod pci_config;
 pub mod queue;
 pub mod switch;
 pub mod vfio_user;
+pub mod view;
 
 #[cfg(test)]
 mod hostile_tests;

@@ -77,13 +77,28 @@ pub struct Queue {
 }
 
 // SAFETY: the raw pointers point into DMA maps owned by the GuestMemory the
-// queue was enabled against; the owner (the function) moves both together
-// and drops the queue (or re-validates it) whenever that memory changes.
+// queue was enabled against; by `enable`'s contract the owner (the function)
+// moves both together and drops the queue (or re-validates it) whenever that
+// memory changes.
 unsafe impl Send for Queue {}
 
 impl Queue {
     /// Validates the registers against `mem` and caches the ring pointers.
-    pub fn enable(regs: QueueRegs, max_size: u16, mem: &GuestMemory) -> Result<Self, QueueError> {
+    ///
+    /// # Safety
+    ///
+    /// The queue keeps raw pointers into `mem`'s maps. The caller must make
+    /// sure that, for as long as the queue is used, those maps stay mapped:
+    /// after every change of `mem` (map, unmap, clear) and before any other
+    /// use of the queue, it calls [`Self::revalidate`] with `mem` and drops
+    /// the queue when that fails; and it drops the queue before `mem`.
+    /// [`crate::function::Function`] does so by keeping its memory private
+    /// behind methods that re-validate.
+    pub unsafe fn enable(
+        regs: QueueRegs,
+        max_size: u16,
+        mem: &GuestMemory,
+    ) -> Result<Self, QueueError> {
         let size = regs.size;
         if size == 0 || !size.is_power_of_two() || size > max_size {
             return Err(QueueError::InvalidSize(size));
@@ -300,6 +315,18 @@ pub(crate) mod tests {
     }
 
     pub(crate) const RING_IOVA: u64 = 0x100000;
+
+    /// [`Queue::enable`] for the tests: each test keeps its [`TestRing`]
+    /// (and so the memory) alive while it uses the queue, and the one that
+    /// unmaps the memory only calls `revalidate` afterwards.
+    pub(crate) fn enable(
+        regs: QueueRegs,
+        max_size: u16,
+        mem: &GuestMemory,
+    ) -> Result<Queue, QueueError> {
+        // SAFETY: see above; the queue never outlives the test's memory.
+        unsafe { Queue::enable(regs, max_size, mem) }
+    }
     const RING_LEN: u64 = 0x40000;
 
     impl TestRing {
@@ -354,13 +381,13 @@ pub(crate) mod tests {
     #[test]
     fn enable_checks() {
         let r = TestRing::new(8);
-        assert!(Queue::enable(r.regs, 256, &r.mem).is_ok());
+        assert!(enable(r.regs, 256, &r.mem).is_ok());
         assert_eq!(
-            Queue::enable(QueueRegs { size: 6, ..r.regs }, 256, &r.mem).unwrap_err(),
+            enable(QueueRegs { size: 6, ..r.regs }, 256, &r.mem).unwrap_err(),
             QueueError::InvalidSize(6)
         );
         assert_eq!(
-            Queue::enable(
+            enable(
                 QueueRegs {
                     size: 512,
                     ..r.regs
@@ -372,7 +399,7 @@ pub(crate) mod tests {
             QueueError::InvalidSize(512)
         );
         assert_eq!(
-            Queue::enable(
+            enable(
                 QueueRegs {
                     desc: r.regs.desc + 8,
                     ..r.regs
@@ -384,7 +411,7 @@ pub(crate) mod tests {
             QueueError::Misaligned(r.regs.desc + 8)
         );
         assert!(matches!(
-            Queue::enable(
+            enable(
                 QueueRegs {
                     device: 0x0,
                     ..r.regs
@@ -395,7 +422,7 @@ pub(crate) mod tests {
             Err(QueueError::RingNotMapped { .. })
         ));
         assert!(matches!(
-            Queue::enable(
+            enable(
                 QueueRegs {
                     device: RING_IOVA + 0x40000 - 8,
                     ..r.regs
@@ -410,7 +437,7 @@ pub(crate) mod tests {
     #[test]
     fn avail_and_used_wrap_around() {
         let mut r = TestRing::new(4);
-        let mut q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        let mut q = enable(r.regs, 256, &r.mem).unwrap();
         for round in 0..70_000u32 {
             let head = (round % 4) as u16;
             r.make_avail(head);
@@ -426,11 +453,11 @@ pub(crate) mod tests {
     #[test]
     fn hostile_avail() {
         let mut r = TestRing::new(4);
-        let q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        let q = enable(r.regs, 256, &r.mem).unwrap();
         r.set_avail_idx(5);
         assert_eq!(q.avail_pending(), Err(QueueError::InvalidAvailRingIndex(5)));
         let mut r = TestRing::new(4);
-        let mut q2 = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        let mut q2 = enable(r.regs, 256, &r.mem).unwrap();
         r.make_avail(9);
         assert_eq!(q2.pop_head(), Err(QueueError::InvalidHead(9)));
         r.make_avail(1);
@@ -445,7 +472,7 @@ pub(crate) mod tests {
     #[test]
     fn memory_change_is_detected() {
         let mut r = TestRing::new(4);
-        let mut q = Queue::enable(r.regs, 256, &r.mem).unwrap();
+        let mut q = enable(r.regs, 256, &r.mem).unwrap();
         r.mem.unmap(RING_IOVA, 0x40000).unwrap();
         assert_eq!(q.revalidate(&r.mem), Err(QueueError::MemoryGone));
     }

@@ -2,8 +2,11 @@
 //! side's RX queue, zero-copy for Shared Buffers slots and with one copy for
 //! everything else (DESIGN §4 rules 3-8, `docs/abi.md` §6).
 //!
-//! The switch knows nothing of vfio-user. It works on two [`Function`]s and
-//! the host mapping of the region, and keeps the host's ownership ledger.
+//! The switch knows nothing of vfio-user nor of the function's registers.
+//! It works on a narrow [`SideView`] of each side (queues, guest memory,
+//! counters, window, flags, an interrupt hook), built once per polling
+//! round, and the host mapping of the region, and keeps the host's
+//! ownership ledger.
 //!
 //! Per burst and direction: harvest the receiver's new RX posts into
 //! per-slot and classic tables, then walk the sender's TX queue. The zero-copy
@@ -14,9 +17,9 @@
 
 use crate::chain::{Chain, Seg};
 use crate::counters::SideCounters;
-use crate::function::Function;
 use crate::mem::{GuestMemory, ShmRegion};
 use crate::queue::{Queue, QueueError};
+use crate::view::SideView;
 use sbnet_abi::net::{NetHdr, NET_HDR_LEN, RX_QUEUE, TX_QUEUE, VIRTIO_NET_HDR_F_GIFT_BUFFER};
 use sbnet_abi::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use sbnet_abi::shm::{initial_owner, SlotGeometry};
@@ -176,8 +179,8 @@ impl Switch {
 
     /// Starts a new epoch: resets the ledger (rule 2 or copy mode), flushes
     /// what shared-buffers sides hold and makes them resync (rule 9).
-    pub fn new_epoch(&mut self, fns: &mut [Function; 2]) {
-        let sb = [fns[0].is_shared_buffers(), fns[1].is_shared_buffers()];
+    pub fn new_epoch(&mut self, sides: &mut [SideView<'_>; 2]) {
+        let sb = [sides[0].shared_buffers, sides[1].shared_buffers];
         self.mode = if sb[0] && sb[1] {
             Mode::ZeroCopy
         } else {
@@ -191,10 +194,10 @@ impl Switch {
                 _ => NOBODY,
             };
         }
-        for (k, f) in fns.iter_mut().enumerate() {
+        for (k, f) in sides.iter_mut().enumerate() {
             let st = &mut self.sides[k];
             st.pending.fill(NO_PENDING);
-            if !f.is_active() {
+            if !f.active {
                 // Its queues are gone (reset) or will be re-harvested at DRIVER_OK.
                 st.posted.fill(NONE);
                 st.classic.clear();
@@ -208,7 +211,7 @@ impl Switch {
                 continue;
             }
             st.resyncing = true;
-            let (rx, tx) = f.queues_mut();
+            let (rx, tx) = (f.rx.as_deref_mut(), f.tx.as_deref_mut());
             let mut flushed = 0;
             if let Some(rx) = rx {
                 for h in st.posted.iter_mut().filter(|h| **h != NONE) {
@@ -225,17 +228,18 @@ impl Switch {
                 flushed += 1;
             }
             f.counters.flushed += flushed;
-            publish(f, RX_QUEUE);
-            publish(f, TX_QUEUE);
+            f.publish(RX_QUEUE);
+            f.publish(TX_QUEUE);
         }
     }
 
     /// One polling round over both directions. Returns the number of
-    /// descriptors handled (0 = idle).
-    pub fn poll(&mut self, fns: &mut [Function; 2], shm: &ShmRegion) -> usize {
+    /// descriptors handled (0 = idle). A side whose ring broke is left
+    /// marked in its view ([`SideView::broken`]).
+    pub fn poll(&mut self, sides: &mut [SideView<'_>; 2], shm: &ShmRegion) -> usize {
         let mut work = 0;
         for from in 0..2 {
-            work += self.direction(fns, shm, from);
+            work += self.direction(sides, shm, from);
         }
         work
     }
@@ -245,10 +249,10 @@ impl Switch {
         self.sides.iter().any(|s| s.held.is_some())
     }
 
-    fn direction(&mut self, fns: &mut [Function; 2], shm: &ShmRegion, from: usize) -> usize {
-        let [f0, f1] = fns;
+    fn direction(&mut self, sides: &mut [SideView<'_>; 2], shm: &ShmRegion, from: usize) -> usize {
+        let [f0, f1] = sides;
         let (fy, fx) = if from == 0 { (f0, f1) } else { (f1, f0) };
-        if !fy.is_active() {
+        if !fy.active {
             return 0;
         }
         let [s0, s1] = &mut self.sides;
@@ -265,7 +269,7 @@ impl Switch {
             x: (1 - from) as u8,
         };
         let mut work = 0;
-        let rx_ready = fx.is_active() && !sx.resyncing;
+        let rx_ready = fx.active && !sx.resyncing;
         if rx_ready {
             match ctx.harvest_rx(fx, sx) {
                 Ok(n) => work += n,
@@ -276,29 +280,19 @@ impl Switch {
             Ok(n) => work += n,
             Err(e) => fy.needs_reset(e),
         }
-        publish(fy, TX_QUEUE);
-        publish(fx, RX_QUEUE);
+        fy.publish(TX_QUEUE);
+        fx.publish(RX_QUEUE);
         work
-    }
-}
-
-/// Publishes a queue's used entries and signals it when the driver wants it.
-#[inline]
-fn publish(f: &mut Function, q: u16) {
-    if let Some(queue) = f.queue_mut(q) {
-        if queue.publish() {
-            f.signal_queue(q);
-        }
     }
 }
 
 /// Completes everything a resyncing side makes available with length 0.
 #[cold]
-fn flush_side(f: &mut Function) -> usize {
+fn flush_side(f: &mut SideView<'_>) -> usize {
     let mut n = 0;
     let mut err = None;
     for q in [RX_QUEUE, TX_QUEUE] {
-        let Some(queue) = f.queue_mut(q) else {
+        let Some(queue) = f.queue(q) else {
             continue;
         };
         if let Err(e) = drain_zero(queue, &mut n) {
@@ -310,8 +304,8 @@ fn flush_side(f: &mut Function) -> usize {
         f.needs_reset(e);
         return n;
     }
-    publish(f, RX_QUEUE);
-    publish(f, TX_QUEUE);
+    f.publish(RX_QUEUE);
+    f.publish(TX_QUEUE);
     n
 }
 
@@ -342,12 +336,18 @@ enum Source<'a> {
 
 impl Ctx<'_> {
     /// Takes the receiver's new RX posts into the slot and classic tables.
-    fn harvest_rx(&mut self, fx: &mut Function, sx: &mut SideState) -> Result<usize, QueueError> {
-        let window = fx.shm_window();
-        let sb = fx.is_shared_buffers();
+    fn harvest_rx(
+        &mut self,
+        fx: &mut SideView<'_>,
+        sx: &mut SideState,
+    ) -> Result<usize, QueueError> {
+        let window = fx.window;
+        let sb = fx.shared_buffers;
         let slot_size = self.g.slot_size();
-        let (rx, _, c) = fx.parts(RX_QUEUE);
-        let Some(rx) = rx else { return Ok(0) };
+        let c = &mut *fx.counters;
+        let Some(rx) = fx.rx.as_deref_mut() else {
+            return Ok(0);
+        };
         let n = rx.avail_pending()?;
         for _ in 0..n {
             let head = rx.pop_head()?;
@@ -387,20 +387,22 @@ impl Ctx<'_> {
     #[allow(clippy::too_many_arguments)]
     fn forward_tx(
         &mut self,
-        fy: &mut Function,
+        fy: &mut SideView<'_>,
         sy: &mut SideState,
-        fx: &mut Function,
+        fx: &mut SideView<'_>,
         sx: &mut SideState,
         shm: &ShmRegion,
         rx_ready: bool,
     ) -> Result<usize, QueueError> {
-        let window = fy.shm_window();
-        let y_sb = fy.is_shared_buffers();
-        let x_active = fx.is_active();
-        let (tx, ymem, cy) = fy.parts(TX_QUEUE);
-        let Some(tx) = tx else { return Ok(0) };
-        let (rx, xmem, cx) = fx.parts(RX_QUEUE);
-        let mut rx = if rx_ready { rx } else { None };
+        let window = fy.window;
+        let y_sb = fy.shared_buffers;
+        let x_active = fx.active;
+        let (ymem, cy) = (fy.mem, &mut *fy.counters);
+        let Some(tx) = fy.tx.as_deref_mut() else {
+            return Ok(0);
+        };
+        let (xmem, cx) = (fx.mem, &mut *fx.counters);
+        let mut rx = if rx_ready { fx.rx.as_deref_mut() } else { None };
         let mut done = 0;
         // One load of the avail index per burst (it sits on a cache line the
         // driver writes).

@@ -51,10 +51,9 @@ impl Drv {
         let base = map.as_mut_ptr();
         std::mem::forget(map);
         // A fresh driver instance: whatever an earlier one mapped is gone.
-        p.fns[side].mem.clear();
+        p.fns[side].clear_dma();
         p.fns[side]
-            .mem
-            .map(IOVA, MEM, Some(file.try_clone().unwrap()), 0)
+            .map_dma(IOVA, MEM, Some(file.try_clone().unwrap()), 0)
             .unwrap();
         let rings = RING.map(|r| {
             let layout = RingLayout {
