@@ -5,9 +5,9 @@
 //! unlike the PMD it can also send whatever malformed thing a test needs.
 
 use sbnet_abi::common_cfg::{self as cc, bit, off};
-use sbnet_abi::net::{self, NetHdr, NET_HDR_LEN};
+use sbnet_abi::net;
 use sbnet_abi::pci;
-use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
+use sbnet_abi::ring::{Desc, DESC_F_WRITE};
 use sbnet_device::testutil::{DriverRing, RingLayout};
 use sbnet_pmd::bus::{Bus, BusError, DmaRegion};
 
@@ -205,12 +205,6 @@ impl<B: Bus> RawDriver<B> {
             .bar_write(bar, base + q as u64 * mult as u64, &q.to_le_bytes())
     }
 
-    fn ptr(&self, iova: u64) -> *mut u8 {
-        assert!(iova >= self.mem.iova && iova < self.mem.iova + self.mem.len as u64);
-        // SAFETY: checked to be inside the driver's own DMA region.
-        unsafe { self.mem.ptr.add((iova - self.mem.iova) as usize) }
-    }
-
     /// The DMA address of buffer `i` of queue `q`.
     pub fn buf(&self, q: u16, i: u16) -> u64 {
         self.mem.iova + BUFS + (q as u64 * QSIZE as u64 + i as u64) * BUF as u64
@@ -274,40 +268,11 @@ impl<B: Bus> RawDriver<B> {
     pub fn send(&mut self, i: u16, frame: &[u8]) {
         let (h, f) = (2 * i % QSIZE, (2 * i + 1) % QSIZE);
         let (ha, fa) = (self.buf(1, h), self.buf(1, f));
-        let hdr = NetHdr::default().to_bytes();
-        // SAFETY: both buffers are BUF bytes inside the DMA region; frames are shorter.
-        unsafe {
-            std::ptr::copy_nonoverlapping(hdr.as_ptr(), self.ptr(ha), NET_HDR_LEN);
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), self.ptr(fa), frame.len());
-        }
-        self.set_desc(
-            1,
-            h,
-            Desc {
-                addr: ha,
-                len: NET_HDR_LEN as u32,
-                flags: DESC_F_NEXT,
-                next: f,
-            },
-        );
-        self.set_desc(
-            1,
-            f,
-            Desc {
-                addr: fa,
-                len: frame.len() as u32,
-                flags: 0,
-                next: 0,
-            },
-        );
-        self.avail(1, h);
+        self.q[1].send_hdr_and_frame((h, ha), (f, fa), frame);
     }
 
     /// Reads `len` bytes of RX buffer `i`.
     pub fn rx_bytes(&self, i: u16, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        // SAFETY: inside the DMA region.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr(self.buf(0, i)), v.as_mut_ptr(), len) };
-        v
+        self.q[0].read(self.buf(0, i), len)
     }
 }

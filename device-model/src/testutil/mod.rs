@@ -15,7 +15,7 @@ use sbnet_abi::common_cfg::{self as cc, bit, off};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, NetHdr, NET_HDR_LEN};
 use sbnet_abi::pci::cfg;
-use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
+use sbnet_abi::ring::{Desc, DESC_F_WRITE};
 use std::fs::File;
 
 pub const IOVA: u64 = 0x1000_0000;
@@ -249,37 +249,10 @@ impl Drv {
     pub fn send_classic(&mut self, frame: &[u8]) -> u16 {
         let h = self.take_desc(1);
         let h2 = self.take_desc(1);
-        let hdr = NetHdr::default().to_bytes();
-        let a = self.buf_iova(1, h);
-        let b = self.buf_iova(1, h2);
-        // SAFETY: buffers lie in the driver's mapping, 4 KiB each.
-        unsafe {
-            std::ptr::copy_nonoverlapping(hdr.as_ptr(), self.at(a), NET_HDR_LEN);
-            std::ptr::copy_nonoverlapping(frame.as_ptr(), self.at(b), frame.len());
-        }
-        self.set_desc(
-            1,
-            h,
-            Desc {
-                addr: a,
-                len: NET_HDR_LEN as u32,
-                flags: DESC_F_NEXT,
-                next: h2,
-            },
-        );
-        self.set_desc(
-            1,
-            h2,
-            Desc {
-                addr: b,
-                len: frame.len() as u32,
-                flags: 0,
-                next: 0,
-            },
-        );
+        let (a, b) = (self.buf_iova(1, h), self.buf_iova(1, h2));
         // The second descriptor is reaped with the head.
         self.chained.insert(h, h2);
-        self.avail(1, h);
+        self.rings[1].send_hdr_and_frame((h, a), (h2, b), frame);
         h
     }
 
@@ -347,12 +320,7 @@ impl Drv {
 
     /// Reads `len` bytes of RX buffer `head` (classic).
     pub fn rx_bytes(&self, head: u16, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        // SAFETY: the buffer lies in the driver's mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.at(self.buf_iova(0, head)), v.as_mut_ptr(), len)
-        };
-        v
+        self.rings[0].read(self.buf_iova(0, head), len)
     }
 }
 

@@ -3,7 +3,8 @@
 //! The queue unit tests, [`super::Drv`] and the tests crate's raw driver all
 //! drive the device through it.
 
-use sbnet_abi::ring::{Desc, UsedElem, RING_ENTRIES, RING_IDX};
+use sbnet_abi::net::{NetHdr, NET_HDR_LEN};
+use sbnet_abi::ring::{Desc, UsedElem, DESC_F_NEXT, RING_ENTRIES, RING_IDX};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 /// Where a ring's three parts are (bus addresses) and its size.
@@ -74,6 +75,40 @@ impl DriverRing {
         );
         // SAFETY: checked to be inside [base, base + len), valid by `new`'s contract.
         unsafe { self.base.add((iova - self.iova) as usize) }
+    }
+
+    /// Copies `bytes` to bus address `iova` of the driver's memory.
+    pub fn write(&self, iova: u64, bytes: &[u8]) {
+        let dst = self.at(iova, bytes.len() as u64);
+        // SAFETY: `at` checked that the range is inside the mapping; a byte
+        // copy into memory the device may read concurrently.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+    }
+
+    /// Copies `len` bytes out of bus address `iova` of the driver's memory.
+    pub fn read(&self, iova: u64, len: usize) -> Vec<u8> {
+        let src = self.at(iova, len as u64);
+        let mut v = vec![0; len];
+        // SAFETY: as in write, the other way round.
+        unsafe { std::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len) };
+        v
+    }
+
+    /// Sends `frame` as a two-descriptor TX chain and publishes it: a
+    /// default header in buffer `hdr` (descriptor index, bus address), the
+    /// frame in buffer `body`.
+    pub fn send_hdr_and_frame(&mut self, hdr: (u16, u64), body: (u16, u64), frame: &[u8]) {
+        self.write(hdr.1, &NetHdr::default().to_bytes());
+        self.write(body.1, frame);
+        let desc = |addr, len, flags, next| Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        self.set_desc(hdr.0, desc(hdr.1, NET_HDR_LEN as u32, DESC_F_NEXT, body.0));
+        self.set_desc(body.0, desc(body.1, frame.len() as u32, 0, 0));
+        self.make_avail(hdr.0);
     }
 
     fn idx(&self, ring: u64) -> &AtomicU16 {
