@@ -312,14 +312,6 @@ impl Function {
         }
     }
 
-    /// Signals queue `q`'s interrupt.
-    #[inline]
-    pub fn signal_queue(&mut self, q: u16) {
-        let v = self.queues[q as usize].regs.msix_vector;
-        self.isr |= cc::ISR_QUEUE;
-        self.signal(v);
-    }
-
     /// Sets (`Some`) or clears (`None`) the eventfd of MSI-X vector `v`.
     /// False when `v` is not a vector of the function.
     pub fn set_msix_fd(&mut self, v: u16, fd: Option<OwnedFd>) -> bool {

@@ -1,7 +1,7 @@
 //! Two functions, the switch and the ledger behind one lock. The epoch
-//! rules are in [`epochs`]; the data-plane loop and what its threads share
-//! in [`runner`]; the vfio-user backend of one side is
-//! [`crate::backend::SideHandle`] (re-exported here).
+//! rules are in `epochs`; the data-plane loop and what its threads share
+//! in `runner` ([`run_switch`], [`Shared`]); the vfio-user backend of one
+//! side is [`crate::backend::SideHandle`] (re-exported here).
 
 mod epochs;
 mod runner;

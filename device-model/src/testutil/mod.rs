@@ -1,5 +1,5 @@
 //! A register-level stand-in driver for the device model's own tests: it
-//! programs a [`Function`] through the same register writes a VMM forwards,
+//! programs a [`Function`](crate::function::Function) through the same register writes a VMM forwards,
 //! keeps its rings in a memfd it DMA-maps, and plays both classic and
 //! shared-buffers roles. Only built for tests and with the `test-utils`
 //! feature (benchmarks); never part of a release build of host-pair.
