@@ -29,7 +29,7 @@
 #   SBNET_VM_SCENARIO   pmd or mixed (the first argument wins)
 #   SBNET_TESTPMD       sbnet-testpmd binary for the guests (default:
 #                       <repo>/target/release/sbnet-testpmd, built with
-#                       `cargo build --release -p sbnet-pmd --bin sbnet-testpmd`
+#                       `cargo build --release -p sbnet-testpmd`
 #                       when SBNET_TESTPMD is unset)
 #   SBNET_VM_PINGS      N (pmd: pingpong round trips, default 500) or
 #                       K (mixed: pings, default 20)
@@ -79,8 +79,8 @@ vm_host_pair
 TESTPMD="${SBNET_TESTPMD:-}"
 if [ -z "$TESTPMD" ]; then
     TESTPMD="$TARGET/release/sbnet-testpmd"
-    say "building sbnet-testpmd (cargo build --release -p sbnet-pmd --bin sbnet-testpmd)"
-    (cd "$REPO" && cargo build --release -p sbnet-pmd --bin sbnet-testpmd) || setup_error "cargo build --release -p sbnet-pmd --bin sbnet-testpmd failed"
+    say "building sbnet-testpmd (cargo build --release -p sbnet-testpmd)"
+    (cd "$REPO" && cargo build --release -p sbnet-testpmd) || setup_error "cargo build --release -p sbnet-testpmd failed"
 fi
 [ -x "$TESTPMD" ] || setup_error "sbnet-testpmd binary $TESTPMD not found or not executable"
 

@@ -156,7 +156,7 @@ pub fn run_harness(test: &str, script: &str, args: &[&str], testpmd: bool) {
     if testpmd {
         let testpmd = release_binary(
             "SBNET_TESTPMD",
-            "sbnet-pmd",
+            "sbnet-testpmd",
             "sbnet-testpmd",
             &logdir,
             deadline,
