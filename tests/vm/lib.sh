@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Set-up shared by the two-VM harnesses (run-stock-pair.sh, run-pmd-pair.sh).
 # Sourced, not run. Provides: REPO, VM_DIR, ROOT, ACCEL, TOTAL_TIMEOUT,
-# GUEST_TIMEOUT, now, say, setup_error, vm_preflight, vm_kit, vm_host_pair
+# GUEST_TIMEOUT, now, say, setup_error, vm_unavailable, vm_preflight, vm_kit, vm_host_pair
 # (sets HP), vm_run_dir NAME (sets RUN and IN_RUN, installs the cleanup
 # trap that stops PIDS and HP_PID), strip_ansi, vm_fail_tails (the QEMU
 # and host-pair parts of a failure report), and for the run itself:
@@ -24,11 +24,14 @@ T0=$(date +%s.%N)
 now() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 say() { printf '[%6ss] %s\n' "$(now)" "$*"; }
 setup_error() { say "setup error: $*"; echo "SBNET-VM-TEST: FAIL setup: $*"; exit 2; }
+# The VMs cannot run on this machine (not root, no kit): exit status 3, which
+# the cargo tests report as a skip unless SBNET_REQUIRE_VM=1.
+vm_unavailable() { say "cannot run here: $*"; echo "SBNET-VM-TEST: SKIP $*"; exit 3; }
 strip_ansi() { sed 's/\x1b\[[0-9;]*m//g'; }
 
 # Root and a known accelerator.
 vm_preflight() {
-    [ "$(id -u)" = 0 ] || setup_error "must run as root (chroot, unshare and QEMU need it)"
+    [ "$(id -u)" = 0 ] || vm_unavailable "must run as root (chroot, unshare and QEMU need it)"
     case "$ACCEL" in tcg|kvm) ;; *) setup_error "SBNET_VM_ACCEL must be tcg or kvm, got '$ACCEL'";; esac
 }
 
@@ -37,7 +40,7 @@ vm_kit() {
     say "${1:+$1: }building/checking the VM kit in $VM_DIR"
     local kit_t0
     kit_t0=$(now)
-    "$LIB_DIR/build-kit.sh" || setup_error "tests/vm/build-kit.sh failed (see above)"
+    "$LIB_DIR/build-kit.sh" || vm_unavailable "no VM kit: tests/vm/build-kit.sh failed (see above)"
     say "kit ready ($(awk -v a="$kit_t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s)"
     # shellcheck disable=SC1091
     . "$ROOT/sbnet/kit/kit.env"

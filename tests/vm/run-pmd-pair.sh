@@ -43,8 +43,9 @@
 #   SBNET_VM_TRACE_EVENTS  QEMU trace event patterns (space-separated) written
 #                       to qemu-NAME.trace (SBNET_VM_TRACE=1: a default set)
 #   SBNET_VM_MONITOR=1  an HMP monitor socket per guest: RUN/NAME.mon
-# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error. The
-# verdict is the line "SBNET-VM-TEST: PASS ..." or "SBNET-VM-TEST: FAIL reason".
+# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error, 3 the VMs
+# cannot run here (not root, or no kit can be built: "SBNET-VM-TEST: SKIP reason").
+# The verdict is the line "SBNET-VM-TEST: PASS ..." or "SBNET-VM-TEST: FAIL reason".
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

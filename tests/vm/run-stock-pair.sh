@@ -25,7 +25,8 @@
 #   SBNET_VM_MONITOR=1  an HMP monitor socket per guest: RUN/NAME.mon
 #   SBNET_VM_KEEP=1     keep the run directory even when the test passes
 #   SBNET_LOG           host-pair's log filter (default info)
-# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error.
+# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error, 3 the VMs
+# cannot run here (not root, or no kit can be built: "SBNET-VM-TEST: SKIP reason").
 # The verdict is the line "SBNET-VM-TEST: PASS ..." or "SBNET-VM-TEST: FAIL reason"
 # (only "run directory kept: ..." may follow it).
 set -uo pipefail
