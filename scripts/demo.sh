@@ -11,5 +11,5 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 echo "building (release)..." >&2
-cargo build --release --quiet -p host-pair -p sbnet-pmd --bins
+cargo build --release --quiet -p host-pair -p sbnet-testpmd --bins
 exec ./target/release/sbnet-demo "$@"

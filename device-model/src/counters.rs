@@ -4,17 +4,44 @@
 use std::fmt;
 
 macro_rules! counters {
-    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident,)* }) => {
+    (
+        $(#[$m:meta])* $name:ident {
+            $($(#[$fm:meta])* $f:ident,)*
+        }
+        refusals {
+            $($(#[$rm:meta])* $r:ident,)*
+        }
+        then {
+            $($(#[$tm:meta])* $t:ident,)*
+        }
+    ) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct $name {
             $($(#[$fm])* pub $f: u64,)*
+            $($(#[$rm])* pub $r: u64,)*
+            $($(#[$tm])* pub $t: u64,)*
         }
 
         impl $name {
+            /// The names of the refusal counters: a descriptor completed
+            /// with length 0 because it broke a rule (docs/abi.md §6, "What
+            /// the host refuses"). [`Self::refusals`] is their sum.
+            pub const REFUSALS: &'static [&'static str] = &[$(stringify!($r),)*];
+
             /// Every counter as (name, value), in declaration order.
             pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
-                [$((stringify!($f), self.$f),)*].into_iter()
+                [
+                    $((stringify!($f), self.$f),)*
+                    $((stringify!($r), self.$r),)*
+                    $((stringify!($t), self.$t),)*
+                ]
+                .into_iter()
+            }
+
+            /// Sum of every refusal counter ([`Self::REFUSALS`]).
+            pub fn refusals(&self) -> u64 {
+                0 $(+ self.$r)*
             }
         }
     };
@@ -49,6 +76,8 @@ counters! {
         rx_no_buffer,
         /// TX dropped: no driver on the peer side.
         tx_no_peer,
+    }
+    refusals {
         /// Refused: malformed descriptor chain.
         bad_chain,
         /// Refused: slot reference not slot-aligned, crossing a slot, wrong length or mixed.
@@ -63,6 +92,8 @@ counters! {
         frame_too_big,
         /// Refused: a gift outside zero-copy mode or on a classic buffer.
         bad_gift,
+    }
+    then {
         /// Descriptors completed with length 0 by an epoch resync.
         flushed,
         /// Times this side entered DEVICE_NEEDS_RESET.
@@ -97,19 +128,6 @@ impl fmt::Display for SideCounters {
     }
 }
 
-impl SideCounters {
-    /// Sum of every refusal counter.
-    pub fn refusals(&self) -> u64 {
-        self.bad_chain
-            + self.bad_slot_ref
-            + self.tx_not_owner
-            + self.rx_post_not_peer_owned
-            + self.rx_post_duplicate
-            + self.frame_too_big
-            + self.bad_gift
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +140,29 @@ mod tests {
         c.bad_chain = 1;
         assert_eq!(c.to_string(), "tx_packets=3 bad_chain=1");
         assert_eq!(c.refusals(), 1);
+    }
+
+    #[test]
+    fn refusals_sum_the_listed_counters() {
+        // The seven rules of docs/abi.md §6, "What the host refuses", in
+        // declaration order; each one is a counter.
+        let r = SideCounters::REFUSALS;
+        assert_eq!((r.len(), r[0], r[6]), (7, "bad_chain", "bad_gift"));
+        let names: Vec<_> = SideCounters::default().fields().map(|(k, _)| k).collect();
+        assert!(r.iter().all(|k| names.contains(k)), "{r:?}");
+        let c = SideCounters {
+            bad_gift: 2,
+            frame_too_big: 3,
+            needs_reset: 7,
+            flushed: 5,
+            ..SideCounters::default()
+        };
+        assert_eq!(c.refusals(), 5);
+        let listed: u64 = c
+            .fields()
+            .filter(|(k, _)| SideCounters::REFUSALS.contains(k))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(listed, c.refusals());
     }
 }

@@ -10,15 +10,17 @@ pub fn print(p: &Pair) {
     }
 }
 
-/// Every counter of both sides as JSON.
+/// Every counter of both sides as JSON, plus each side's `refusals`: the
+/// sum of the refusal counters (`SideCounters::REFUSALS`).
 pub fn json(p: &Pair) -> serde_json::Value {
     let sides: Vec<serde_json::Value> = p
         .fns
         .iter()
         .map(|f| {
+            let c = &f.counters;
             serde_json::Value::Object(
-                f.counters
-                    .fields()
+                c.fields()
+                    .chain([("refusals", c.refusals())])
                     .map(|(k, v)| (k.to_string(), v.into()))
                     .collect(),
             )

@@ -14,6 +14,9 @@
 //! | [`layout`] | where the sbnet function puts each structure in its BARs |
 //! | [`vfio_user`] | vfio-user message headers and bodies |
 //!
+//! The hand-written virtio constants are checked against Linux's headers
+//! (`virtio-bindings`) at compile time.
+//!
 //! All multi-byte fields are little-endian, as virtio 1.x and vfio-user
 //! require; sbnet builds only for little-endian targets, so the structs use
 //! native integers. `docs/abi.md` is the prose version of this crate.
@@ -25,6 +28,7 @@ compile_error!("sbnet's ABI structs use native integers and need a little-endian
 
 pub mod common_cfg;
 pub mod layout;
+mod linux_check;
 pub mod net;
 pub mod pci;
 pub mod ring;

@@ -90,7 +90,7 @@ say "huge pages: $(grep HugePages_Free /proc/meminfo | awk '{print $2}') free of
 
 # --- build ------------------------------------------------------------------
 say "build (release)"
-cargo build --release -p host-pair -p sbnet-pmd -p sbnet-tests --bins
+cargo build --release -p host-pair -p sbnet-testpmd -p sbnet-bench
 cargo bench -p sbnet-device -p sbnet-tests --features sbnet-device/test-utils --bench switch --bench pmd --no-run
 
 # --- micro-benchmarks -------------------------------------------------------

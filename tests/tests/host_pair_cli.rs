@@ -183,6 +183,7 @@ fn serve_signals_and_clean_shutdown() {
         serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
     assert_eq!(stats["sides"].as_array().map(|s| s.len()), Some(2));
     assert!(stats["sides"][0].get("tx_zero_copy").is_some());
+    assert_eq!(stats["sides"][0]["refusals"].as_u64(), Some(0));
 }
 
 #[test]

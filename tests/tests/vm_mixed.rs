@@ -11,8 +11,9 @@
 //! frames, and host-pair's counters agree: every frame copied, none
 //! zero-copied, dropped or refused.
 //!
-//! Never skipped silently: without root, or when the kit cannot be built,
-//! the test fails with the reason. `SBNET_SKIP_VM=1` skips it. Knobs pass
+//! Without root, when the kit cannot be built, or with `SBNET_SKIP_VM=1`
+//! it is skipped with the reason on stderr; `SBNET_REQUIRE_VM=1` (set by
+//! `scripts/test.sh`) makes that a failure (see `vm_common`). Knobs pass
 //! through to the harness; see the header of `tests/vm/run-pmd-pair.sh`.
 
 mod vm_common;

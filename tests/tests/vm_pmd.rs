@@ -11,8 +11,9 @@
 //! counters show zero copies (`copied_bytes == 0`), zero-copy packets on
 //! both sides and no refusal.
 //!
-//! Never skipped silently: without root, or when the kit cannot be built,
-//! the test fails with the reason. `SBNET_SKIP_VM=1` skips it. Knobs
+//! Without root, when the kit cannot be built, or with `SBNET_SKIP_VM=1`
+//! it is skipped with the reason on stderr; `SBNET_REQUIRE_VM=1` (set by
+//! `scripts/test.sh`) makes that a failure (see `vm_common`). Knobs
 //! (`SBNET_VM_PINGS`, `SBNET_VM_PACKETS`, `SBNET_VM_BACK`, `SBNET_VM_TIMEOUT`,
 //! `SBNET_HOST_PAIR`, `SBNET_TESTPMD`, ...) pass through to the harness; see
 //! the header of `tests/vm/run-pmd-pair.sh`.

@@ -4,8 +4,9 @@
 //! QEMU guests (TCG) on its vfio-user sockets, pings and sends a few MB from
 //! guest A to guest B and compares checksums and host-pair's counters.
 //!
-//! This test is never skipped silently: without root, or when the kit cannot
-//! be built, it fails with the reason. Set `SBNET_SKIP_VM=1` to skip it.
+//! Without root, when the kit cannot be built, or with `SBNET_SKIP_VM=1`
+//! it is skipped with the reason on stderr; `SBNET_REQUIRE_VM=1` (set by
+//! `scripts/test.sh`) makes that a failure (see `vm_common`).
 //! Other knobs are passed through to the harness (`SBNET_VM_DIR`,
 //! `SBNET_VM_TIMEOUT`, `SBNET_VM_BYTES`, `SBNET_HOST_PAIR`, ...); see the
 //! header of `tests/vm/run-stock-pair.sh`.

@@ -22,7 +22,7 @@
 #   $SBNET_VM_DIR/root/                the trixie root (chroot)
 #   $SBNET_VM_DIR/root/sbnet/kit/      vmlinuz, initrd.img, kit.env
 #   $SBNET_VM_DIR/root/sbnet/run/      per-run directories (sockets, consoles)
-# Only the host package `debootstrap` is installed on the host; busybox-static,
+# Only the host packages `debootstrap` and `jq` are installed on the host; busybox-static,
 # cpio, xz-utils and QEMU are installed inside the trixie root and used there.
 set -euo pipefail
 
@@ -103,6 +103,8 @@ debian_mirror() {
 # ---------------------------------------------------------------- host tools
 need_host_pkgs=()
 command -v debootstrap >/dev/null || need_host_pkgs+=(debootstrap)
+# jq: the harnesses read host-pair's and sbnet-testpmd's JSON with it.
+command -v jq >/dev/null || need_host_pkgs+=(jq)
 if [ ${#need_host_pkgs[@]} -gt 0 ]; then
     log "installing host packages: ${need_host_pkgs[*]}"
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need_host_pkgs[@]}" >"$VM_DIR/apt-host.log" 2>&1; then

@@ -29,7 +29,7 @@
 #   SBNET_VM_SCENARIO   pmd or mixed (the first argument wins)
 #   SBNET_TESTPMD       sbnet-testpmd binary for the guests (default:
 #                       <repo>/target/release/sbnet-testpmd, built with
-#                       `cargo build --release -p sbnet-pmd --bin sbnet-testpmd`
+#                       `cargo build --release -p sbnet-testpmd`
 #                       when SBNET_TESTPMD is unset)
 #   SBNET_VM_PINGS      N (pmd: pingpong round trips, default 500) or
 #                       K (mixed: pings, default 20)
@@ -43,13 +43,16 @@
 #   SBNET_VM_TRACE_EVENTS  QEMU trace event patterns (space-separated) written
 #                       to qemu-NAME.trace (SBNET_VM_TRACE=1: a default set)
 #   SBNET_VM_MONITOR=1  an HMP monitor socket per guest: RUN/NAME.mon
-# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error. The
-# verdict is the line "SBNET-VM-TEST: PASS ..." or "SBNET-VM-TEST: FAIL reason".
+# Exit status: 0 PASS, 1 FAIL (the reason is printed), 2 setup error, 3 the VMs
+# cannot run here (not root, or no kit can be built: "SBNET-VM-TEST: SKIP reason").
+# The verdict is the line "SBNET-VM-TEST: PASS ..." or "SBNET-VM-TEST: FAIL reason".
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=tests/vm/lib.sh
 . "$HERE/lib.sh"
+# The virtual IOMMU's events too (SBNET_VM_TRACE=1).
+VM_TRACE_DEFAULT="$VM_TRACE_DEFAULT vtd_*"
 SCENARIO="${1:-${SBNET_VM_SCENARIO:-pmd}}"
 FRAME="${SBNET_VM_FRAME:-64}"
 BACK="${SBNET_VM_BACK:-20000}"
@@ -79,8 +82,8 @@ vm_host_pair
 TESTPMD="${SBNET_TESTPMD:-}"
 if [ -z "$TESTPMD" ]; then
     TESTPMD="$TARGET/release/sbnet-testpmd"
-    say "building sbnet-testpmd (cargo build --release -p sbnet-pmd --bin sbnet-testpmd)"
-    (cd "$REPO" && cargo build --release -p sbnet-pmd --bin sbnet-testpmd) || setup_error "cargo build --release -p sbnet-pmd --bin sbnet-testpmd failed"
+    say "building sbnet-testpmd (cargo build --release -p sbnet-testpmd)"
+    (cd "$REPO" && cargo build --release -p sbnet-testpmd) || setup_error "cargo build --release -p sbnet-testpmd failed"
 fi
 [ -x "$TESTPMD" ] || setup_error "sbnet-testpmd binary $TESTPMD not found or not executable"
 
@@ -102,35 +105,6 @@ fail() {
     echo "SBNET-VM-TEST: FAIL $SCENARIO: $*"
     exit 1
 }
-
-# json_flat: flattens one JSON document (stdin) to "path=value" lines
-# (objects by key, arrays by index: sides.0.tx_copied=12). Enough for the
-# JSON host-pair and sbnet-testpmd write (no escapes in strings).
-json_flat() {
-    awk '{ s = s $0 } END {
-        n = length(s); i = 1; d = 0
-        while (i <= n) {
-            c = substr(s, i, 1)
-            if (c == "{") { d++; arr[d] = 0; key[d] = ""; i++; continue }
-            if (c == "[") { d++; arr[d] = 1; idx[d] = 0; key[d] = "0"; i++; continue }
-            if (c == "}" || c == "]") { d--; i++; continue }
-            if (c == ",") { if (arr[d]) { idx[d]++; key[d] = idx[d] } i++; continue }
-            if (c == "\"") {
-                j = index(substr(s, i + 1), "\""); str = substr(s, i + 1, j - 1); i += j + 1
-                rest = substr(s, i); sub(/^[ \t\r\n]*/, "", rest)
-                if (!arr[d] && substr(rest, 1, 1) == ":") { key[d] = str; i = n - length(rest) + 2; continue }
-                emit(str); continue
-            }
-            if (c ~ /[-0-9tfn]/) {
-                match(substr(s, i), /^[-+0-9.eEa-z]+/); emit(substr(s, i, RLENGTH)); i += RLENGTH; continue
-            }
-            i++
-        }
-    }
-    function emit(v,   p, k) { p = ""; for (k = 1; k <= d; k++) p = p (k > 1 ? "." : "") key[k]; print p "=" v }'
-}
-# jget FLAT KEY: the value of KEY in flattened JSON text FLAT
-jget() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -1; }
 
 # ------------------------------------------------------------ guest initramfs
 # The kit's initramfs plus a second cpio archive with sbnet-testpmd and the
@@ -163,24 +137,14 @@ if [ "$SCENARIO" = mixed ]; then
 else
     HP_EXTRA=(${SBNET_VM_HP_ARGS:-})
 fi
-say "starting host-pair: $HP serve --socket $RUN/a.sock --socket $RUN/b.sock --stats-json $RUN/stats.json ${HP_EXTRA[*]}"
-SBNET_LOG="${SBNET_LOG:-info}" NO_COLOR=1 "$HP" serve \
-    --socket "$RUN/a.sock" --socket "$RUN/b.sock" \
-    --stats-json "$RUN/stats.json" "${HP_EXTRA[@]}" >"$RUN/host-pair.log" 2>&1 &
-HP_PID=$!
-for _ in $(seq 100); do
-    [ -S "$RUN/a.sock" ] && [ -S "$RUN/b.sock" ] && break
-    kill -0 "$HP_PID" 2>/dev/null || fail "host-pair exited at start-up"
-    sleep 0.05
-done
-[ -S "$RUN/a.sock" ] && [ -S "$RUN/b.sock" ] || fail "host-pair did not create its sockets within 5 s"
+vm_start_host_pair "${HP_EXTRA[@]}"
 
 # ------------------------------------------------------------ guests
 # start_guest NAME DRIVER APPEND...: DRIVER pmd (IOMMU, PMD initramfs) or stock.
 start_guest() {
-    local name=$1 driver=$2 trace=() machine=q35,memory-backend=mem iommu=() initrd="$SBNET_VM_INITRD"
+    local name=$1 driver=$2 machine=q35,memory-backend=mem iommu=() initrd="$SBNET_VM_INITRD"
     shift 2
-    local append="console=ttyS0 panic=-1 sbnet.timeout=$GUEST_TIMEOUT $*"
+    local append="$*"
     if [ "$driver" = pmd ]; then
         # The virtual IOMMU comes before the device: QEMU attaches a device to
         # the IOMMU when it creates it (after it, the guest still sees a group
@@ -194,45 +158,7 @@ start_guest() {
         append="$append intel_iommu=on sbnet.driver=pmd"
         initrd="$IN_RUN/initrd-pmd.img"
     fi
-    if [ "${SBNET_VM_TRACE:-0}" = 1 ] || [ -n "${SBNET_VM_TRACE_EVENTS:-}" ]; then
-        local ev
-        for ev in ${SBNET_VM_TRACE_EVENTS:-vfio_region_r* vfio_region_w* vfio_msix* vfio_intx* vfio_user_set_irqs vfio_user_dma* vtd_*}; do
-            trace+=(-trace "$ev")
-        done
-        trace+=(-D "$IN_RUN/qemu-$name.trace")
-    fi
-    # A monitor socket per guest (HMP: info mtree -f, info pci, info irq).
-    [ "${SBNET_VM_MONITOR:-0}" = 1 ] && trace+=(-monitor "unix:$IN_RUN/$name.mon,server=on,wait=off")
-    # shellcheck disable=SC2054  # the commas are QEMU's
-    local args=(
-        qemu-system-x86_64
-        -name "sbnet-$name"
-        -accel "$ACCEL"
-        -machine "$machine"
-        -object memory-backend-memfd,id=mem,size=256M,share=on
-        -m 256M -smp 1
-        -nodefaults -nic none
-        -display none -monitor none
-        -serial "file:$IN_RUN/$name.console"
-        -no-reboot
-        "${iommu[@]}"
-        -kernel "$SBNET_VM_KERNEL" -initrd "$initrd"
-        -append "$append"
-        -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$IN_RUN/$name.sock\"}}"
-        "${trace[@]}"
-    )
-    # shellcheck disable=SC2206
-    [ -n "${SBNET_VM_QEMU_EXTRA:-}" ] && args+=(${SBNET_VM_QEMU_EXTRA})
-    printf '%q ' chroot "$ROOT" "${args[@]}" >"$RUN/qemu-$name.cmdline"
-    unshare --mount --propagation private /bin/sh -c '
-        mount -t proc proc "$0/proc" || exit 1
-        if [ "$1" = kvm ]; then
-            [ -e "$0/dev/kvm" ] || touch "$0/dev/kvm"
-            mount --bind /dev/kvm "$0/dev/kvm" || exit 1
-        fi
-        shift
-        exec chroot "$0" "$@"' "$ROOT" "$ACCEL" "${args[@]}" >"$RUN/qemu-$name.log" 2>&1 &
-    PIDS+=($!)
+    vm_qemu "$name" "$machine" "$initrd" "$append" "${iommu[@]}"
 }
 
 PMDARGS=":--frame-size=$FRAME"
@@ -248,76 +174,47 @@ else
 fi
 
 # ------------------------------------------------------------ wait
-deadline=$(( ${T0%.*} + TOTAL_TIMEOUT ))
-result_of() { grep -a -m1 '^SBNET-RESULT:' "$RUN/$1.console" 2>/dev/null | tr -d '\r'; }
 declare -A shown=()
-while :; do
-    alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    kill -0 "$HP_PID" 2>/dev/null || fail "host-pair died while the guests were running"
+# Progress: each finished step once.
+show_steps() {
+    local g l
     for g in a b; do
-        grep -q 'KVM internal error' "$RUN/qemu-$g.log" 2>/dev/null \
-            && fail "QEMU for guest $g: KVM internal error (KVM cannot run this guest here; use SBNET_VM_ACCEL=tcg)"
-        # Progress: each finished step once.
         while IFS= read -r l; do
             [ -n "${shown[$g$l]:-}" ] && continue
             shown[$g$l]=1
             say "guest $g: ${l#SBNET-STEP: }"
         done < <(grep -a '^SBNET-STEP: .* rc=' "$RUN/$g.console" 2>/dev/null | tr -d '\r')
     done
-    for g in a b; do
-        case "$(result_of $g)" in *FAIL*) sleep 3; break 2 ;; esac
-    done
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        fail "timeout: the run did not finish within ${TOTAL_TIMEOUT} s (SBNET_VM_TIMEOUT)"
-    fi
-    sleep 1
-done
-say "guests stopped"
-for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-
-kill -TERM "$HP_PID" 2>/dev/null
-for _ in $(seq 100); do kill -0 "$HP_PID" 2>/dev/null || break; sleep 0.05; done
-kill -0 "$HP_PID" 2>/dev/null && fail "host-pair did not exit within 5 s of SIGTERM"
-wait "$HP_PID"; hp_rc=$?
-HP_PID=
+}
+vm_wait_guests show_steps
+vm_stop_host_pair
 
 # ------------------------------------------------------------ verdict
-no_result() {
-    if [ ! -s "$RUN/$1.console" ]; then
-        fail "guest $1 did not boot: QEMU said: $(grep -m1 -v '^vfio_user' "$RUN/qemu-$1.log" 2>/dev/null || echo nothing)"
-    fi
-    fail "guest $1 printed no SBNET-RESULT line (guest crash or QEMU exit; last console line: $(tail -n1 "$RUN/$1.console" | tr -d '\r'))"
-}
-for g in a b; do
-    r=$(result_of $g)
-    [ -n "$r" ] || no_result $g
-    case "$r" in *": PASS "*) ;; *) fail "guest $g: ${r#SBNET-RESULT: }" ;; esac
-    say "guest $g: ${r#SBNET-RESULT: }"
-done
+vm_check_result a
+vm_check_result b
 
-# step G N: flattened JSON summary of step N of guest G
-step() { grep -a "^SBNET-JSON: $2 " "$RUN/$1.console" | tr -d '\r' | head -1 | cut -d' ' -f3- | json_flat; }
-# expect_step G N MODE FIELD=VALUE...: checks fields of a step summary
+# expect_step G N MODE FIELD=VALUE...: checks fields of guest G's JSON
+# summary of step N (FIELD is a jq path below the summary: port.mode)
 expect_step() {
-    local g=$1 n=$2 mode=$3 kv k v got flat
+    local g=$1 n=$2 mode=$3 kv k v got json
     shift 3
-    flat=$(step "$g" "$n")
-    [ -n "$flat" ] || fail "guest $g printed no summary for step $n ($mode)"
-    [ "$(jget "$flat" mode)" = "$mode" ] || fail "guest $g step $n: mode $(jget "$flat" mode), expected $mode"
+    json=$(grep -a "^SBNET-JSON: $n " "$RUN/$g.console" | tr -d '\r' | head -1 | cut -d' ' -f3-)
+    [ -n "$json" ] && jq -e type >/dev/null 2>&1 <<<"$json" || fail "guest $g printed no summary for step $n ($mode)"
+    # sj FIELD: a field of this step's summary
+    sj() { jq -r ".$1 // empty" <<<"$json"; }
+    [ "$(sj mode)" = "$mode" ] || fail "guest $g step $n: mode $(sj mode), expected $mode"
     for kv in "$@"; do
         k=${kv%%=*} v=${kv#*=}
-        got=$(jget "$flat" "$k")
+        got=$(sj "$k")
         if [ "$k" = gaps ] && [ "$v" = reordered ]; then
             # Late frames are allowed (the host defers a zero-copy frame
             # whose RX post is late, DESIGN §4 rule 5); lost ones are not.
-            [ "$got" = "$(jget "$flat" reordered)" ] || fail "guest $g step $n ($mode): $got sequence gaps but only $(jget "$flat" reordered) late frames: frames were lost"
+            [ "$got" = "$(sj reordered)" ] || fail "guest $g step $n ($mode): $got sequence gaps but only $(sj reordered) late frames: frames were lost"
             continue
         fi
         [ "$got" = "$v" ] || fail "guest $g step $n ($mode): $k=$got, expected $v"
     done
-    say "guest $g step $n: $mode rx $(jget "$flat" rx_packets) tx $(jget "$flat" tx_packets) in $(jget "$flat" elapsed_s | cut -c1-6) s ($(awk -v m="$(jget "$flat" mpps)" 'BEGIN{printf "%.0f", m * 1e6}') pps), frame $(jget "$flat" frame_size) B, gaps $(jget "$flat" gaps) late $(jget "$flat" reordered), port mode $(jget "$flat" port.mode), zero-copy tx $(jget "$flat" port.tx_zero_copy) rx $(jget "$flat" port.rx_zero_copy), copied tx $(jget "$flat" port.tx_copied) rx $(jget "$flat" port.rx_copied), gifts sent $(jget "$flat" gifts_sent) received $(jget "$flat" gifts_received)$( r=$(jget "$flat" rtt_p50_us); [ "$r" != 0 ] && echo ", rtt p50 $r us p99 $(jget "$flat" rtt_p99_us)")"
+    say "guest $g step $n: $(jq -r '"\(.mode) rx \(.rx_packets) tx \(.tx_packets) in \(.elapsed_s * 1000 | floor / 1000) s (\(.mpps * 1e6 | round) pps), frame \(.frame_size) B, gaps \(.gaps) late \(.reordered), port mode \(.port.mode), zero-copy tx \(.port.tx_zero_copy) rx \(.port.rx_zero_copy), copied tx \(.port.tx_copied) rx \(.port.rx_copied), gifts sent \(.gifts_sent) received \(.gifts_received)" + (if .rtt_p50_us > 0 then ", rtt p50 \(.rtt_p50_us) us p99 \(.rtt_p99_us)" else "" end)' <<<"$json")"
 }
 
 if [ "$SCENARIO" = pmd ]; then
@@ -331,27 +228,13 @@ else
     expect_step a 1 macswap tx_packets="$PINGS" port.mode=copy
     expect_step a 2 txonly tx_packets="$PACKETS" port.mode=copy
     rb=$(result_of b)
-    field() { printf '%s\n' "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
-    [ "$(field "$rb" rx_frames)" = "$EXPECT" ] || fail "guest b (stock) received $(field "$rb" rx_frames) frames, expected exactly $EXPECT ($PINGS echoes + $PACKETS PMD frames)"
+    [ "$(result_field "$rb" rx_frames)" = "$EXPECT" ] || fail "guest b (stock) received $(result_field "$rb" rx_frames) frames, expected exactly $EXPECT ($PINGS echoes + $PACKETS PMD frames)"
 fi
 
-[ "$hp_rc" = 0 ] || fail "host-pair exited with status $hp_rc"
-[ -s "$RUN/stats.json" ] || fail "host-pair wrote no $RUN/stats.json"
-HPS=$(json_flat <"$RUN/stats.json")
-c() { jget "$HPS" "sides.$1.$2"; }
-for k in 0 1; do
-    line="side $k:"
-    for x in tx_packets rx_packets tx_zero_copy tx_copied copied_bytes gifts_sent gifts_received tx_waits tx_deferred rx_no_buffer tx_no_peer flushed kicks interrupts dma_refused resets needs_reset; do
-        line="$line $x=$(c $k $x)"
-    done
-    say "host-pair $line"
-done
-for k in 0 1; do
-    for x in bad_chain bad_slot_ref tx_not_owner rx_post_not_peer_owned rx_post_duplicate frame_too_big bad_gift needs_reset; do
-        n=$(c $k $x)
-        [ "${n:-0}" = 0 ] || fail "host-pair counters: side $k $x=$n (must be 0)"
-    done
-done
+vm_stats_check
+c() { hp_counter "$@"; }
+vm_show_counters tx_packets rx_packets tx_zero_copy tx_copied copied_bytes gifts_sent gifts_received tx_waits tx_deferred rx_no_buffer tx_no_peer flushed kicks interrupts dma_refused resets needs_reset
+vm_check_no_refusals "must be 0"
 if [ "$SCENARIO" = pmd ]; then
     for k in 0 1; do
         [ "$(c $k copied_bytes)" = 0 ] || fail "host-pair counters: side $k copied_bytes=$(c $k copied_bytes), expected 0 (zero copies)"

@@ -70,6 +70,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use pci_driver::backends::vfio::VfioPciDevice;
 use pci_driver::device::PciDevice;
 use pci_driver::regions::{MappedOwningPciRegion, OwningPciRegion, PciRegion, Permissions};
+use sbnet_abi::pci::{cfg, BAR_MEM64, DEVICE_ID_NET as DEVICE_ID, VENDOR_ID};
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -84,19 +85,12 @@ const SYSFS_VFIO_PCI_DRIVER: &str = "/sys/bus/pci/drivers/vfio-pci";
 /// sysfs file that asks the PCI core to probe a function again.
 const SYSFS_DRIVERS_PROBE: &str = "/sys/bus/pci/drivers_probe";
 
-/// Vendor ID of the functions this bus opens (virtio).
-pub const VENDOR_ID: u16 = 0x1af4;
-/// Device ID of the functions this bus opens (modern virtio-net).
-pub const DEVICE_ID: u16 = 0x1041;
-
 /// Size of a huge page used for DMA memory.
 pub const HUGE_PAGE: usize = 2 << 20;
 /// First IOVA [`Bus::dma_alloc`] tries (moved up past anything the IOMMU
 /// reserves or a BAR of the function occupies).
 pub const DEFAULT_IOVA_BASE: u64 = 0x1000_0000;
 
-/// Config-space offset of BAR0.
-const PCI_BAR0: u16 = 0x10;
 /// Number of BARs.
 const NUM_BARS: usize = 6;
 /// Small pages.
@@ -472,13 +466,13 @@ impl VfioBus {
         if bar as usize >= NUM_BARS {
             return Err(BusError::Unexpected(format!("there is no BAR {bar}")));
         }
-        let reg = PCI_BAR0 + 4 * u16::from(bar);
+        let reg = cfg::BAR0 as u16 + 4 * u16::from(bar);
         let low = self.config_read_u32(reg)?;
         if low & 1 != 0 {
             return Ok(None); // I/O BAR
         }
         let mut addr = u64::from(low & !0xf);
-        if low & 0b110 == 0b100 {
+        if low & 0b110 == BAR_MEM64 {
             if bar as usize + 1 >= NUM_BARS {
                 return Err(BusError::Unexpected(format!(
                     "64-bit BAR {bar} has no upper half"

@@ -321,7 +321,7 @@ fn demo(a: &Args, dir: &Path, host_pair: &Path, testpmd: &Path) -> Result<()> {
         zc,
         copied,
         copied_bytes,
-        sum_refusals(&sides)
+        sum("refusals") as u64
     );
     let delivered = num(&rj, "rx_packets") as u64;
     if delivered != a.packets
@@ -341,20 +341,4 @@ fn demo(a: &Args, dir: &Path, host_pair: &Path, testpmd: &Path) -> Result<()> {
         zc
     );
     Ok(())
-}
-
-fn sum_refusals(sides: &[Value]) -> u64 {
-    const KEYS: [&str; 7] = [
-        "bad_chain",
-        "bad_slot_ref",
-        "tx_not_owner",
-        "rx_post_not_peer_owned",
-        "rx_post_duplicate",
-        "frame_too_big",
-        "bad_gift",
-    ];
-    sides
-        .iter()
-        .map(|v| KEYS.iter().map(|k| num(v, k)).sum::<f64>())
-        .sum::<f64>() as u64
 }

@@ -6,15 +6,10 @@
 //! huge pages, builds everything and runs the criterion micro-benchmarks
 //! first. See `docs/benchmarks.md` for the method.
 
-#[path = "sbnet-bench/dpdk.rs"]
 mod dpdk;
-#[path = "sbnet-bench/model.rs"]
 mod model;
-#[path = "sbnet-bench/report.rs"]
 mod report;
-#[path = "sbnet-bench/sbnet.rs"]
 mod sbnet;
-#[path = "sbnet-bench/util.rs"]
 mod util;
 
 use anyhow::{bail, Context, Result};
@@ -188,7 +183,7 @@ fn run(a: &Args) -> Result<()> {
     for p in [&bins.host_pair, &bins.testpmd] {
         if !p.exists() {
             bail!(
-                "{} not found: build it first (cargo build --release -p host-pair -p sbnet-pmd)",
+                "{} not found: build it first (cargo build --release -p host-pair -p sbnet-testpmd)",
                 p.display()
             );
         }

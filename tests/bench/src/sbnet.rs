@@ -15,8 +15,8 @@ pub struct Bins {
 
 /// Slots in the region. Half of them start on each side; a side must be
 /// able to post all of its peer's slots on its receive queue (1024
-/// entries, 32 of them classic buffers), or a one-way flow stalls (see
-/// docs/benchmarks.md, "Problems found").
+/// entries), so host-pair refuses more than (queue size - 128) * 2 slots
+/// (docs/benchmarks.md, "Problems found", 2).
 pub const SLOTS: u32 = 1024;
 
 /// The host-pair slot size for a frame: the next power of two that holds
