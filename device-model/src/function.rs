@@ -11,6 +11,8 @@ use sbnet_abi::common_cfg::{self as cc, bit, off};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, cfg_off, NetConfig};
 use sbnet_abi::shm::SlotGeometry;
+use sbnet_vfio_user::server::{IrqDesc, RegionDesc};
+use sbnet_vfio_user::wire::{IrqInfoFlags, IrqSetFlags, RegionFlags};
 use std::os::fd::OwnedFd;
 
 /// Features the function offers (`docs/abi.md` §2).
@@ -304,12 +306,11 @@ impl Function {
     pub fn set_irqs(
         &mut self,
         index: u32,
-        flags: u32,
+        flags: IrqSetFlags,
         start: u32,
         count: u32,
         mut fds: Vec<OwnedFd>,
     ) -> bool {
-        use sbnet_abi::vfio_user as vu;
         let n = match index {
             l::IRQ_MSIX => l::MSIX_VECTORS as u32,
             l::IRQ_INTX => 1,
@@ -318,12 +319,10 @@ impl Function {
         let Some(end) = start.checked_add(count).filter(|e| *e <= n) else {
             return false;
         };
-        let action = flags
-            & (vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK | vu::IRQ_SET_ACTION_TRIGGER);
-        let data =
-            flags & (vu::IRQ_SET_DATA_NONE | vu::IRQ_SET_DATA_BOOL | vu::IRQ_SET_DATA_EVENTFD);
+        let action = flags.action();
+        let data = flags.data();
         match (index, action, data) {
-            (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD)
+            (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD)
                 if fds.is_empty() =>
             {
                 // QEMU enables MSI-X with eventfd data but no fds: "no
@@ -332,7 +331,7 @@ impl Function {
                     self.msix_fds[v as usize] = None;
                 }
             }
-            (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
+            (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) => {
                 if fds.len() != count as usize {
                     return false;
                 }
@@ -340,20 +339,20 @@ impl Function {
                     self.msix_fds[v as usize] = Some(fd);
                 }
             }
-            (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) if count == 0 => {
+            (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_NONE) if count == 0 => {
                 self.msix_fds = Default::default();
             }
-            (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) => {
+            (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_NONE) => {
                 for v in start..end {
                     self.signal(v as u16);
                 }
             }
             (
                 l::IRQ_MSIX,
-                vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK,
-                vu::IRQ_SET_DATA_NONE,
+                IrqSetFlags::ACTION_MASK | IrqSetFlags::ACTION_UNMASK,
+                IrqSetFlags::DATA_NONE,
             ) => {
-                let mask = action == vu::IRQ_SET_ACTION_MASK;
+                let mask = action == IrqSetFlags::ACTION_MASK;
                 for v in start..end {
                     self.msix_masked[v as usize] = mask;
                     if !mask && std::mem::take(&mut self.msix_pending[v as usize]) {
@@ -361,23 +360,23 @@ impl Function {
                     }
                 }
             }
-            (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD)
+            (l::IRQ_INTX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD)
                 if fds.is_empty() =>
             {
                 self.intx_fd = None
             }
-            (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
+            (l::IRQ_INTX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) => {
                 if fds.len() != count as usize {
                     return false;
                 }
                 self.intx_fd = fds.pop();
             }
-            (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) if count == 0 => {
+            (l::IRQ_INTX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_NONE) if count == 0 => {
                 self.intx_fd = None
             }
             // INTx mask/unmask (and QEMU's resample eventfd on unmask): level
             // semantics are not emulated; edge eventfds need nothing more.
-            (l::IRQ_INTX, vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK, _) => {}
+            (l::IRQ_INTX, IrqSetFlags::ACTION_MASK | IrqSetFlags::ACTION_UNMASK, _) => {}
             _ => return false,
         }
         true
@@ -697,10 +696,8 @@ impl Function {
     }
 
     /// Region descriptions for the vfio-user front end.
-    pub fn regions(&self, shm_fd: std::os::fd::RawFd) -> Vec<crate::vfio_user::RegionDesc> {
-        use crate::vfio_user::RegionDesc;
-        use sbnet_abi::vfio_user as vu;
-        let rw = vu::REGION_FLAG_READ | vu::REGION_FLAG_WRITE;
+    pub fn regions(&self, shm_fd: std::os::fd::RawFd) -> Vec<RegionDesc> {
+        let rw = RegionFlags::READ | RegionFlags::WRITE;
         (0..l::NUM_REGIONS)
             .map(|index| {
                 let (size, mmap) = match index {
@@ -714,7 +711,7 @@ impl Function {
                 RegionDesc {
                     index,
                     size,
-                    flags: if size > 0 { rw } else { 0 },
+                    flags: if size > 0 { rw } else { RegionFlags::empty() },
                     mmap,
                 }
             })
@@ -722,9 +719,7 @@ impl Function {
     }
 
     /// IRQ descriptions for the vfio-user front end.
-    pub fn irqs(&self) -> Vec<crate::vfio_user::IrqDesc> {
-        use crate::vfio_user::IrqDesc;
-        use sbnet_abi::vfio_user as vu;
+    pub fn irqs(&self) -> Vec<IrqDesc> {
         (0..l::NUM_IRQS)
             .map(|index| {
                 let count = match index {
@@ -736,9 +731,9 @@ impl Function {
                     index,
                     count,
                     flags: if count > 0 {
-                        vu::IRQ_INFO_EVENTFD | vu::IRQ_INFO_NORESIZE
+                        IrqInfoFlags::EVENTFD | IrqInfoFlags::NORESIZE
                     } else {
-                        0
+                        IrqInfoFlags::empty()
                     },
                 }
             })

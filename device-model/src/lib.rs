@@ -1,6 +1,8 @@
 //! # sbnet-device
 //!
 //! The host side of an sbnet virtio-net function and the pairing switch.
+//! The vfio-user front end is the `sbnet-vfio-user` crate; [`pair`] implements
+//! its `Backend`.
 //!
 //! | module | what |
 //! |---|---|
@@ -12,7 +14,6 @@
 //! | [`switch`] | the pairing switch: zero-copy and classic paths, the host ledger |
 //! | [`pair`] | two functions, the switch and the epoch rules behind one lock |
 //! | [`counters`] | per-side counters |
-//! | [`vfio_user`] | the vfio-user front end (knows nothing of virtio) |
 #![deny(missing_docs)]
 
 pub mod chain;
@@ -23,7 +24,6 @@ pub mod pair;
 pub mod pci_config;
 pub mod queue;
 pub mod switch;
-pub mod vfio_user;
 
 #[cfg(test)]
 mod hostile_tests;

@@ -10,12 +10,13 @@
 use crate::function::{Event, Function};
 use crate::mem::{MemError, ShmRegion};
 use crate::switch::{Switch, SwitchConfig};
-use crate::vfio_user::{Backend, IrqDesc, RegionDesc};
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{PEER_PRESENT, PEER_SHARED_BUFFERS, PEER_SYNCED};
 use sbnet_abi::shm::SlotGeometry;
+use sbnet_vfio_user::server::{Backend, IrqDesc, RegionDesc};
+use sbnet_vfio_user::wire::{DmaMapFlags, DmaUnmapFlags, IrqSetFlags};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -280,7 +281,7 @@ impl Backend for SideHandle {
         iova: u64,
         size: u64,
         file_offset: u64,
-        _flags: u32,
+        _flags: DmaMapFlags,
         fd: Option<OwnedFd>,
     ) -> Result<(), Errno> {
         self.with(|p, k| {
@@ -313,10 +314,10 @@ impl Backend for SideHandle {
         })
     }
 
-    fn dma_unmap(&mut self, iova: u64, size: u64, flags: u32) -> Result<(), Errno> {
+    fn dma_unmap(&mut self, iova: u64, size: u64, flags: DmaUnmapFlags) -> Result<(), Errno> {
         self.with(|p, k| {
             let f = &mut p.fns[k];
-            if flags & sbnet_abi::vfio_user::DMA_UNMAP_FLAG_ALL != 0 {
+            if flags.contains(DmaUnmapFlags::ALL) {
                 f.mem.clear();
             } else if let Err(e) = f.mem.unmap(iova, size) {
                 tracing::warn!(side = k, "refusing DMA unmap: {e}");
@@ -330,7 +331,7 @@ impl Backend for SideHandle {
     fn set_irqs(
         &mut self,
         index: u32,
-        flags: u32,
+        flags: IrqSetFlags,
         start: u32,
         count: u32,
         fds: Vec<OwnedFd>,

@@ -12,7 +12,6 @@
 //! | [`ring`] | split virtqueue descriptors, avail and used rings |
 //! | [`shm`] | Shared Buffers slot geometry and the initial ownership rule |
 //! | [`layout`] | where the sbnet function puts each structure in its BARs |
-//! | [`vfio_user`] | vfio-user message headers and bodies |
 //!
 //! All multi-byte fields are little-endian, as virtio 1.x and vfio-user
 //! require; sbnet builds only for little-endian targets, so the structs use
@@ -29,4 +28,3 @@ pub mod net;
 pub mod pci;
 pub mod ring;
 pub mod shm;
-pub mod vfio_user;
