@@ -500,6 +500,27 @@ impl Client {
         pod(&body, 0, "DEVICE_GET_IRQ_INFO")
     }
 
+    /// `DEVICE_SET_IRQS` for vectors `start..start + count` of IRQ `index`,
+    /// with `fds` (at most [`Client::max_fds`]).
+    pub fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: IrqSetFlags,
+        start: u32,
+        count: u32,
+        fds: &[RawFd],
+    ) -> Result<(), ClientError> {
+        let set = SetIrqs {
+            argsz: size_of::<SetIrqs>() as u32,
+            flags: flags.bits(),
+            index,
+            start,
+            count,
+        };
+        self.request(Command::DeviceSetIrqs, bytes_of(&set), fds)?;
+        Ok(())
+    }
+
     /// Routes vectors `start..start + fds.len()` of IRQ `index` to the given
     /// eventfds (`DATA_EVENTFD | ACTION_TRIGGER`), in as many messages as
     /// the server's `max_msg_fds` needs.
@@ -510,17 +531,11 @@ impl Client {
         fds: &[RawFd],
     ) -> Result<(), ClientError> {
         let per_message = self.server_max_fds.max(1);
+        let flags = IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER;
         let mut first = start;
         for chunk in fds.chunks(per_message) {
             let count = chunk.len() as u32;
-            let set = SetIrqs {
-                argsz: size_of::<SetIrqs>() as u32,
-                flags: (IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER).bits(),
-                index,
-                start: first,
-                count,
-            };
-            self.request(Command::DeviceSetIrqs, bytes_of(&set), chunk)?;
+            self.set_irqs(index, flags, first, count, chunk)?;
             first = first
                 .checked_add(count)
                 .ok_or_else(|| ClientError::Transport("vector number overflows".into()))?;
@@ -531,15 +546,8 @@ impl Client {
     /// Disables every vector of IRQ `index` (`DATA_NONE | ACTION_TRIGGER`,
     /// start 0, count 0).
     pub fn disable_irqs(&mut self, index: u32) -> Result<(), ClientError> {
-        let set = SetIrqs {
-            argsz: size_of::<SetIrqs>() as u32,
-            flags: (IrqSetFlags::DATA_NONE | IrqSetFlags::ACTION_TRIGGER).bits(),
-            index,
-            start: 0,
-            count: 0,
-        };
-        self.request(Command::DeviceSetIrqs, bytes_of(&set), &[])?;
-        Ok(())
+        let flags = IrqSetFlags::DATA_NONE | IrqSetFlags::ACTION_TRIGGER;
+        self.set_irqs(index, flags, 0, 0, &[])
     }
 
     /// `DEVICE_RESET`.

@@ -3,6 +3,9 @@
 //! closes the connection or waits for more bytes; it never panics, and a
 //! well-formed client can always connect afterwards and drive the device.
 
+mod common;
+
+use common::temp_dir;
 use proptest::prelude::*;
 use sbnet_abi::layout as l;
 use sbnet_abi::shm::SlotGeometry;
@@ -14,7 +17,7 @@ use sbnet_vfio_user::server::Server;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -55,19 +58,6 @@ impl Drop for Served {
             let _ = t.join();
         }
     }
-}
-
-/// A fresh, unique temporary directory.
-fn temp_dir(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "sbnet-vfu-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 #[derive(Debug, Clone)]

@@ -229,6 +229,19 @@ impl Backend for Mock {
     }
 }
 
+/// A fresh, unique temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sbnet-vfu-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// A server on a thread, stopped and joined on drop.
 pub struct Harness {
     pub dir: PathBuf,
@@ -241,13 +254,7 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(name: &str) -> Harness {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "sbnet-vfu-{}-{name}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = temp_dir(name);
         let path = dir.join("dev.sock");
         let memfd = memfd_create(c"mock-bar2", MemFdCreateFlag::MFD_CLOEXEC).expect("memfd");
         let bar2 = Arc::new(File::from(memfd));
