@@ -5,7 +5,7 @@
 //!
 //! The server is not trusted either: every reply's id, command, type and
 //! size is checked before use, sizes are bounded by
-//! [`MAX_MESSAGE`](crate::wire::MAX_MESSAGE), and an error reply becomes
+//! `MAX_MESSAGE`, and an error reply becomes
 //! [`ClientError::Refused`]. After a transport failure (timeout, short read,
 //! a reply that does not match) the connection cannot be resynchronised, so
 //! every later request fails fast.
