@@ -37,14 +37,6 @@ pub const BAR32_BASE: u64 = 0xC000_0000;
 /// Where 64-bit memory BARs are placed (each aligned to its size).
 pub const BAR64_BASE: u64 = 0x40_0000_0000;
 
-/// Config-space offset of the PCI command register.
-const PCI_COMMAND: u16 = cfg::COMMAND as u16;
-/// Command register: memory space enable.
-const PCI_COMMAND_MEMORY: u16 = COMMAND_MEMORY;
-/// Command register: bus master enable.
-const PCI_COMMAND_MASTER: u16 = COMMAND_BUS_MASTER;
-/// Config-space offset of BAR0.
-const PCI_BAR0: u16 = cfg::BAR0 as u16;
 /// Number of BAR regions (0-5).
 const NUM_BARS: usize = 6;
 
@@ -162,7 +154,7 @@ impl VfioUserBus {
             if size == 0 {
                 continue;
             }
-            let reg = PCI_BAR0 + 4 * this as u16;
+            let reg = (cfg::BAR0 + 4 * this) as u16;
             let low = self.config_read_u32(reg)?;
             if low & 1 != 0 {
                 warn!(bar = this, "I/O BAR left unprogrammed");
@@ -219,9 +211,9 @@ impl VfioUserBus {
             }
         }
         let mut cmd = [0u8; 2];
-        self.config_read(PCI_COMMAND, &mut cmd)?;
-        let cmd = u16::from_le_bytes(cmd) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-        self.config_write(PCI_COMMAND, &cmd.to_le_bytes())
+        self.config_read(cfg::COMMAND as u16, &mut cmd)?;
+        let cmd = u16::from_le_bytes(cmd) | COMMAND_MEMORY | COMMAND_BUS_MASTER;
+        self.config_write(cfg::COMMAND as u16, &cmd.to_le_bytes())
     }
 
     fn config_read_u32(&mut self, offset: u16) -> Result<u32, BusError> {
