@@ -8,10 +8,10 @@
 use crate::function::Function;
 use crate::mem::{MemError, ShmRegion};
 use crate::pair::{Pair, Shared};
-use crate::vfio_user::{Backend, IrqDesc, RegionDesc};
 use nix::errno::Errno;
 use sbnet_abi::layout as l;
-use sbnet_abi::vfio_user as vu;
+use sbnet_vfio_user::server::{Backend, IrqDesc, RegionDesc};
+use sbnet_vfio_user::wire::{DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags, RegionFlags};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -49,7 +49,7 @@ impl SideHandle {
 /// Region descriptions of a function: BARs 0-5 (the Shared Buffers BAR
 /// mmap-able from `shm_fd`) and PCI config space.
 pub fn regions(f: &Function, shm_fd: RawFd) -> Vec<RegionDesc> {
-    let rw = vu::REGION_FLAG_READ | vu::REGION_FLAG_WRITE;
+    let rw = RegionFlags::READ | RegionFlags::WRITE;
     (0..l::NUM_REGIONS)
         .map(|index| {
             let (size, mmap) = match index {
@@ -63,7 +63,7 @@ pub fn regions(f: &Function, shm_fd: RawFd) -> Vec<RegionDesc> {
             RegionDesc {
                 index,
                 size,
-                flags: if size > 0 { rw } else { 0 },
+                flags: if size > 0 { rw } else { RegionFlags::empty() },
                 mmap,
             }
         })
@@ -83,9 +83,9 @@ pub fn irqs() -> Vec<IrqDesc> {
                 index,
                 count,
                 flags: if count > 0 {
-                    vu::IRQ_INFO_EVENTFD | vu::IRQ_INFO_NORESIZE
+                    IrqInfoFlags::EVENTFD | IrqInfoFlags::NORESIZE
                 } else {
-                    0
+                    IrqInfoFlags::empty()
                 },
             }
         })
@@ -97,7 +97,7 @@ pub fn irqs() -> Vec<IrqDesc> {
 pub fn set_irqs(
     f: &mut Function,
     index: u32,
-    flags: u32,
+    flags: IrqSetFlags,
     start: u32,
     count: u32,
     mut fds: Vec<OwnedFd>,
@@ -110,20 +110,19 @@ pub fn set_irqs(
     let Some(end) = start.checked_add(count).filter(|e| *e <= n) else {
         return false;
     };
-    let action =
-        flags & (vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK | vu::IRQ_SET_ACTION_TRIGGER);
-    let data = flags & (vu::IRQ_SET_DATA_NONE | vu::IRQ_SET_DATA_BOOL | vu::IRQ_SET_DATA_EVENTFD);
+    let action = flags.action();
+    let data = flags.data();
     // end <= MSIX_VECTORS: every vector below fits a u16.
     let vectors = (start..end).map(|v| v as u16);
     match (index, action, data) {
-        (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) if fds.is_empty() => {
+        (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) if fds.is_empty() => {
             // QEMU enables MSI-X with eventfd data but no fds: "no
             // eventfd for these vectors yet" (the kernel's -1 entries).
             for v in vectors {
                 f.set_msix_fd(v, None);
             }
         }
-        (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
+        (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) => {
             if fds.len() != count as usize {
                 return false;
             }
@@ -131,39 +130,39 @@ pub fn set_irqs(
                 f.set_msix_fd(v, Some(fd));
             }
         }
-        (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) if count == 0 => {
+        (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_NONE) if count == 0 => {
             f.clear_msix_fds();
         }
-        (l::IRQ_MSIX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) => {
+        (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_NONE) => {
             for v in vectors {
                 f.signal(v);
             }
         }
         (
             l::IRQ_MSIX,
-            vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK,
-            vu::IRQ_SET_DATA_NONE,
+            IrqSetFlags::ACTION_MASK | IrqSetFlags::ACTION_UNMASK,
+            IrqSetFlags::DATA_NONE,
         ) => {
-            let mask = action == vu::IRQ_SET_ACTION_MASK;
+            let mask = action == IrqSetFlags::ACTION_MASK;
             for v in vectors {
                 f.set_msix_masked(v, mask);
             }
         }
-        (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) if fds.is_empty() => {
+        (l::IRQ_INTX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) if fds.is_empty() => {
             f.set_intx_fd(None)
         }
-        (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_EVENTFD) => {
+        (l::IRQ_INTX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) => {
             if fds.len() != count as usize {
                 return false;
             }
             f.set_intx_fd(fds.pop());
         }
-        (l::IRQ_INTX, vu::IRQ_SET_ACTION_TRIGGER, vu::IRQ_SET_DATA_NONE) if count == 0 => {
+        (l::IRQ_INTX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_NONE) if count == 0 => {
             f.set_intx_fd(None)
         }
         // INTx mask/unmask (and QEMU's resample eventfd on unmask): level
         // semantics are not emulated; edge eventfds need nothing more.
-        (l::IRQ_INTX, vu::IRQ_SET_ACTION_MASK | vu::IRQ_SET_ACTION_UNMASK, _) => {}
+        (l::IRQ_INTX, IrqSetFlags::ACTION_MASK | IrqSetFlags::ACTION_UNMASK, _) => {}
         _ => return false,
     }
     true
@@ -216,7 +215,7 @@ impl Backend for SideHandle {
         iova: u64,
         size: u64,
         file_offset: u64,
-        _flags: u32,
+        _flags: DmaMapFlags,
         fd: Option<OwnedFd>,
     ) -> Result<(), Errno> {
         self.with(|p, k| {
@@ -248,10 +247,10 @@ impl Backend for SideHandle {
         })
     }
 
-    fn dma_unmap(&mut self, iova: u64, size: u64, flags: u32) -> Result<(), Errno> {
+    fn dma_unmap(&mut self, iova: u64, size: u64, flags: DmaUnmapFlags) -> Result<(), Errno> {
         self.with(|p, k| {
             let f = &mut p.fns[k];
-            if flags & vu::DMA_UNMAP_FLAG_ALL != 0 {
+            if flags.contains(DmaUnmapFlags::ALL) {
                 f.clear_dma();
             } else if let Err(e) = f.unmap_dma(iova, size) {
                 tracing::warn!(side = k, "refusing DMA unmap: {e}");
@@ -264,7 +263,7 @@ impl Backend for SideHandle {
     fn set_irqs(
         &mut self,
         index: u32,
-        flags: u32,
+        flags: IrqSetFlags,
         start: u32,
         count: u32,
         fds: Vec<OwnedFd>,
@@ -275,7 +274,7 @@ impl Backend for SideHandle {
             } else {
                 tracing::warn!(
                     side = k,
-                    "refusing SET_IRQS index {index} flags {flags:#x} start {start} count {count}"
+                    "refusing SET_IRQS index {index} flags {flags:?} start {start} count {count}"
                 );
                 Err(Errno::EINVAL)
             }
@@ -310,7 +309,7 @@ mod tests {
             shm_dir: None,
         })
         .unwrap();
-        let f = vu::IRQ_SET_DATA_EVENTFD | vu::IRQ_SET_ACTION_TRIGGER;
+        let f = IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER;
         assert!(set_irqs(&mut p.fns[0], l::IRQ_MSIX, f, 0, 1, vec![]));
         assert!(
             !set_irqs(&mut p.fns[0], l::IRQ_MSIX, f, 2, 5, vec![]),

@@ -1,6 +1,8 @@
 //! # sbnet-device
 //!
 //! The host side of an sbnet virtio-net function and the pairing switch.
+//! The vfio-user front end is the `sbnet-vfio-user` crate; [`pair`] implements
+//! its `Backend`.
 //!
 //! | module | what |
 //! |---|---|
@@ -14,7 +16,6 @@
 //! | [`pair`] | two functions and the switch behind one lock: epoch rules, the data-plane runner |
 //! | [`backend`] | one side served to the vfio-user front end (regions, IRQs, DMA maps) |
 //! | [`counters`] | per-side counters |
-//! | [`vfio_user`] | the vfio-user front end (knows nothing of virtio) |
 #![deny(missing_docs)]
 
 pub mod backend;
@@ -26,7 +27,6 @@ pub mod pair;
 pub mod pci_config;
 pub mod queue;
 pub mod switch;
-pub mod vfio_user;
 pub mod view;
 
 #[cfg(test)]

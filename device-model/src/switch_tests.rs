@@ -493,7 +493,7 @@ fn epoch_change_flushes_the_survivor_and_restarts_the_split() {
 #[test]
 fn interrupts_only_when_asked() {
     use nix::sys::eventfd::{EfdFlags, EventFd};
-    use sbnet_abi::vfio_user as vu;
+    use sbnet_vfio_user::wire::IrqSetFlags;
     use std::os::fd::{AsFd, OwnedFd};
     let mut p = pair(Duration::ZERO);
     let mut d = [Drv::up(&mut p, 0, false), Drv::up(&mut p, 1, false)];
@@ -507,7 +507,7 @@ fn interrupts_only_when_asked() {
     assert!(crate::backend::set_irqs(
         &mut p.fns[1],
         sbnet_abi::layout::IRQ_MSIX,
-        vu::IRQ_SET_DATA_EVENTFD | vu::IRQ_SET_ACTION_TRIGGER,
+        IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER,
         0,
         3,
         fds
@@ -544,4 +544,23 @@ fn queue_size_reads_the_maximum_after_reset() {
             .unwrap();
         assert_eq!(u16::from_le_bytes(b), cc::NO_VECTOR);
     }
+}
+
+#[test]
+fn msix_enable_without_fds_clears_vectors() {
+    use sbnet_vfio_user::wire::IrqSetFlags;
+    let mut p = pair(Duration::ZERO);
+    let f = IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER;
+    assert!(crate::backend::set_irqs(
+        &mut p.fns[0],
+        sbnet_abi::layout::IRQ_MSIX,
+        f,
+        0,
+        1,
+        vec![]
+    ));
+    assert!(
+        !crate::backend::set_irqs(&mut p.fns[0], sbnet_abi::layout::IRQ_MSIX, f, 2, 5, vec![]),
+        "out of range"
+    );
 }

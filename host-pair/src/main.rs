@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sbnet_abi::shm::SlotGeometry;
 use sbnet_device::pair::{run_switch, ConfigError, Pair, PairConfig, PollMode, Shared, SideHandle};
 use sbnet_device::switch::SwitchConfig;
-use sbnet_device::vfio_user::server::Server;
+use sbnet_vfio_user::server::Server;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

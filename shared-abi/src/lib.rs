@@ -12,7 +12,6 @@
 //! | [`ring`] | split virtqueue descriptors, avail and used rings |
 //! | [`shm`] | Shared Buffers slot geometry and the initial ownership rule |
 //! | [`layout`] | where the sbnet function puts each structure in its BARs |
-//! | [`vfio_user`] | vfio-user message headers and bodies |
 //!
 //! The hand-written virtio constants are checked against Linux's headers
 //! (`virtio-bindings`) at compile time.
@@ -33,4 +32,3 @@ pub mod net;
 pub mod pci;
 pub mod ring;
 pub mod shm;
-pub mod vfio_user;

@@ -16,9 +16,10 @@ use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use sbnet_abi::layout as l;
 use sbnet_abi::pci::{self, cfg};
 use sbnet_device::pair::{run_switch, Pair, PairConfig, PollMode, Shared, SideHandle};
-use sbnet_device::vfio_user::server::Server;
-use sbnet_device::vfio_user::Backend;
 use sbnet_pmd::bus::{Bus, BusError, DmaRegion, MappedBar};
+use sbnet_vfio_user::server::Backend;
+use sbnet_vfio_user::server::Server;
+use sbnet_vfio_user::wire::DmaMapFlags;
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -143,7 +144,13 @@ impl Bus for InProcessBus {
             .map_err(|e| BusError::Map(e.to_string()))?;
         let iova = self.next_iova;
         self.handle
-            .dma_map(iova, len as u64, 0, 3, Some(file.into()))
+            .dma_map(
+                iova,
+                len as u64,
+                0,
+                DmaMapFlags::READ | DmaMapFlags::WRITE,
+                Some(file.into()),
+            )
             .map_err(refused("DMA map"))?;
         self.next_iova += len as u64 + 0x10_0000;
         let r = DmaRegion {

@@ -34,8 +34,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
 use sbnet_device::pair::SideHandle;
 use sbnet_device::switch::Mode as HostMode;
-use sbnet_device::vfio_user::Backend;
 use sbnet_pmd::{Mode, Pkt, Port, SlotState};
+use sbnet_vfio_user::server::Backend;
 use std::collections::VecDeque;
 
 const SLOTS: u32 = 32;

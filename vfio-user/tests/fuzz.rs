@@ -1,19 +1,64 @@
-//! Random vfio-user messages against the real device backend (host-pair's
-//! servers and switch, in-process). Whatever arrives, the server answers,
+//! Random vfio-user messages against the real device backend (sbnet-device's
+//! pair and switch, served in-process as host-pair serves them). Whatever arrives, the server answers,
 //! closes the connection or waits for more bytes; it never panics, and a
 //! well-formed client can always connect afterwards and drive the device.
 
+mod common;
+
+use common::temp_dir;
 use proptest::prelude::*;
 use sbnet_abi::layout as l;
 use sbnet_abi::shm::SlotGeometry;
-use sbnet_device::pair::{PairConfig, PollMode};
+use sbnet_device::pair::{run_switch, Pair, PairConfig, PollMode, Shared, SideHandle};
 use sbnet_device::switch::SwitchConfig;
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::Bus;
-use sbnet_tests::{temp_dir, SocketPair};
+use sbnet_vfio_user::server::Server;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// Side 0 of a real pair served on a socket, and the switch thread; stopped
+/// and joined on drop.
+struct Served {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Served {
+    fn start(dir: &Path, cfg: &PairConfig, poll: PollMode) -> Served {
+        let shared = Shared::new(Pair::new(cfg).expect("pair")).expect("shared");
+        let socket = dir.join("side0.sock");
+        let server = Server::bind(&socket).expect("bind");
+        let s = shared.clone();
+        let serve = std::thread::spawn(move || {
+            let mut h = SideHandle::new(s.clone(), 0);
+            server.serve(&mut h, &s.stop).expect("serve");
+        });
+        let s = shared.clone();
+        let switch = std::thread::spawn(move || run_switch(&s, poll));
+        Served {
+            shared,
+            socket,
+            threads: vec![serve, switch],
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.shared.wake();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Msg {
@@ -69,13 +114,13 @@ proptest! {
             switch: SwitchConfig::default(),
             shm_dir: None,
         };
-        let p = SocketPair::start(&dir, &cfg, PollMode::Adaptive { spin: 100 });
+        let p = Served::start(&dir, &cfg, PollMode::Adaptive { spin: 100 });
         let mut stream: Option<UnixStream> = None;
         for (i, m) in msgs.iter().enumerate() {
             let s = match stream.as_mut() {
                 Some(s) => s,
                 None => {
-                    let s = UnixStream::connect(&p.sockets[0]).expect("connect");
+                    let s = UnixStream::connect(&p.socket).expect("connect");
                     s.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
                     s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
                     stream.insert(s)
@@ -95,11 +140,14 @@ proptest! {
         }
         drop(stream);
         // A well-formed client still connects and drives the device.
-        let mut bus = VfioUserBus::connect_with_timeout(&p.sockets[0], Duration::from_secs(5)).expect("reconnect after fuzzing");
+        let mut bus = VfioUserBus::connect_with_timeout(&p.socket, Duration::from_secs(5)).expect("reconnect after fuzzing");
         let mut id = [0u8; 4];
         bus.config_read(0, &mut id).unwrap();
         prop_assert_eq!(u32::from_le_bytes(id), 0x1041_1af4);
         let shm = bus.map_bar(l::SHM_BAR).unwrap();
         prop_assert_eq!(shm.len as u64, cfg.geometry.region_size());
+        drop(bus);
+        drop(p);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -1,16 +1,28 @@
-//! vfio-user front end: a thin server that speaks the protocol on a UNIX
+//! The vfio-user server: a thin front end that speaks the protocol on a UNIX
 //! socket and forwards each request to a [`Backend`]. It knows nothing of
-//! virtio; the virtio-net function implements [`Backend`].
+//! virtio; sbnet's virtio-net function implements [`Backend`].
 //!
 //! Messages come from an untrusted client: every size is checked against the
-//! message and against [`sbnet_abi::vfio_user::MAX_MESSAGE`] before anything
-//! is allocated, and a malformed message gets an error reply (or closes the
-//! connection when the stream cannot be resynchronised), never a panic.
+//! message and against [`MAX_MESSAGE`](crate::wire::MAX_MESSAGE) before
+//! anything is allocated, and a malformed message gets an error reply (or
+//! closes the connection when the stream cannot be resynchronised), never a
+//! panic.
+//!
+//! | file | what |
+//! |---|---|
+//! | `listen.rs` | [`Server`]: bind (stale-socket handling), the accept loop, stop |
+//! | `connection.rs` | one client: framing, refusals, per-command checks, replies |
 
-pub mod server;
+mod connection;
+mod listen;
+#[cfg(test)]
+mod tests;
 
-pub use server::{Server, ServerError, MAX_DATA_XFER};
+pub use crate::caps::MAX_DMA_MAPS;
+pub use crate::wire::{MAX_DATA_XFER, POLL_INTERVAL};
+pub use listen::{Server, ServerError, SEND_TIMEOUT};
 
+use crate::wire::{DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags, RegionFlags};
 use nix::errno::Errno;
 use std::os::fd::{OwnedFd, RawFd};
 
@@ -21,8 +33,8 @@ pub struct RegionDesc {
     pub index: u32,
     /// Size in bytes (0 = region not implemented).
     pub size: u64,
-    /// `REGION_FLAG_*` (`MMAP` and `CAPS` are derived from `mmap`).
-    pub flags: u32,
+    /// `READ`/`WRITE` (`MMAP` and `CAPS` are derived from `mmap`).
+    pub flags: RegionFlags,
     /// When the region can be mapped: the file descriptor to send and its
     /// offset. The whole region is one mmap-able area.
     pub mmap: Option<(RawFd, u64)>,
@@ -35,8 +47,8 @@ pub struct IrqDesc {
     pub index: u32,
     /// Number of vectors.
     pub count: u32,
-    /// `IRQ_INFO_*`.
-    pub flags: u32,
+    /// What the index supports.
+    pub flags: IrqInfoFlags,
 }
 
 /// What a vfio-user server serves. Every method gets already-framed,
@@ -59,16 +71,18 @@ pub trait Backend {
         iova: u64,
         size: u64,
         file_offset: u64,
-        flags: u32,
+        flags: DmaMapFlags,
         fd: Option<OwnedFd>,
     ) -> Result<(), Errno>;
-    /// Unmaps a range (or all with `DMA_UNMAP_FLAG_ALL`).
-    fn dma_unmap(&mut self, iova: u64, size: u64, flags: u32) -> Result<(), Errno>;
-    /// `DEVICE_SET_IRQS` with the fds that came with it.
+    /// Unmaps a range (or all with [`DmaUnmapFlags::ALL`]).
+    fn dma_unmap(&mut self, iova: u64, size: u64, flags: DmaUnmapFlags) -> Result<(), Errno>;
+    /// `DEVICE_SET_IRQS` with the fds that came with it. The server has
+    /// checked that `flags` holds exactly one data type and one action,
+    /// that the range fits the index, and the descriptor count.
     fn set_irqs(
         &mut self,
         index: u32,
-        flags: u32,
+        flags: IrqSetFlags,
         start: u32,
         count: u32,
         fds: Vec<OwnedFd>,
