@@ -53,6 +53,7 @@
 #![allow(dead_code)]
 
 pub mod scenario;
+pub mod sockets;
 
 use sbnet_abi::shm::SlotGeometry;
 use sbnet_device::counters::SideCounters;
