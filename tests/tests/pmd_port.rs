@@ -12,7 +12,7 @@ use pmd_common::scenario::{
     assert_split_consistent, burst, cfg, close, copied, epoch, pair, recv, refusals, send, settle,
     total, zc_pair, zero_copy,
 };
-use pmd_common::{InPair, P};
+use pmd_common::InPair;
 use sbnet_abi::layout as l;
 use sbnet_abi::net::NET_HDR_LEN;
 use sbnet_device::pair::{run_switch, PollMode, SideHandle};
@@ -66,12 +66,6 @@ impl Drop for SwitchThread<'_> {
             let _ = j.join();
         }
     }
-}
-
-#[test]
-fn port_is_send() {
-    fn is_send<T: Send>() {}
-    is_send::<P>();
 }
 
 #[test]
