@@ -454,20 +454,17 @@ impl<B: Bus> Device<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{FakeOptions, FakePair};
+    use crate::testing::{FakeBus, FakeDevice, FakeOptions};
     use sbnet_abi::common_cfg::STATUS_FEATURES_OK;
 
-    fn init(
-        pair: &FakePair,
-        cfg: &PortConfig,
-    ) -> Result<(Device<crate::testing::FakeBus>, Setup), PmdError> {
-        Device::init(pair.bus(0), cfg)
+    fn init(dev: &FakeDevice, cfg: &PortConfig) -> Result<(Device<FakeBus>, Setup), PmdError> {
+        Device::init(dev.bus(), cfg)
     }
 
     #[test]
     fn brings_up_a_zero_copy_device() {
-        let pair = FakePair::new(FakeOptions::default());
-        let (_dev, setup) = init(&pair, &PortConfig::default()).unwrap();
+        let fake = FakeDevice::new(FakeOptions::default());
+        let (_dev, setup) = init(&fake, &PortConfig::default()).unwrap();
         assert_eq!(
             setup.features,
             DRIVER_FEATURES | bit(VIRTIO_NET_F_SHARED_BUFFERS)
@@ -478,7 +475,7 @@ mod tests {
         assert_eq!(shm.side, 0);
         assert_eq!(shm.geometry.slot_count(), FakeOptions::default().slot_count);
         assert_eq!(setup.rxq.size(), FakeOptions::default().queue_size);
-        let side = pair.side_regs(0);
+        let side = fake.regs();
         assert_eq!(side.status & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
         assert!(side
             .queues
@@ -491,25 +488,25 @@ mod tests {
 
     #[test]
     fn classic_only_does_not_ask_for_shared_buffers() {
-        let pair = FakePair::new(FakeOptions::default());
-        let (_dev, setup) = init(&pair, &PortConfig::classic()).unwrap();
+        let fake = FakeDevice::new(FakeOptions::default());
+        let (_dev, setup) = init(&fake, &PortConfig::classic()).unwrap();
         assert_eq!(setup.features & bit(VIRTIO_NET_F_SHARED_BUFFERS), 0);
         assert!(setup.shm.is_none());
     }
 
     #[test]
     fn shared_buffers_only_when_offered() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             features: DRIVER_FEATURES,
             ..FakeOptions::default()
         });
-        let (_dev, setup) = init(&pair, &PortConfig::default()).unwrap();
+        let (_dev, setup) = init(&fake, &PortConfig::default()).unwrap();
         assert!(setup.shm.is_none());
     }
 
     #[test]
     fn queue_size_is_the_smaller_power_of_two() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             queue_size: 256,
             ..FakeOptions::default()
         });
@@ -518,45 +515,45 @@ mod tests {
             tx_queue_size: 100,
             ..PortConfig::default()
         };
-        let (_dev, setup) = init(&pair, &cfg).unwrap();
+        let (_dev, setup) = init(&fake, &cfg).unwrap();
         assert_eq!(setup.rxq.size(), 256);
         assert_eq!(setup.txq.size(), 64);
     }
 
     #[test]
     fn refused_features_ok_is_a_clear_error() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             refuse_features_ok: true,
             ..FakeOptions::default()
         });
-        let err = init(&pair, &PortConfig::default()).err().unwrap();
+        let err = init(&fake, &PortConfig::default()).err().unwrap();
         assert!(
             matches!(err, PmdError::FeaturesRefused { accepted, .. } if accepted & bit(VIRTIO_F_VERSION_1) != 0),
             "{err}"
         );
         assert!(err.to_string().contains("refused FEATURES_OK"));
-        let s = pair.side_regs(0).status;
+        let s = fake.regs().status;
         assert_eq!(s & STATUS_FEATURES_OK, 0);
         assert_eq!(s & STATUS_FAILED, STATUS_FAILED);
     }
 
     #[test]
     fn missing_version_1_is_refused() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             features: bit(VIRTIO_NET_F_MAC),
             ..FakeOptions::default()
         });
-        let err = init(&pair, &PortConfig::default()).err().unwrap();
+        let err = init(&fake, &PortConfig::default()).err().unwrap();
         assert!(matches!(err, PmdError::NoVersion1 { .. }), "{err}");
     }
 
     #[test]
     fn wrong_device_id_is_refused() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             device_id: 0x1000,
             ..FakeOptions::default()
         });
-        let err = init(&pair, &PortConfig::default()).err().unwrap();
+        let err = init(&fake, &PortConfig::default()).err().unwrap();
         assert!(
             matches!(err, PmdError::NotVirtioNet { device: 0x1000, .. }),
             "{err}"
@@ -565,21 +562,21 @@ mod tests {
 
     #[test]
     fn bad_geometry_is_refused() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             slot_size: 3000,
             ..FakeOptions::default()
         });
-        let err = init(&pair, &PortConfig::default()).err().unwrap();
+        let err = init(&fake, &PortConfig::default()).err().unwrap();
         assert!(matches!(err, PmdError::Geometry(_)), "{err}");
     }
 
     #[test]
     fn absent_queue_is_refused() {
-        let pair = FakePair::new(FakeOptions {
+        let fake = FakeDevice::new(FakeOptions {
             queue_size: 0,
             ..FakeOptions::default()
         });
-        let err = init(&pair, &PortConfig::default()).err().unwrap();
+        let err = init(&fake, &PortConfig::default()).err().unwrap();
         assert!(matches!(err, PmdError::Queue { queue: 0, .. }), "{err}");
     }
 }

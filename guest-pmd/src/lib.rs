@@ -86,8 +86,8 @@ mod port;
 mod stats;
 mod vq;
 
-#[cfg(any(test, feature = "test-utils"))]
-pub mod testing;
+#[cfg(test)]
+mod testing;
 
 pub use caps::CapError;
 pub use config::PortConfig;

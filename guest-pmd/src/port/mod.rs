@@ -278,6 +278,13 @@ impl<B: Bus> Port<B> {
         self.failed.map(PmdError::from)
     }
 
+    /// True while a resync waits for the host to give back the buffers
+    /// this port had posted (the drain timed out): bursts move nothing and
+    /// [`Port::alloc`] hands out nothing until a later burst finishes it.
+    pub fn resync_pending(&self) -> bool {
+        self.resync_pending
+    }
+
     /// Reads the link status bit of the device configuration (a bus access).
     pub fn link_up(&mut self) -> Result<bool, PmdError> {
         self.dev.link_up()

@@ -1,42 +1,41 @@
-//! A [`Bus`] over one side of a [`FakePair`]: config space and BAR 0 hit
-//! an in-memory register file, BAR 2 is the pair's shared heap region, DMA
-//! memory comes from the side's [`super::DmaArena`].
+//! A [`Bus`] over a [`super::FakeDevice`]: config space and BAR 0 hit an
+//! in-memory register file, BAR 2 is a heap "Shared Buffers region", DMA
+//! memory comes from the device's [`super::DmaArena`].
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::bus::{Bus, BusError, DmaRegion, MappedBar};
 
-use super::pair::PairState;
+use super::device::DeviceState;
 
-/// One side's bus. Obtain it with [`super::FakePair::bus`].
+/// The device's bus. Obtain it with [`super::FakeDevice::bus`].
 pub struct FakeBus {
-    pub(super) pair: Arc<Mutex<PairState>>,
-    pub(super) side: usize,
+    pub(super) dev: Arc<Mutex<DeviceState>>,
 }
 
 impl FakeBus {
-    fn lock(&self) -> MutexGuard<'_, PairState> {
+    fn lock(&self) -> MutexGuard<'_, DeviceState> {
         // A test that panicked while holding the lock poisons it; the state
         // is still usable for the remaining assertions.
-        self.pair.lock().unwrap_or_else(|p| p.into_inner())
+        self.dev.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Bus for FakeBus {
     fn config_read(&mut self, offset: u16, data: &mut [u8]) -> Result<(), BusError> {
-        self.lock().config_read(self.side, offset, data)
+        self.lock().config_read(offset, data)
     }
 
     fn config_write(&mut self, offset: u16, data: &[u8]) -> Result<(), BusError> {
-        self.lock().config_write(self.side, offset, data)
+        self.lock().config_write(offset, data)
     }
 
     fn bar_read(&mut self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), BusError> {
-        self.lock().bar_read(self.side, bar, offset, data)
+        self.lock().bar_read(bar, offset, data)
     }
 
     fn bar_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Result<(), BusError> {
-        self.lock().bar_write(self.side, bar, offset, data)
+        self.lock().bar_write(bar, offset, data)
     }
 
     fn map_bar(&mut self, bar: u8) -> Result<MappedBar, BusError> {
@@ -44,11 +43,11 @@ impl Bus for FakeBus {
     }
 
     fn dma_alloc(&mut self, len: usize) -> Result<DmaRegion, BusError> {
-        Ok(self.lock().dma_alloc(self.side, len))
+        Ok(self.lock().dma_alloc(len))
     }
 
     fn reset(&mut self) -> Result<(), BusError> {
-        self.lock().write_status(self.side, 0);
+        self.lock().write_status(0);
         Ok(())
     }
 }

@@ -44,11 +44,6 @@ impl Chunk {
     pub fn len(&self) -> usize {
         self.layout.size()
     }
-
-    /// Always false (chunks have at least one page).
-    pub fn is_empty(&self) -> bool {
-        false
-    }
 }
 
 impl Drop for Chunk {

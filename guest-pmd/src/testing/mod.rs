@@ -1,26 +1,24 @@
-//! Test doubles (the `test-utils` feature; never in a default build).
+//! Test doubles of the PMD's unit tests (`cfg(test)` only).
 //!
 //! - [`DmaArena`] and [`DeviceRing`]: heap memory standing in for DMA
 //!   memory, and the device's side of a virtqueue over it, for tests that
 //!   play the device by hand.
-//! - [`FakePair`]: two sbnet functions behind in-memory register files,
-//!   sharing one heap "Shared Buffers region", with a small host switch
-//!   that follows `docs/abi.md` §6 (zero-copy matching, copy mode, classic
-//!   path, epochs and resync, the host's ownership checks). Each side is
-//!   driven through a [`FakeBus`], so a real [`crate::Port`] runs against
-//!   it. It is a stand-in for `host-pair` in unit tests, not a second
-//!   implementation of it: no deferral after a TX wait, no interrupts, no
-//!   vfio-user.
+//! - [`FakeDevice`]: one sbnet function behind an in-memory register file,
+//!   driven through a [`FakeBus`], with no host behind it. It exists for
+//!   tests that need a device the real host would never be: one that
+//!   writes broken used entries (the PMD's `VqError` checks), completes
+//!   buffers with lengths the host never uses, or refuses the driver's
+//!   features. Every scenario that needs a working host runs against the
+//!   real one (the tests crate's `pmd_port*` tests).
 //! - [`config_space::sbnet_config_space`]: the ABI's config space.
 
 pub mod config_space;
+mod device;
 mod fake_bus;
 mod mem;
-mod pair;
 mod ring;
-mod switch;
 
+pub use device::{FakeDevice, FakeOptions};
 pub use fake_bus::FakeBus;
-pub use mem::{Chunk, DmaArena, IOVA_BASE};
-pub use pair::{FakeCounters, FakeOptions, FakePair, QueueRegs, SideRegs, SwitchThread};
+pub use mem::DmaArena;
 pub use ring::DeviceRing;

@@ -42,11 +42,6 @@ impl DeviceRing {
         }
     }
 
-    /// Queue size.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
     fn atomic(&self, p: *mut u8) -> &AtomicU16 {
         // SAFETY: callers pass a 2-byte aligned index/flags field inside a
         // chunk this ring keeps alive (so for as long as `&self`); those

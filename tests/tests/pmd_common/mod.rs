@@ -52,6 +52,9 @@
 //! `y`, which no port owns (`y` has not been able to post it).
 #![allow(dead_code)]
 
+pub mod scenario;
+pub mod sockets;
+
 use sbnet_abi::shm::SlotGeometry;
 use sbnet_device::counters::SideCounters;
 use sbnet_device::pair::{Pair, PairConfig, Shared};
