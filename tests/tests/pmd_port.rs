@@ -16,8 +16,8 @@ use pmd_common::InPair;
 use sbnet_abi::layout as l;
 use sbnet_abi::net::NET_HDR_LEN;
 use sbnet_device::pair::{run_switch, PollMode, SideHandle};
-use sbnet_device::vfio_user::Backend;
 use sbnet_pmd::{Mode, Pkt, PmdError, Port, PortConfig};
+use sbnet_vfio_user::server::Backend;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ fn step(pair: &InPair) {
 /// memory under its enabled queues. The epoch moves with it.
 fn break_side(pair: &InPair, k: usize) {
     let mut h = SideHandle::new(pair.shared.clone(), k);
-    h.dma_unmap(0, 0, sbnet_abi::vfio_user::DMA_UNMAP_FLAG_ALL)
+    h.dma_unmap(0, 0, sbnet_vfio_user::wire::DmaUnmapFlags::ALL)
         .unwrap();
     assert_eq!(pair.host().counters[k].needs_reset, 1);
 }

@@ -9,8 +9,8 @@ use super::{InPair, TxWait, P};
 use sbnet_device::counters::SideCounters;
 use sbnet_device::pair::SideHandle;
 use sbnet_device::switch::NOBODY;
-use sbnet_device::vfio_user::Backend;
 use sbnet_pmd::{Pkt, Port, PortConfig};
+use sbnet_vfio_user::server::Backend;
 
 /// Slots in the scenarios' region.
 pub const SLOTS: u32 = 64;
