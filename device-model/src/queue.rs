@@ -260,6 +260,14 @@ impl Queue {
             // used elements (and packet data) written before are visible.
             .store(self.used_idx, Ordering::Release);
         self.published_used = self.used_idx;
+        // Store-buffering case of virtio 1.2 §2.7.10: the driver stores
+        // avail.flags (re-enabling interrupts), fences, then loads used.idx;
+        // we store used.idx, then load avail.flags. Without a full fence on
+        // both sides each load can miss the other's store (x86 lets a load
+        // pass an earlier store) and an interrupt is lost. Pairs with the
+        // driver's virtio_mb() after its flags store; tests/notify_model.rs
+        // checks the handshake under loom.
+        std::sync::atomic::fence(Ordering::SeqCst);
         // SAFETY: see avail_idx_relaxed (flags at offset 0).
         let flags = unsafe { AtomicU16::from_ptr(self.avail as *mut u16) }.load(Ordering::Relaxed);
         flags & ring::AVAIL_F_NO_INTERRUPT == 0
@@ -271,7 +279,14 @@ impl Queue {
         // SAFETY: see used_idx_current (flags at offset 0).
         let flags = unsafe { AtomicU16::from_ptr(self.used as *mut u16) };
         if flags.load(Ordering::Relaxed) != v {
-            flags.store(v, Ordering::SeqCst);
+            flags.store(v, Ordering::Relaxed);
+        }
+        if !on {
+            // About to sleep: the caller re-reads avail.idx next. The fence
+            // orders our flag store before that load; it pairs with the
+            // driver's full barrier between its avail.idx store and its
+            // used.flags load (the same store-buffering case as `publish`).
+            std::sync::atomic::fence(Ordering::SeqCst);
         }
     }
 
