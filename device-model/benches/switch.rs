@@ -20,7 +20,7 @@ fn pair(slot_size: u32) -> Pair {
             burst: 64,
             tx_wait: Duration::from_secs(3600),
         },
-        shm_dir: None,
+        huge_pages: false,
     })
     .unwrap()
 }

@@ -6,7 +6,8 @@
 //! refusals into errnos.
 
 use crate::function::Function;
-use crate::mem::{MemError, ShmRegion};
+use crate::irq::IrqFd;
+use crate::mem::{MemError, Prot, ShmRegion};
 use crate::pair::{Pair, Shared};
 use nix::errno::Errno;
 use sbnet_abi::layout as l;
@@ -100,8 +101,21 @@ pub fn set_irqs(
     flags: IrqSetFlags,
     start: u32,
     count: u32,
-    mut fds: Vec<OwnedFd>,
+    fds: Vec<OwnedFd>,
 ) -> bool {
+    // Only eventfds, made non-blocking: a signal must never block the
+    // switch (see `crate::irq`).
+    let mut fds = match fds
+        .into_iter()
+        .map(IrqFd::new)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(fds) => fds,
+        Err(e) => {
+            tracing::warn!("refusing SET_IRQS index {index}: {e}");
+            return false;
+        }
+    };
     let n = match index {
         l::IRQ_MSIX => l::MSIX_VECTORS as u32,
         l::IRQ_INTX => 1,
@@ -215,12 +229,15 @@ impl Backend for SideHandle {
         iova: u64,
         size: u64,
         file_offset: u64,
-        _flags: DmaMapFlags,
+        flags: DmaMapFlags,
         fd: Option<OwnedFd>,
     ) -> Result<(), Errno> {
+        let mut prot = Prot::empty();
+        prot.set(Prot::READ, flags.contains(DmaMapFlags::READ));
+        prot.set(Prot::WRITE, flags.contains(DmaMapFlags::WRITE));
         self.with(|p, k| {
             let f = &mut p.fns[k];
-            match f.map_dma(iova, size, fd.map(File::from), file_offset) {
+            match f.map_dma(iova, size, fd.map(File::from), file_offset, prot) {
                 Ok(()) => {
                     tracing::debug!(side = k, "DMA map {iova:#x}+{size:#x}");
                     Ok(())
@@ -240,6 +257,8 @@ impl Backend for SideHandle {
                     Err(match e {
                         MemError::Mmap(_) => Errno::EFAULT,
                         MemError::TooMany(_) => Errno::ENOSPC,
+                        // vfio-user: "EEXIST if the range overlaps an existing map".
+                        MemError::Overlap { .. } => Errno::EEXIST,
                         _ => Errno::EINVAL,
                     })
                 }
@@ -306,7 +325,7 @@ mod tests {
             geometry: sbnet_abi::shm::SlotGeometry::new(2048, 16).unwrap(),
             max_queue_size: 256,
             switch: Default::default(),
-            shm_dir: None,
+            huge_pages: false,
         })
         .unwrap();
         let f = IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER;

@@ -80,7 +80,7 @@ proptest! {
             geometry: SlotGeometry::new(2048, 16).unwrap(),
             max_queue_size: 256,
             switch: SwitchConfig { burst: 16, tx_wait: Duration::ZERO },
-            shm_dir: None,
+            huge_pages: false,
         })
         .unwrap();
         let mut bad = Drv::up(&mut p, 0, sb);

@@ -6,6 +6,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`irq`] | interrupt fds: eventfds only, written non-blocking |
 //! | [`mem`] | guest memory from DMA maps; the host's mapping of the Shared Buffers region |
 //! | [`queue`] | the device side of a split virtqueue, validated once at enable |
 //! | [`chain`] | descriptor-chain walking and validation |
@@ -22,6 +23,7 @@ pub mod backend;
 pub mod chain;
 pub mod counters;
 pub mod function;
+pub mod irq;
 pub mod mem;
 pub mod pair;
 pub mod pci_config;

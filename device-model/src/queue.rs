@@ -112,13 +112,18 @@ impl Queue {
                 return Err(QueueError::Misaligned(addr));
             }
         }
-        let map = |addr: u64, len: u64| {
-            mem.translate(addr, len)
-                .ok_or(QueueError::RingNotMapped { addr, len })
+        let map = |addr: u64, len: u64, write: bool| {
+            if write {
+                mem.translate_writable(addr, len)
+            } else {
+                mem.translate(addr, len)
+            }
+            .ok_or(QueueError::RingNotMapped { addr, len })
         };
-        let desc = map(regs.desc, ring::desc_table_size(size))? as *mut Desc;
-        let avail = map(regs.driver, ring::avail_ring_size(size))?;
-        let used = map(regs.device, ring::used_ring_size(size))?;
+        let desc = map(regs.desc, ring::desc_table_size(size), false)? as *mut Desc;
+        let avail = map(regs.driver, ring::avail_ring_size(size), false)?;
+        // The device writes the used ring: it must lie in a writable map.
+        let used = map(regs.device, ring::used_ring_size(size), true)?;
         let mut q = Self {
             size,
             mask: size - 1,
@@ -149,7 +154,8 @@ impl Queue {
             == Some(self.desc as *mut u8)
             && mem.translate(self.regs.driver, ring::avail_ring_size(self.size))
                 == Some(self.avail)
-            && mem.translate(self.regs.device, ring::used_ring_size(self.size)) == Some(self.used);
+            && mem.translate_writable(self.regs.device, ring::used_ring_size(self.size))
+                == Some(self.used);
         if ok {
             self.mem_generation = mem.generation();
             Ok(())
@@ -275,6 +281,14 @@ impl Queue {
             // used elements (and packet data) written before are visible.
             .store(self.used_idx, Ordering::Release);
         self.published_used = self.used_idx;
+        // Store-buffering case of virtio 1.2 §2.7.10: the driver stores
+        // avail.flags (re-enabling interrupts), fences, then loads used.idx;
+        // we store used.idx, then load avail.flags. Without a full fence on
+        // both sides each load can miss the other's store (x86 lets a load
+        // pass an earlier store) and an interrupt is lost. Pairs with the
+        // driver's virtio_mb() after its flags store; tests/notify_model.rs
+        // checks the handshake under loom.
+        std::sync::atomic::fence(Ordering::SeqCst);
         // SAFETY: see avail_idx_relaxed (flags at offset 0).
         let flags = unsafe { AtomicU16::from_ptr(self.avail as *mut u16) }.load(Ordering::Relaxed);
         flags & ring::AVAIL_F_NO_INTERRUPT == 0
@@ -286,7 +300,14 @@ impl Queue {
         // SAFETY: see used_idx_current (flags at offset 0).
         let flags = unsafe { AtomicU16::from_ptr(self.used as *mut u16) };
         if flags.load(Ordering::Relaxed) != v {
-            flags.store(v, Ordering::SeqCst);
+            flags.store(v, Ordering::Relaxed);
+        }
+        if !on {
+            // About to sleep: the caller re-reads avail.idx next. The fence
+            // orders our flag store before that load; it pairs with the
+            // driver's full barrier between its avail.idx store and its
+            // used.flags load (the same store-buffering case as `publish`).
+            std::sync::atomic::fence(Ordering::SeqCst);
         }
     }
 
@@ -304,7 +325,6 @@ impl Queue {
 pub(crate) mod tests {
     use super::*;
     use crate::testutil::{DriverRing, RingLayout};
-    use std::fs::File;
 
     /// The queue tests' driver: one DMA map holding a queue's rings, driven
     /// through the shared [`DriverRing`].
@@ -331,12 +351,7 @@ pub(crate) mod tests {
 
     impl TestRing {
         pub fn new(size: u16) -> Self {
-            let fd = nix::sys::memfd::memfd_create(
-                c"ring",
-                nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
-            )
-            .unwrap();
-            let f = File::from(fd);
+            let f = crate::mem::sealed_memfd(c"ring", RING_LEN).unwrap();
             f.set_len(RING_LEN).unwrap();
             let mut mem = GuestMemory::default();
             mem.map(RING_IOVA, RING_LEN, Some(f), 0).unwrap();

@@ -577,7 +577,7 @@ impl Ctx<'_> {
                 pieces[0] = (p as *mut u8, len);
                 (1, 0, len)
             }
-            Source::Chain(chain, mem) => match gather(chain.segs(), mem, &mut pieces) {
+            Source::Chain(chain, mem) => match gather(chain.segs(), mem, false, &mut pieces) {
                 Some(n) => (n, NET_HDR_LEN, chain.total as usize - NET_HDR_LEN),
                 None => {
                     cy.bad_chain += 1;
@@ -613,7 +613,7 @@ impl Ctx<'_> {
                     continue;
                 }
             };
-            let Some(n_dst) = gather(chain.segs(), rx.mem, &mut out) else {
+            let Some(n_dst) = gather(chain.segs(), rx.mem, true, &mut out) else {
                 rx.st.classic.pop_front();
                 q.push_used(rh, 0);
                 rx.c.bad_chain += 1;
@@ -654,10 +654,22 @@ enum Outcome {
     Wait,
 }
 
-/// Translates every buffer of a chain; None when one is outside guest memory.
-fn gather(segs: &[Seg], mem: &GuestMemory, out: &mut [(*mut u8, usize)]) -> Option<usize> {
+/// Translates every buffer of a chain; None when one is outside guest
+/// memory, or, for the buffers the device writes (`write`), outside a map
+/// the client made writable.
+fn gather(
+    segs: &[Seg],
+    mem: &GuestMemory,
+    write: bool,
+    out: &mut [(*mut u8, usize)],
+) -> Option<usize> {
     for (o, s) in out.iter_mut().zip(segs) {
-        *o = (mem.translate(s.addr, s.len as u64)?, s.len as usize);
+        let p = if write {
+            mem.translate_writable(s.addr, s.len as u64)
+        } else {
+            mem.translate(s.addr, s.len as u64)
+        };
+        *o = (p?, s.len as usize);
     }
     Some(segs.len())
 }

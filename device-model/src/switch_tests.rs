@@ -15,7 +15,7 @@ fn pair(tx_wait: Duration) -> Pair {
         geometry: SlotGeometry::new(2048, 16).unwrap(),
         max_queue_size: 256,
         switch: SwitchConfig { burst: 64, tx_wait },
-        shm_dir: None,
+        huge_pages: false,
     })
     .unwrap()
 }

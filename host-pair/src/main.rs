@@ -53,8 +53,13 @@ struct ServeArgs {
     /// Largest virtqueue size a driver may choose (power of two, 2..=32768, at least --slots/2 + 128).
     #[arg(long, default_value_t = 1024)]
     queue_size: u16,
-    /// Create the region on this hugetlbfs mount (or any directory) instead of a memfd.
-    #[arg(long, value_name = "DIR")]
+    /// Back the Shared Buffers region with huge pages (a hugetlb memfd): the region size
+    /// (--slots x --slot-size) must be a multiple of the huge page size, and enough pages
+    /// must be reserved (vm.nr_hugepages).
+    #[arg(long)]
+    huge_pages: bool,
+    /// Replaced by --huge-pages (a file in a directory could be truncated by a client).
+    #[arg(long, value_name = "DIR", hide = true)]
     hugetlbfs: Option<PathBuf>,
     /// How the switch waits for work: `adaptive` spins then sleeps until a kick; `busy` never sleeps.
     #[arg(long, value_enum, default_value_t = Poll::Adaptive)]
@@ -122,7 +127,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             burst: a.burst,
             tx_wait: Duration::from_micros(a.tx_wait_us),
         },
-        shm_dir: a.hugetlbfs.clone(),
+        huge_pages: a.huge_pages,
     };
     // The pair enforces the geometry rules; say them in the CLI's words.
     match cfg.validate() {
@@ -143,24 +148,25 @@ fn serve(a: ServeArgs) -> Result<()> {
         bail!("--burst must be at least 1");
     }
     if let Some(dir) = &a.hugetlbfs {
-        if !dir.is_dir() {
-            bail!(
-                "--hugetlbfs {}: not a directory (mount one with: mount -t hugetlbfs nodev {})",
-                dir.display(),
-                dir.display()
-            );
-        }
+        bail!(
+            "--hugetlbfs {} is gone: use --huge-pages. The region is now a sealed hugetlb memfd, \
+             which no client can truncate under host-pair (a file in a directory could be)",
+            dir.display()
+        );
     }
-    let pair = Pair::new(&cfg).with_context(|| match &a.hugetlbfs {
-        Some(d) => format!(
-            "cannot create a {} byte region in {} (enough huge pages? see vm.nr_hugepages)",
-            geometry.region_size(),
-            d.display()
-        ),
-        None => format!(
-            "cannot create a {} byte memfd region",
-            geometry.region_size()
-        ),
+    let pair = Pair::new(&cfg).with_context(|| {
+        if a.huge_pages {
+            format!(
+                "cannot create a {} byte hugetlb region (a multiple of the huge page size? \
+                 enough free huge pages? see vm.nr_hugepages in /proc/meminfo)",
+                geometry.region_size()
+            )
+        } else {
+            format!(
+                "cannot create a {} byte memfd region",
+                geometry.region_size()
+            )
+        }
     })?;
     let shared = Shared::new(pair).context("cannot create the switch's wake-up eventfd")?;
 

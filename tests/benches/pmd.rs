@@ -41,7 +41,7 @@ impl Rig {
                     burst: 64,
                     tx_wait: Duration::from_secs(3600),
                 },
-                shm_dir: None,
+                huge_pages: false,
             })
             .unwrap(),
         )

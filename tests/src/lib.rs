@@ -12,7 +12,6 @@
 pub mod raw;
 
 use memmap2::{MmapOptions, MmapRaw};
-use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
 use sbnet_abi::layout as l;
 use sbnet_abi::pci::{self, cfg};
 use sbnet_device::pair::{run_switch, Pair, PairConfig, PollMode, Shared, SideHandle};
@@ -133,10 +132,7 @@ impl Bus for InProcessBus {
 
     fn dma_alloc(&mut self, len: usize) -> Result<DmaRegion, BusError> {
         let len = len.div_ceil(4096) * 4096;
-        let fd = memfd_create(c"sbnet-test-dma", MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(|e| BusError::Map(e.to_string()))?;
-        let file = File::from(fd);
-        file.set_len(len as u64)
+        let file = sbnet_device::mem::sealed_memfd(c"sbnet-test-dma", len as u64)
             .map_err(|e| BusError::Map(e.to_string()))?;
         let map = MmapOptions::new()
             .len(len)

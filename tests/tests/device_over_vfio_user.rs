@@ -28,7 +28,7 @@ fn cfg() -> PairConfig {
             burst: 64,
             tx_wait: Duration::from_millis(20),
         },
-        shm_dir: None,
+        huge_pages: false,
     }
 }
 

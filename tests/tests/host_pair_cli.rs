@@ -98,7 +98,7 @@ fn bad_arguments_say_what_to_do() {
                 "--hugetlbfs",
                 "/nonexistent",
             ],
-            "mount -t hugetlbfs",
+            "use --huge-pages",
         ),
         (
             &[

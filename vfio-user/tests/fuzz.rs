@@ -112,7 +112,7 @@ proptest! {
             geometry: SlotGeometry::new(2048, 16).unwrap(),
             max_queue_size: 256,
             switch: SwitchConfig::default(),
-            shm_dir: None,
+            huge_pages: false,
         };
         let p = Served::start(&dir, &cfg, PollMode::Adaptive { spin: 100 });
         let mut stream: Option<UnixStream> = None;

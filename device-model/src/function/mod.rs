@@ -15,7 +15,8 @@ pub use msix::Interrupts;
 pub use net_cfg::MTU;
 
 use crate::counters::SideCounters;
-use crate::mem::{GuestMemory, MemError};
+use crate::irq::IrqFd;
+use crate::mem::{GuestMemory, MemError, Prot};
 use crate::pci_config::PciConfig;
 use crate::queue::{Queue, QueueError};
 use crate::view::{IrqHook, SideView};
@@ -25,7 +26,6 @@ use sbnet_abi::layout as l;
 use sbnet_abi::net;
 use sbnet_abi::shm::SlotGeometry;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 
 /// Features the function offers (`docs/abi.md` §2).
 pub const DEVICE_FEATURES: u64 = bit(cc::VIRTIO_F_VERSION_1)
@@ -271,8 +271,9 @@ impl Function {
         size: u64,
         file: Option<File>,
         offset: u64,
+        prot: Prot,
     ) -> Result<(), MemError> {
-        let r = self.mem.map(iova, size, file, offset);
+        let r = self.mem.map_prot(iova, size, file, offset, prot);
         self.revalidate_queues();
         r
     }
@@ -314,7 +315,7 @@ impl Function {
 
     /// Sets (`Some`) or clears (`None`) the eventfd of MSI-X vector `v`.
     /// False when `v` is not a vector of the function.
-    pub fn set_msix_fd(&mut self, v: u16, fd: Option<OwnedFd>) -> bool {
+    pub fn set_msix_fd(&mut self, v: u16, fd: Option<IrqFd>) -> bool {
         self.irqs.set_vector_fd(v, fd)
     }
 
@@ -332,7 +333,7 @@ impl Function {
     }
 
     /// Sets (`Some`) or clears (`None`) the INTx eventfd.
-    pub fn set_intx_fd(&mut self, fd: Option<OwnedFd>) {
+    pub fn set_intx_fd(&mut self, fd: Option<IrqFd>) {
         self.irqs.set_intx_fd(fd);
     }
 

@@ -3,8 +3,8 @@
 //! the VMM handed over, and per-vector masking with a pending bit.
 
 use super::AccessError;
+use crate::irq::IrqFd;
 use sbnet_abi::layout as l;
-use std::os::fd::OwnedFd;
 
 const N: usize = l::MSIX_VECTORS as usize;
 
@@ -13,10 +13,10 @@ const N: usize = l::MSIX_VECTORS as usize;
 #[derive(Debug)]
 pub struct Interrupts {
     table: [u8; N * 16],
-    fds: [Option<OwnedFd>; N],
+    fds: [Option<IrqFd>; N],
     masked: [bool; N],
     pending: [bool; N],
-    intx: Option<OwnedFd>,
+    intx: Option<IrqFd>,
 }
 
 impl Default for Interrupts {
@@ -46,12 +46,12 @@ impl Interrupts {
                 return false;
             }
             if let Some(fd) = &self.fds[i] {
-                write_eventfd(fd);
+                fd.signal();
                 return true;
             }
             false
         } else if let Some(fd) = &self.intx {
-            write_eventfd(fd);
+            fd.signal();
             true
         } else {
             false
@@ -59,7 +59,7 @@ impl Interrupts {
     }
 
     /// Sets (or clears) the eventfd of vector `v`; false when out of range.
-    pub fn set_vector_fd(&mut self, v: u16, fd: Option<OwnedFd>) -> bool {
+    pub fn set_vector_fd(&mut self, v: u16, fd: Option<IrqFd>) -> bool {
         match self.fds.get_mut(v as usize) {
             Some(slot) => {
                 *slot = fd;
@@ -86,7 +86,7 @@ impl Interrupts {
     }
 
     /// Sets (or clears) the INTx eventfd.
-    pub fn set_intx_fd(&mut self, fd: Option<OwnedFd>) {
+    pub fn set_intx_fd(&mut self, fd: Option<IrqFd>) {
         self.intx = fd;
     }
 
@@ -139,12 +139,4 @@ fn bar_range(offset: u64, len: usize) -> Result<(usize, usize), AccessError> {
         return Err(AccessError::Invalid);
     }
     Ok((off, end))
-}
-
-fn write_eventfd(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // An eventfd write only fails when the counter would overflow (the
-    // reader is gone for 2^64 events) or the fd is not an eventfd (the VMM's
-    // mistake): the interrupt is then lost, which is the VMM's own problem.
-    let _ = nix::unistd::write(fd, &one);
 }

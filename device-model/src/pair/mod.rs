@@ -13,7 +13,6 @@ use crate::function::Function;
 use crate::mem::ShmRegion;
 use crate::switch::{Switch, SwitchConfig};
 use sbnet_abi::shm::SlotGeometry;
-use std::path::PathBuf;
 
 /// How a pair is built.
 #[derive(Debug, Clone)]
@@ -24,8 +23,9 @@ pub struct PairConfig {
     pub max_queue_size: u16,
     /// Switch tunables.
     pub switch: SwitchConfig,
-    /// Create the region in this directory (e.g. a hugetlbfs mount) instead of a memfd.
-    pub shm_dir: Option<PathBuf>,
+    /// Back the region with huge pages (a `MFD_HUGETLB` memfd) instead of
+    /// normal pages; the region size must be a multiple of the huge page size.
+    pub huge_pages: bool,
 }
 
 /// Why a [`PairConfig`] is refused.
@@ -108,9 +108,10 @@ impl Pair {
     pub fn new(cfg: &PairConfig) -> Result<Self, PairError> {
         cfg.validate()?;
         let len = cfg.geometry.region_size();
-        let shm = match &cfg.shm_dir {
-            Some(dir) => ShmRegion::in_dir(dir, len)?,
-            None => ShmRegion::memfd(len)?,
+        let shm = if cfg.huge_pages {
+            ShmRegion::memfd_huge(len)?
+        } else {
+            ShmRegion::memfd(len)?
         };
         let mut p = Self {
             fns: [0, 1].map(|k| Function::new(k, cfg.geometry, cfg.max_queue_size)),
@@ -177,7 +178,7 @@ mod tests {
             geometry: SlotGeometry::new(2048, slots).unwrap(),
             max_queue_size,
             switch: SwitchConfig::default(),
-            shm_dir: None,
+            huge_pages: false,
         }
     }
 

@@ -39,11 +39,7 @@ pub struct Drv {
 impl Drv {
     /// Maps memory and brings the function up with `features`.
     pub fn up(p: &mut Pair, side: usize, shared_buffers: bool) -> Self {
-        let fd =
-            nix::sys::memfd::memfd_create(c"drv", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-                .unwrap();
-        let file = File::from(fd);
-        file.set_len(MEM).unwrap();
+        let file = crate::mem::sealed_memfd(c"drv", MEM).unwrap();
         let map = memmap2::MmapOptions::new()
             .len(MEM as usize)
             .map_raw(&file)
@@ -53,7 +49,13 @@ impl Drv {
         // A fresh driver instance: whatever an earlier one mapped is gone.
         p.fns[side].clear_dma();
         p.fns[side]
-            .map_dma(IOVA, MEM, Some(file.try_clone().unwrap()), 0)
+            .map_dma(
+                IOVA,
+                MEM,
+                Some(file.try_clone().unwrap()),
+                0,
+                crate::mem::Prot::READ | crate::mem::Prot::WRITE,
+            )
             .unwrap();
         let rings = RING.map(|r| {
             let layout = RingLayout {

@@ -335,12 +335,26 @@ impl Bus for VfioUserBus {
         let next = iova
             .checked_add(size)
             .ok_or_else(|| BusError::Map("DMA address space exhausted".into()))?;
-        let memfd = memfd_create(c"sbnet-dma", MemFdCreateFlag::MFD_CLOEXEC)
-            .map_err(|e| BusError::Map(format!("memfd_create: {e}")))?;
+        // Sealable, and sealed against resizing before host-pair sees it:
+        // host-pair refuses memory whose file could shrink under it.
+        let memfd = memfd_create(
+            c"sbnet-dma",
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| BusError::Map(format!("memfd_create: {e}")))?;
         let file_len =
             i64::try_from(len).map_err(|_| BusError::Map(format!("{len} bytes is too large")))?;
         nix::unistd::ftruncate(&memfd, file_len)
             .map_err(|e| BusError::Map(format!("ftruncate of the DMA memfd: {e}")))?;
+        nix::fcntl::fcntl(
+            memfd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_ADD_SEALS(
+                nix::fcntl::SealFlag::F_SEAL_SHRINK
+                    | nix::fcntl::SealFlag::F_SEAL_GROW
+                    | nix::fcntl::SealFlag::F_SEAL_SEAL,
+            ),
+        )
+        .map_err(|e| BusError::Map(format!("sealing the DMA memfd: {e}")))?;
         let map = MmapOptions::new()
             .len(len)
             .map_raw(memfd.as_raw_fd())

@@ -116,7 +116,7 @@ impl InPair {
                 burst: 64,
                 tx_wait: wait.duration(),
             },
-            shm_dir: None,
+            huge_pages: false,
         };
         let shared = Shared::new(Pair::new(&cfg).expect("pair")).expect("shared");
         Self {

@@ -20,6 +20,6 @@ pub fn pair_cfg(slot_size: u32, slots: u32) -> PairConfig {
         geometry: SlotGeometry::new(slot_size, slots).expect("geometry"),
         max_queue_size: 256,
         switch: SwitchConfig::default(),
-        shm_dir: None,
+        huge_pages: false,
     }
 }
