@@ -128,24 +128,45 @@ impl Ledger {
         self.state.get(s as usize) == Some(&st)
     }
 
-    #[inline]
+    /// Moves slot `s` from `from` to `to`. `s` must be below `len()`:
+    /// callers pass a slot `is` just checked or one taken from the free
+    /// stack or the post queue, which only hold such slots.
+    #[inline(always)]
     fn set(&mut self, s: u32, from: SlotState, to: SlotState) {
-        self.state[s as usize] = to;
+        debug_assert!(s < self.len());
+        // SAFETY: `s < len()` (the caller's precondition above) and
+        // `state` has `len()` entries.
+        unsafe { *self.state.get_unchecked_mut(s as usize) = to };
         self.counts[from as usize] -= 1;
         self.counts[to as usize] += 1;
     }
 
-    #[inline]
+    /// Pushes `s` (below `len()`, not on the stack) on the free stack.
+    #[inline(always)]
     fn push_free(&mut self, s: u32) {
-        self.free[self.nfree as usize] = s;
+        debug_assert!(self.nfree < self.len());
+        // SAFETY: each slot is on the free stack at most once (it is
+        // pushed only when it becomes `Free`), so the stack holds fewer
+        // than `len()` slots before this push: `nfree < len()`, the
+        // array's length.
+        unsafe { *self.free.get_unchecked_mut(self.nfree as usize) = s };
         self.nfree += 1;
     }
 
-    #[inline]
+    /// Appends `s` (not queued yet) to the post queue.
+    #[inline(always)]
     fn push_unposted(&mut self, s: u32) {
         let n = self.len();
-        let tail = (self.un_head + self.un_len) % n;
-        self.unposted[tail as usize] = s;
+        debug_assert!(self.un_len < n && self.un_head < n);
+        // A wrap by subtraction: `un_head < n` and `un_len < n`.
+        let mut tail = self.un_head + self.un_len;
+        if tail >= n {
+            tail -= n;
+        }
+        // SAFETY: `tail < n`, the array's length (both terms are below
+        // `n`: the head is an index, and a slot is queued at most once, so
+        // fewer than `n` are queued before this push).
+        unsafe { *self.unposted.get_unchecked_mut(tail as usize) = s };
         self.un_len += 1;
         self.counts[SlotState::PeerUnposted as usize] += 1;
     }
@@ -157,7 +178,8 @@ impl Ledger {
             return None;
         }
         self.nfree -= 1;
-        let s = self.free[self.nfree as usize];
+        // SAFETY: `nfree < len()` now, the array's length.
+        let s = unsafe { *self.free.get_unchecked(self.nfree as usize) };
         self.set(s, SlotState::Free, SlotState::Held);
         Some(s)
     }
@@ -214,8 +236,13 @@ impl Ledger {
         if self.un_len == 0 {
             return None;
         }
-        let s = self.unposted[self.un_head as usize];
-        self.un_head = (self.un_head + 1) % self.len();
+        // SAFETY: `un_head < len()`, the array's length (it only ever
+        // advances with the wrap below, and `reset` sets it to 0).
+        let s = unsafe { *self.unposted.get_unchecked(self.un_head as usize) };
+        self.un_head += 1;
+        if self.un_head == self.len() {
+            self.un_head = 0;
+        }
         self.un_len -= 1;
         self.set(s, SlotState::PeerUnposted, SlotState::PeerPosted);
         Some(s)

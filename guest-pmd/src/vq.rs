@@ -119,7 +119,21 @@ impl RingLayout {
     }
 }
 
+/// What the driver remembers about one descriptor.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// The caller's token while in flight, else `NO_TOKEN`.
+    token: u32,
+    /// The length posted.
+    len: u32,
+}
+
 /// Driver side of one split virtqueue.
+///
+/// Invariants the unchecked indexing below relies on: `free_ids`,
+/// `slots` and `avail_shadow` have `size` entries; `nfree <= size`;
+/// `free_ids[..nfree]` holds indices below `size`; exactly `size - nfree`
+/// entries of `slots` hold a token other than `NO_TOKEN`.
 pub struct SplitQueue {
     /// Queue number, for messages.
     index: u16,
@@ -143,10 +157,10 @@ pub struct SplitQueue {
     /// Free descriptor indices (a stack).
     free_ids: Box<[u16]>,
     nfree: u16,
-    /// Per descriptor: the caller's token while in flight, else `NO_TOKEN`.
-    tokens: Box<[u32]>,
-    /// Per descriptor: the length posted.
-    posted_len: Box<[u32]>,
+    /// Per descriptor: the caller's token while in flight (else
+    /// `NO_TOKEN`) and the length posted, side by side so that a
+    /// completion reads one 8-byte entry.
+    slots: Box<[InFlight]>,
     /// What the avail ring holds at each position (the driver's own copy,
     /// so a position is only rewritten when its value changes).
     avail_shadow: Box<[u16]>,
@@ -206,8 +220,14 @@ impl SplitQueue {
             pending: 0,
             free_ids: (0..size).rev().collect(),
             nfree: size,
-            tokens: vec![NO_TOKEN; n].into_boxed_slice(),
-            posted_len: vec![0; n].into_boxed_slice(),
+            slots: vec![
+                InFlight {
+                    token: NO_TOKEN,
+                    len: 0
+                };
+                n
+            ]
+            .into_boxed_slice(),
             avail_shadow: vec![0; n].into_boxed_slice(),
             broken: None,
             publishes: 0,
@@ -287,14 +307,15 @@ impl SplitQueue {
     /// the next avail position, remembering `token` for its completion.
     /// Not visible to the device until [`Self::publish`]. Returns false when
     /// no descriptor is free.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, addr: u64, len: u32, flags: u16, token: u32) -> bool {
         debug_assert_ne!(token, NO_TOKEN);
         if self.nfree == 0 {
             return false;
         }
         self.nfree -= 1;
-        let id = self.free_ids[self.nfree as usize];
+        // SAFETY: `nfree < size` now, and `free_ids` has `size` entries.
+        let id = unsafe { *self.free_ids.get_unchecked(self.nfree as usize) };
         let d = Desc {
             addr,
             len,
@@ -306,11 +327,13 @@ impl SplitQueue {
         // the driver, and the device reads it only after the Release store
         // in `publish`.
         unsafe { ptr::write_volatile(self.desc.add(id as usize), d) };
-        self.tokens[id as usize] = token;
-        self.posted_len[id as usize] = len;
+        // SAFETY: `id < size` (as above) and `slots` has `size` entries.
+        unsafe { *self.slots.get_unchecked_mut(id as usize) = InFlight { token, len } };
         let pos = (self.next_avail & self.mask) as usize;
-        if self.avail_shadow[pos] != id {
-            self.avail_shadow[pos] = id;
+        // SAFETY: `pos <= mask < size` and `avail_shadow` has `size` entries.
+        let shadow = unsafe { self.avail_shadow.get_unchecked_mut(pos) };
+        if *shadow != id {
+            *shadow = id;
             // SAFETY: `pos < size`, so entry `pos` is inside the avail ring;
             // only the driver writes the avail ring.
             unsafe {
@@ -381,7 +404,7 @@ impl SplitQueue {
 
     /// Takes the next completed entry found by the last [`Self::poll`],
     /// validated.
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self) -> Result<Option<Used>, VqError> {
         if let Some(e) = self.broken {
             return Err(e);
@@ -406,12 +429,13 @@ impl SplitQueue {
                 size: self.size,
             }));
         }
-        let id = e.id as usize;
-        let token = self.tokens[id];
+        // SAFETY: `e.id < size` was checked above and `slots` has `size`
+        // entries.
+        let slot = unsafe { self.slots.get_unchecked_mut(e.id as usize) };
+        let InFlight { token, len: posted } = *slot;
         if token == NO_TOKEN {
             return Err(self.break_with(VqError::IdNotInFlight { id: e.id }));
         }
-        let posted = self.posted_len[id];
         if e.len > posted {
             return Err(self.break_with(VqError::LenTooBig {
                 id: e.id,
@@ -419,8 +443,10 @@ impl SplitQueue {
                 posted,
             }));
         }
-        self.tokens[id] = NO_TOKEN;
-        self.free_ids[self.nfree as usize] = e.id as u16;
+        slot.token = NO_TOKEN;
+        // SAFETY: descriptor `e.id` was in flight, so not every descriptor
+        // is free: `nfree < size`, and `free_ids` has `size` entries.
+        unsafe { *self.free_ids.get_unchecked_mut(self.nfree as usize) = e.id as u16 };
         self.nfree += 1;
         self.last_used = self.last_used.wrapping_add(1);
         self.pending -= 1;

@@ -346,16 +346,23 @@ impl<B: Bus> Port<B> {
     /// Writes a header with `flags` (others zero) in front of buffer `b`.
     #[inline]
     fn write_hdr(&self, b: Buf, flags: u8) {
-        let h = NetHdr {
-            flags,
-            ..NetHdr::default()
-        }
-        .to_bytes();
+        // `NetHdr { flags, ..NetHdr::default() }.to_bytes()`, built in place.
+        let mut h = [0u8; NET_HDR_LEN];
+        h[0] = flags;
         // SAFETY: `b` is this port's buffer (see `buf_ptr`), at least
         // 64 bytes long, so its 12 header bytes are inside mapped memory;
         // the port owns it (rule 1), so nobody else writes it; the write is
         // volatile because the memory is shared.
         unsafe { ptr::write_volatile(self.buf_ptr(b).cast::<[u8; NET_HDR_LEN]>(), h) };
+    }
+
+    /// Reads buffer `b`'s header flags (its first byte), once.
+    #[inline]
+    fn read_hdr_flags(&self, b: Buf) -> u8 {
+        // SAFETY: as in `write_hdr`; a volatile read of one plain byte,
+        // copied out before use, so a peer that rewrites it cannot change
+        // what we decide on.
+        unsafe { ptr::read_volatile(self.buf_ptr(b)) }
     }
 
     /// Reads buffer `b`'s header, once.
@@ -555,6 +562,9 @@ impl<B: Bus> Drop for Port<B> {
         }
     }
 }
+
+/// `write_hdr` and `read_hdr_flags` put the flags in the header's first byte.
+const _: () = assert!(std::mem::offset_of!(NetHdr, flags) == 0);
 
 /// Queue indices, for messages.
 const _: () = assert!(RX_QUEUE == 0 && TX_QUEUE == 1);

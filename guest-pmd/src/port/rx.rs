@@ -106,7 +106,7 @@ impl<B: Bus> Port<B> {
                 Buf::Slot(s) => {
                     // The header is read once, by value: a peer cannot turn
                     // a gift into a packet after the decision.
-                    let gift = self.read_hdr(b).flags & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
+                    let gift = self.read_hdr_flags(b) & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
                     let ok = self.ledger.rx_done(s, gift);
                     debug_assert!(ok, "slot {s} completed but not posted");
                     if gift {
