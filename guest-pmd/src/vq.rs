@@ -412,6 +412,17 @@ impl SplitQueue {
         if self.pending == 0 {
             return Ok(None);
         }
+        self.take().map(Some)
+    }
+
+    /// Takes the next completed entry, validated: [`Self::pop`] without
+    /// its per-entry checks, for a burst loop that calls it at most as
+    /// many times as the last [`Self::poll`] returned and stops at the
+    /// first error (the queue is broken from then on; later bursts see it
+    /// in `poll`).
+    #[inline(always)]
+    pub fn take(&mut self) -> Result<Used, VqError> {
+        debug_assert!(self.broken.is_none() && self.pending > 0);
         let pos = (self.last_used & self.mask) as usize;
         // SAFETY: `pos < size`, so the element lies inside the used ring;
         // it is read by value once (the device may rewrite it later) after
@@ -451,7 +462,7 @@ impl SplitQueue {
         self.last_used = self.last_used.wrapping_add(1);
         self.pending -= 1;
         self.completions += 1;
-        Ok(Some(Used { token, len: e.len }))
+        Ok(Used { token, len: e.len })
     }
 
     #[cold]

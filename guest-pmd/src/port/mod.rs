@@ -390,13 +390,7 @@ impl<B: Bus> Port<B> {
             None => self.alloc_slow()?,
         };
         self.write_hdr(b, 0);
-        Some(Pkt::new(
-            self.id,
-            self.generation,
-            b,
-            0,
-            self.buf_size(b) - HDR,
-        ))
+        Some(Pkt::new(self.id, self.generation, b, 0, self.buf_size(b) - HDR).with_clean_hdr())
     }
 
     #[inline]
@@ -434,15 +428,16 @@ impl<B: Bus> Port<B> {
     /// another port) is ignored and counted.
     #[inline]
     pub fn free(&mut self, pkt: Pkt) {
-        if !self.owns(&pkt) {
+        // The ownership check and the transition are one step: the ledger
+        // (or pool) refuses a buffer that is not held, changing nothing.
+        let freed = pkt.port() == self.id
+            && match pkt.buf() {
+                Buf::Slot(s) => pkt.generation() == self.generation && self.ledger.free(s),
+                Buf::Classic(i) => self.classic.free(i),
+            };
+        if !freed {
             self.stale();
-            return;
         }
-        let ok = match pkt.buf() {
-            Buf::Slot(s) => self.ledger.free(s),
-            Buf::Classic(i) => self.classic.free(i),
-        };
-        debug_assert!(ok, "a checked handle's buffer is held");
     }
 
     #[cold]

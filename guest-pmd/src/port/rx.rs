@@ -84,13 +84,14 @@ impl<B: Bus> Port<B> {
             }
         };
         let mut n = 0;
+        // Counted here, added to the stats once per burst.
+        let (mut gifts, mut slots, mut bytes) = (0u32, 0u32, 0u64);
         for _ in 0..pending {
             if n == out.len() {
                 break;
             }
-            let used = match self.rxq.pop() {
-                Ok(Some(u)) => u,
-                Ok(None) => break,
+            let used = match self.rxq.take() {
+                Ok(u) => u,
                 Err(e) => {
                     self.misbehaved(RX_QUEUE, e);
                     break;
@@ -110,11 +111,10 @@ impl<B: Bus> Port<B> {
                     let ok = self.ledger.rx_done(s, gift);
                     debug_assert!(ok, "slot {s} completed but not posted");
                     if gift {
-                        self.st.gifts_received += 1;
+                        gifts += 1;
                         continue;
                     }
-                    self.st.rx_zero_copy += u64::from(ZC);
-                    self.st.rx_copied += u64::from(!ZC);
+                    slots += 1;
                 }
                 Buf::Classic(i) => {
                     let ok = self.classic.rx_done(i);
@@ -130,10 +130,17 @@ impl<B: Bus> Port<B> {
                 frame,
                 self.buf_size(b) - HDR,
             ));
-            self.st.rx_packets += 1;
-            self.st.rx_bytes += u64::from(frame);
+            bytes += u64::from(frame);
             n += 1;
         }
+        self.st.gifts_received += u64::from(gifts);
+        if ZC {
+            self.st.rx_zero_copy += u64::from(slots);
+        } else {
+            self.st.rx_copied += u64::from(slots);
+        }
+        self.st.rx_packets += n as u64;
+        self.st.rx_bytes += bytes;
         n
     }
 

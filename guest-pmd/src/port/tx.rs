@@ -43,39 +43,58 @@ impl<B: Bus> Port<B> {
         if self.failed.is_some() {
             return 0;
         }
-        let mut sent = 0;
+        // Checked once per burst: the queue's room (only this loop takes
+        // descriptors until the publish below).
+        let mut room = self.txq.room();
+        let (mut slots, mut classic, mut bytes) = (0u32, 0u32, 0u64);
         for i in 0..pkts.len() {
             let Some(pkt) = pkts[i].take() else { continue };
-            if !self.owns(&pkt) {
-                self.stale();
-                continue;
-            }
-            if self.txq.room() == 0 {
+            if room == 0 {
+                if !self.owns(&pkt) {
+                    self.stale();
+                    continue;
+                }
                 pkts[i] = Some(pkt);
                 self.tx_full(&pkts[i..]);
                 break;
             }
+            // The ownership check and the transition are one step: the
+            // ledger (or pool) refuses a buffer the application does not
+            // hold, and changes nothing then.
             let b = pkt.buf();
+            let sent = pkt.port() == self.id
+                && match b {
+                    Buf::Slot(s) => pkt.generation() == self.generation && self.ledger.send(s),
+                    Buf::Classic(i) => self.classic.send(i),
+                };
+            if !sent {
+                self.stale();
+                continue;
+            }
             let len = pkt.len() as u32;
-            self.write_hdr(b, 0);
+            if !pkt.hdr_clean() {
+                // A received packet sent on: its header is the peer's.
+                self.write_hdr(b, 0);
+            }
             let pushed = self.txq.push(self.buf_addr(b), HDR + len, 0, b.token());
             debug_assert!(pushed);
-            let ok = match b {
-                Buf::Slot(s) => {
-                    self.st.tx_zero_copy += u64::from(ZC);
-                    self.st.tx_copied += u64::from(!ZC);
-                    self.ledger.send(s)
-                }
-                Buf::Classic(i) => {
-                    self.st.tx_copied += 1;
-                    self.classic.send(i)
-                }
-            };
-            debug_assert!(ok, "a checked handle's buffer is held");
-            self.st.tx_packets += 1;
-            self.st.tx_bytes += u64::from(len);
-            sent += 1;
+            room -= 1;
+            if pkt.is_slot() {
+                slots += 1;
+            } else {
+                classic += 1;
+            }
+            bytes += u64::from(len);
         }
+        let sent = slots + classic;
+        if ZC {
+            self.st.tx_zero_copy += u64::from(slots);
+        } else {
+            self.st.tx_copied += u64::from(slots);
+        }
+        self.st.tx_copied += u64::from(classic);
+        self.st.tx_packets += u64::from(sent);
+        self.st.tx_bytes += bytes;
         if ZC {
             self.push_gifts();
         }
@@ -85,7 +104,7 @@ impl<B: Bus> Port<B> {
             // queue, so the peer can send them back.
             self.refill_rx();
         }
-        sent
+        sent as usize
     }
 
     #[cold]
@@ -115,9 +134,8 @@ impl<B: Bus> Port<B> {
             Err(e) => return self.misbehaved(TX_QUEUE, e),
         };
         for _ in 0..pending {
-            let used = match self.txq.pop() {
-                Ok(Some(u)) => u,
-                Ok(None) => break,
+            let used = match self.txq.take() {
+                Ok(u) => u,
                 Err(e) => return self.misbehaved(TX_QUEUE, e),
             };
             let ok = match Buf::from_token(used.token) {
@@ -187,7 +205,8 @@ impl<B: Bus> Port<B> {
             debug_assert!(pushed);
             posted += 1;
         }
-        while self.ledger.unposted() > 0 && self.rxq.room() > 0 {
+        let post = self.ledger.unposted().min(u32::from(self.rxq.room()));
+        for _ in 0..post {
             let Some(s) = self.ledger.next_to_post() else {
                 break;
             };
