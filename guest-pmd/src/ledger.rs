@@ -43,6 +43,13 @@ pub enum SlotState {
 
 const STATES: usize = 5;
 
+/// States whose count is a length (the free stack's, the post queue's)
+/// rather than an entry of `Ledger::counts`.
+#[inline(always)]
+const fn untracked(st: SlotState) -> bool {
+    matches!(st, SlotState::Free | SlotState::PeerUnposted)
+}
+
 /// The ledger of a region of `len()` slots.
 pub struct Ledger {
     state: Box<[SlotState]>,
@@ -51,6 +58,8 @@ pub struct Ledger {
     unposted: Box<[u32]>,
     un_head: u32,
     un_len: u32,
+    /// Slots per state, for the states `untracked` does not name (those
+    /// entries stay 0: `nfree` and `un_len` count them).
     counts: [u32; STATES],
 }
 
@@ -86,7 +95,6 @@ impl Ledger {
                 self.state[s as usize] = SlotState::Free;
                 self.free[self.nfree as usize] = s;
                 self.nfree += 1;
-                self.counts[SlotState::Free as usize] += 1;
             }
         }
         for s in 0..n {
@@ -109,7 +117,11 @@ impl Ledger {
 
     /// Slots in `st`.
     pub fn count(&self, st: SlotState) -> u32 {
-        self.counts[st as usize]
+        match st {
+            SlotState::Free => self.nfree,
+            SlotState::PeerUnposted => self.un_len,
+            _ => self.counts[st as usize],
+        }
     }
 
     /// A snapshot of all counts.
@@ -137,8 +149,15 @@ impl Ledger {
         // SAFETY: `s < len()` (the caller's precondition above) and
         // `state` has `len()` entries.
         unsafe { *self.state.get_unchecked_mut(s as usize) = to };
-        self.counts[from as usize] -= 1;
-        self.counts[to as usize] += 1;
+        // `Free` and `PeerUnposted` are counted by their stack and queue
+        // lengths; `from` and `to` are constants once inlined, so these
+        // tests cost nothing.
+        if !untracked(from) {
+            self.counts[from as usize] -= 1;
+        }
+        if !untracked(to) {
+            self.counts[to as usize] += 1;
+        }
     }
 
     /// Pushes `s` (below `len()`, not on the stack) on the free stack.
@@ -168,7 +187,6 @@ impl Ledger {
         // fewer than `n` are queued before this push).
         unsafe { *self.unposted.get_unchecked_mut(tail as usize) = s };
         self.un_len += 1;
-        self.counts[SlotState::PeerUnposted as usize] += 1;
     }
 
     /// Takes a free slot for the application: `Free → Held`.
@@ -286,11 +304,16 @@ impl Ledger {
         for st in self.state.iter() {
             counts[*st as usize] += 1;
         }
-        if counts != self.counts {
-            return Err(format!(
-                "counts {:?} but states say {counts:?}",
-                self.counts
-            ));
+        let recorded = [
+            SlotState::Free,
+            SlotState::Held,
+            SlotState::InFlightTx,
+            SlotState::PeerPosted,
+            SlotState::PeerUnposted,
+        ]
+        .map(|st| self.count(st));
+        if counts != recorded {
+            return Err(format!("counts {recorded:?} but states say {counts:?}"));
         }
         if counts.iter().sum::<u32>() != n {
             return Err("counts do not add up to the slot count".into());

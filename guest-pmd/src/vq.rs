@@ -152,8 +152,9 @@ pub struct SplitQueue {
     published: u16,
     /// The next used entry to consume.
     last_used: u16,
-    /// Entries known to be completed by the last [`Self::poll`].
-    pending: u16,
+    /// `used.idx` as the last [`Self::poll`] saw it: entries from
+    /// `last_used` up to it are completed and not consumed yet.
+    seen_used: u16,
     /// Free descriptor indices (a stack).
     free_ids: Box<[u16]>,
     nfree: u16,
@@ -217,7 +218,7 @@ impl SplitQueue {
             next_avail: 0,
             published: 0,
             last_used: 0,
-            pending: 0,
+            seen_used: 0,
             free_ids: (0..size).rev().collect(),
             nfree: size,
             slots: vec![
@@ -398,7 +399,7 @@ impl SplitQueue {
                 in_flight,
             }));
         }
-        self.pending = advanced;
+        self.seen_used = idx;
         Ok(advanced)
     }
 
@@ -409,7 +410,7 @@ impl SplitQueue {
         if let Some(e) = self.broken {
             return Err(e);
         }
-        if self.pending == 0 {
+        if self.seen_used == self.last_used {
             return Ok(None);
         }
         self.take().map(Some)
@@ -422,7 +423,7 @@ impl SplitQueue {
     /// in `poll`).
     #[inline(always)]
     pub fn take(&mut self) -> Result<Used, VqError> {
-        debug_assert!(self.broken.is_none() && self.pending > 0);
+        debug_assert!(self.broken.is_none() && self.seen_used != self.last_used);
         let pos = (self.last_used & self.mask) as usize;
         // SAFETY: `pos < size`, so the element lies inside the used ring;
         // it is read by value once (the device may rewrite it later) after
@@ -460,7 +461,6 @@ impl SplitQueue {
         unsafe { *self.free_ids.get_unchecked_mut(self.nfree as usize) = e.id as u16 };
         self.nfree += 1;
         self.last_used = self.last_used.wrapping_add(1);
-        self.pending -= 1;
         self.completions += 1;
         Ok(Used { token, len: e.len })
     }
