@@ -13,6 +13,7 @@
 //! | `alloc` | `Free` | `Held` | the application asks for a buffer |
 //! | `free` | `Held` | `Free` | the application gives it back |
 //! | `send` | `Held` | `InFlightTx` | it goes on the transmit queue (packet or gift) |
+//! | `gift` | `Free` | `InFlightTx` | `alloc` + `send` of a gift, in one step |
 //! | `tx_done(passed)` | `InFlightTx` | `PeerUnposted` | zero-copy: the send gave it away |
 //! | `tx_done(!passed)` | `InFlightTx` | `Free` | copy mode: it stays mine |
 //! | `next_to_post` | `PeerUnposted` | `PeerPosted` | posted on the receive queue |
@@ -199,6 +200,20 @@ impl Ledger {
         // SAFETY: `nfree < len()` now, the array's length.
         let s = unsafe { *self.free.get_unchecked(self.nfree as usize) };
         self.set(s, SlotState::Free, SlotState::Held);
+        Some(s)
+    }
+
+    /// Takes a free slot to gift: `Free → InFlightTx` in one step (`alloc`
+    /// then `send`).
+    #[inline]
+    pub fn gift(&mut self) -> Option<u32> {
+        if self.nfree == 0 {
+            return None;
+        }
+        self.nfree -= 1;
+        // SAFETY: `nfree < len()` now, the array's length.
+        let s = unsafe { *self.free.get_unchecked(self.nfree as usize) };
+        self.set(s, SlotState::Free, SlotState::InFlightTx);
         Some(s)
     }
 

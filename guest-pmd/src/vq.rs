@@ -310,44 +310,70 @@ impl SplitQueue {
     /// no descriptor is free.
     #[inline(always)]
     pub fn push(&mut self, addr: u64, len: u32, flags: u16, token: u32) -> bool {
-        debug_assert_ne!(token, NO_TOKEN);
-        if self.nfree == 0 {
-            return false;
-        }
-        self.nfree -= 1;
-        // SAFETY: `nfree < size` now, and `free_ids` has `size` entries.
-        let id = unsafe { *self.free_ids.get_unchecked(self.nfree as usize) };
-        let d = Desc {
-            addr,
-            len,
-            flags,
-            next: 0,
-        };
-        // SAFETY: `id < size` (free_ids only holds indices below size), so
-        // the descriptor lies inside the table; the table is written only by
-        // the driver, and the device reads it only after the Release store
-        // in `publish`.
-        unsafe { ptr::write_volatile(self.desc.add(id as usize), d) };
-        // SAFETY: `id < size` (as above) and `slots` has `size` entries.
-        unsafe { *self.slots.get_unchecked_mut(id as usize) = InFlight { token, len } };
-        let pos = (self.next_avail & self.mask) as usize;
-        // SAFETY: `pos <= mask < size` and `avail_shadow` has `size` entries.
-        let shadow = unsafe { self.avail_shadow.get_unchecked_mut(pos) };
-        if *shadow != id {
-            *shadow = id;
-            // SAFETY: `pos < size`, so entry `pos` is inside the avail ring;
-            // only the driver writes the avail ring.
-            unsafe {
-                ptr::write_volatile(
-                    self.avail
-                        .add(RING_ENTRIES as usize + 2 * pos)
-                        .cast::<u16>(),
-                    id,
-                )
+        let mut one = Some((addr, len, token));
+        self.push_each(1, flags, || one.take()) == 1
+    }
+
+    /// Pushes up to `max` buffers with `flags`, as [`Self::push`] does one:
+    /// `next` gives each one's address, length and token (`None` stops).
+    /// Returns how many were pushed (never more than [`Self::room`]). The
+    /// queue's indices stay in registers for the whole loop.
+    #[inline(always)]
+    pub fn push_each(
+        &mut self,
+        max: u16,
+        flags: u16,
+        mut next: impl FnMut() -> Option<(u64, u32, u32)>,
+    ) -> u16 {
+        let max = max.min(self.nfree);
+        let (desc, avail, mask) = (self.desc, self.avail, self.mask);
+        let mut nfree = self.nfree;
+        let mut next_avail = self.next_avail;
+        let mut k = 0;
+        while k < max {
+            let Some((addr, len, token)) = next() else {
+                break;
             };
+            debug_assert_ne!(token, NO_TOKEN);
+            nfree -= 1;
+            // SAFETY: `nfree < self.nfree <= size` (at most `self.nfree`
+            // iterations), and `free_ids` has `size` entries.
+            let id = unsafe { *self.free_ids.get_unchecked(nfree as usize) };
+            // SAFETY: `id < size` (free_ids only holds indices below size),
+            // so the descriptor lies inside the table; the table is written
+            // only by the driver, and the device reads it only after the
+            // Release store in `publish`. Field by field: a whole-struct
+            // volatile write goes through a stack copy.
+            unsafe {
+                let d = desc.add(id as usize);
+                ptr::addr_of_mut!((*d).addr).write_volatile(addr);
+                ptr::addr_of_mut!((*d).len).write_volatile(len);
+                ptr::addr_of_mut!((*d).flags).write_volatile(flags);
+                ptr::addr_of_mut!((*d).next).write_volatile(0);
+            }
+            // SAFETY: `id < size` (as above) and `slots` has `size` entries.
+            unsafe { *self.slots.get_unchecked_mut(id as usize) = InFlight { token, len } };
+            let pos = (next_avail & mask) as usize;
+            // SAFETY: `pos <= mask < size` and `avail_shadow` has `size`
+            // entries.
+            let shadow = unsafe { self.avail_shadow.get_unchecked_mut(pos) };
+            if *shadow != id {
+                *shadow = id;
+                // SAFETY: `pos < size`, so entry `pos` is inside the avail
+                // ring; only the driver writes the avail ring.
+                unsafe {
+                    ptr::write_volatile(
+                        avail.add(RING_ENTRIES as usize + 2 * pos).cast::<u16>(),
+                        id,
+                    )
+                };
+            }
+            next_avail = next_avail.wrapping_add(1);
+            k += 1;
         }
-        self.next_avail = self.next_avail.wrapping_add(1);
-        true
+        self.nfree = nfree;
+        self.next_avail = next_avail;
+        k
     }
 
     /// Makes every pushed entry visible to the device with one store of
@@ -410,59 +436,67 @@ impl SplitQueue {
         if let Some(e) = self.broken {
             return Err(e);
         }
-        if self.seen_used == self.last_used {
-            return Ok(None);
-        }
-        self.take().map(Some)
+        let mut got = None;
+        self.take_each(1, |u| {
+            got = Some(u);
+            true
+        })?;
+        Ok(got)
     }
 
-    /// Takes the next completed entry, validated: [`Self::pop`] without
-    /// its per-entry checks, for a burst loop that calls it at most as
-    /// many times as the last [`Self::poll`] returned and stops at the
-    /// first error (the queue is broken from then on; later bursts see it
-    /// in `poll`).
+    /// Takes up to `max` of the entries the last [`Self::poll`] found, each
+    /// validated, and hands each to `f`; stops early when `f` returns
+    /// false. Returns how many were taken, or the first error (the queue
+    /// is broken from then on). The queue's indices stay in registers for
+    /// the whole loop.
     #[inline(always)]
-    pub fn take(&mut self) -> Result<Used, VqError> {
-        debug_assert!(self.broken.is_none() && self.seen_used != self.last_used);
-        let pos = (self.last_used & self.mask) as usize;
-        // SAFETY: `pos < size`, so the element lies inside the used ring;
-        // it is read by value once (the device may rewrite it later) after
-        // the Acquire load in `poll` that covers it.
-        let e: UsedElem = unsafe {
-            ptr::read_volatile(
-                self.used
-                    .add(RING_ENTRIES as usize + pos * core::mem::size_of::<UsedElem>())
-                    .cast::<UsedElem>(),
-            )
-        };
-        if e.id >= u32::from(self.size) {
-            return Err(self.break_with(VqError::IdOutOfRange {
-                id: e.id,
-                size: self.size,
-            }));
+    pub fn take_each(&mut self, max: u16, mut f: impl FnMut(Used) -> bool) -> Result<u16, VqError> {
+        debug_assert!(self.broken.is_none());
+        let max = max.min(self.seen_used.wrapping_sub(self.last_used));
+        let (used, mask, size) = (self.used, self.mask, self.size);
+        let mut k = 0;
+        while k < max {
+            let pos = (self.last_used & mask) as usize;
+            // SAFETY: `pos < size`, so the element lies inside the used
+            // ring; it is read by value once (the device may rewrite it
+            // later) after the Acquire load in `poll` that covers it.
+            let e: UsedElem = unsafe {
+                ptr::read_volatile(
+                    used.add(RING_ENTRIES as usize + pos * core::mem::size_of::<UsedElem>())
+                        .cast::<UsedElem>(),
+                )
+            };
+            if e.id >= u32::from(size) {
+                return Err(self.break_with(VqError::IdOutOfRange { id: e.id, size }));
+            }
+            // SAFETY: `e.id < size` was checked above and `slots` has
+            // `size` entries.
+            let slot = unsafe { self.slots.get_unchecked_mut(e.id as usize) };
+            let InFlight { token, len: posted } = *slot;
+            if token == NO_TOKEN {
+                return Err(self.break_with(VqError::IdNotInFlight { id: e.id }));
+            }
+            if e.len > posted {
+                return Err(self.break_with(VqError::LenTooBig {
+                    id: e.id,
+                    len: e.len,
+                    posted,
+                }));
+            }
+            slot.token = NO_TOKEN;
+            // SAFETY: descriptor `e.id` was in flight, so not every
+            // descriptor is free: `nfree < size`, and `free_ids` has
+            // `size` entries.
+            unsafe { *self.free_ids.get_unchecked_mut(self.nfree as usize) = e.id as u16 };
+            self.nfree += 1;
+            self.last_used = self.last_used.wrapping_add(1);
+            k += 1;
+            if !f(Used { token, len: e.len }) {
+                break;
+            }
         }
-        // SAFETY: `e.id < size` was checked above and `slots` has `size`
-        // entries.
-        let slot = unsafe { self.slots.get_unchecked_mut(e.id as usize) };
-        let InFlight { token, len: posted } = *slot;
-        if token == NO_TOKEN {
-            return Err(self.break_with(VqError::IdNotInFlight { id: e.id }));
-        }
-        if e.len > posted {
-            return Err(self.break_with(VqError::LenTooBig {
-                id: e.id,
-                len: e.len,
-                posted,
-            }));
-        }
-        slot.token = NO_TOKEN;
-        // SAFETY: descriptor `e.id` was in flight, so not every descriptor
-        // is free: `nfree < size`, and `free_ids` has `size` entries.
-        unsafe { *self.free_ids.get_unchecked_mut(self.nfree as usize) = e.id as u16 };
-        self.nfree += 1;
-        self.last_used = self.last_used.wrapping_add(1);
-        self.completions += 1;
-        Ok(Used { token, len: e.len })
+        self.completions += u64::from(k);
+        Ok(k)
     }
 
     #[cold]
