@@ -327,6 +327,10 @@ impl SplitQueue {
     ) -> u16 {
         let max = max.min(self.nfree);
         let (desc, avail, mask) = (self.desc, self.avail, self.mask);
+        // Locals, written back once: the compiler cannot keep fields of
+        // `self` in registers across the stores through `next`.
+        let (slots, free_ids) = (self.slots.as_mut_ptr(), self.free_ids.as_mut_ptr());
+        let shadows = self.avail_shadow.as_mut_ptr();
         let mut nfree = self.nfree;
         let mut next_avail = self.next_avail;
         let mut k = 0;
@@ -338,7 +342,7 @@ impl SplitQueue {
             nfree -= 1;
             // SAFETY: `nfree < self.nfree <= size` (at most `self.nfree`
             // iterations), and `free_ids` has `size` entries.
-            let id = unsafe { *self.free_ids.get_unchecked(nfree as usize) };
+            let id = unsafe { *free_ids.add(nfree as usize) };
             // SAFETY: `id < size` (free_ids only holds indices below size),
             // so the descriptor lies inside the table; the table is written
             // only by the driver, and the device reads it only after the
@@ -351,12 +355,14 @@ impl SplitQueue {
                 ptr::addr_of_mut!((*d).flags).write_volatile(flags);
                 ptr::addr_of_mut!((*d).next).write_volatile(0);
             }
-            // SAFETY: `id < size` (as above) and `slots` has `size` entries.
-            unsafe { *self.slots.get_unchecked_mut(id as usize) = InFlight { token, len } };
+            // SAFETY: `id < size` (as above) and `slots` has `size` entries;
+            // the queue is borrowed mutably for the loop, so `next` cannot
+            // reach these arrays and no reference to them is alive.
+            unsafe { *slots.add(id as usize) = InFlight { token, len } };
             let pos = (next_avail & mask) as usize;
             // SAFETY: `pos <= mask < size` and `avail_shadow` has `size`
-            // entries.
-            let shadow = unsafe { self.avail_shadow.get_unchecked_mut(pos) };
+            // entries; as above, nothing else references it.
+            let shadow = unsafe { &mut *shadows.add(pos) };
             if *shadow != id {
                 *shadow = id;
                 // SAFETY: `pos < size`, so entry `pos` is inside the avail
@@ -454,9 +460,14 @@ impl SplitQueue {
         debug_assert!(self.broken.is_none());
         let max = max.min(self.seen_used.wrapping_sub(self.last_used));
         let (used, mask, size) = (self.used, self.mask, self.size);
+        // Locals, written back once: the compiler cannot keep fields of
+        // `self` in registers across the stores through `f`.
+        let (slots, free_ids) = (self.slots.as_mut_ptr(), self.free_ids.as_mut_ptr());
+        let (mut last_used, mut nfree) = (self.last_used, self.nfree);
         let mut k = 0;
+        let mut err = None;
         while k < max {
-            let pos = (self.last_used & mask) as usize;
+            let pos = (last_used & mask) as usize;
             // SAFETY: `pos < size`, so the element lies inside the used
             // ring; it is read by value once (the device may rewrite it
             // later) after the Acquire load in `poll` that covers it.
@@ -467,36 +478,45 @@ impl SplitQueue {
                 )
             };
             if e.id >= u32::from(size) {
-                return Err(self.break_with(VqError::IdOutOfRange { id: e.id, size }));
+                err = Some(VqError::IdOutOfRange { id: e.id, size });
+                break;
             }
             // SAFETY: `e.id < size` was checked above and `slots` has
-            // `size` entries.
-            let slot = unsafe { self.slots.get_unchecked_mut(e.id as usize) };
+            // `size` entries; nothing else references them during the loop
+            // (`f` cannot reach the queue).
+            let slot = unsafe { &mut *slots.add(e.id as usize) };
             let InFlight { token, len: posted } = *slot;
             if token == NO_TOKEN {
-                return Err(self.break_with(VqError::IdNotInFlight { id: e.id }));
+                err = Some(VqError::IdNotInFlight { id: e.id });
+                break;
             }
             if e.len > posted {
-                return Err(self.break_with(VqError::LenTooBig {
+                err = Some(VqError::LenTooBig {
                     id: e.id,
                     len: e.len,
                     posted,
-                }));
+                });
+                break;
             }
             slot.token = NO_TOKEN;
             // SAFETY: descriptor `e.id` was in flight, so not every
             // descriptor is free: `nfree < size`, and `free_ids` has
             // `size` entries.
-            unsafe { *self.free_ids.get_unchecked_mut(self.nfree as usize) = e.id as u16 };
-            self.nfree += 1;
-            self.last_used = self.last_used.wrapping_add(1);
+            unsafe { *free_ids.add(nfree as usize) = e.id as u16 };
+            nfree += 1;
+            last_used = last_used.wrapping_add(1);
             k += 1;
             if !f(Used { token, len: e.len }) {
                 break;
             }
         }
+        self.last_used = last_used;
+        self.nfree = nfree;
         self.completions += u64::from(k);
-        Ok(k)
+        match err {
+            Some(e) => Err(self.break_with(e)),
+            None => Ok(k),
+        }
     }
 
     #[cold]
