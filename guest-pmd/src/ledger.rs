@@ -193,27 +193,26 @@ impl Ledger {
     /// Takes a free slot for the application: `Free → Held`.
     #[inline]
     pub fn alloc(&mut self) -> Option<u32> {
-        if self.nfree == 0 {
-            return None;
-        }
-        self.nfree -= 1;
-        // SAFETY: `nfree < len()` now, the array's length.
-        let s = unsafe { *self.free.get_unchecked(self.nfree as usize) };
-        self.set(s, SlotState::Free, SlotState::Held);
-        Some(s)
+        self.take_free(SlotState::Held)
     }
 
     /// Takes a free slot to gift: `Free → InFlightTx` in one step (`alloc`
     /// then `send`).
     #[inline]
     pub fn gift(&mut self) -> Option<u32> {
+        self.take_free(SlotState::InFlightTx)
+    }
+
+    /// Pops the free stack: `Free → to`.
+    #[inline(always)]
+    fn take_free(&mut self, to: SlotState) -> Option<u32> {
         if self.nfree == 0 {
             return None;
         }
         self.nfree -= 1;
         // SAFETY: `nfree < len()` now, the array's length.
         let s = unsafe { *self.free.get_unchecked(self.nfree as usize) };
-        self.set(s, SlotState::Free, SlotState::InFlightTx);
+        self.set(s, SlotState::Free, to);
         Some(s)
     }
 
@@ -402,6 +401,17 @@ mod tests {
     }
 
     #[test]
+    fn gift_takes_a_free_slot_straight_to_in_flight() {
+        let mut l = Ledger::new(2, |s| s == 0);
+        assert_eq!(l.gift(), Some(0));
+        assert_eq!(l.state(0), Some(SlotState::InFlightTx));
+        assert_eq!(l.gift(), None, "no free slot left");
+        assert!(l.tx_done(0, true));
+        assert_eq!(l.state(0), Some(SlotState::PeerUnposted));
+        l.check().unwrap();
+    }
+
+    #[test]
     fn copy_mode_send_returns() {
         let mut l = Ledger::new(2, |_| true);
         let s = l.alloc().unwrap();
@@ -414,6 +424,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Alloc,
+        Gift,
         Free(u32),
         Send(u32),
         TxDone(u32, bool),
@@ -426,6 +437,7 @@ mod tests {
     fn op(n: u32) -> impl Strategy<Value = Op> {
         prop_oneof![
             Just(Op::Alloc),
+            Just(Op::Gift),
             (0..n + 2).prop_map(Op::Free),
             (0..n + 2).prop_map(Op::Send),
             ((0..n + 2), any::<bool>()).prop_map(|(s, p)| Op::TxDone(s, p)),
@@ -448,6 +460,7 @@ mod tests {
                 let before = l.state.clone();
                 let applied = match op {
                     Op::Alloc => l.alloc().is_some(),
+                    Op::Gift => l.gift().is_some(),
                     Op::Free(s) => l.free(s),
                     Op::Send(s) => l.send(s),
                     Op::TxDone(s, p) => l.tx_done(s, p),

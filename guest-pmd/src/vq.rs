@@ -637,6 +637,73 @@ mod tests {
         assert_eq!(tokens, (100..108).collect::<Vec<_>>());
     }
 
+    #[test]
+    fn batches_push_and_take_and_stop_where_asked() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        let mut next = 0u32;
+        // Asked for more than the room: only `SIZE` go.
+        let pushed = q.push_each(SIZE + 3, 0, || {
+            next += 1;
+            Some((0x1000 * u64::from(next), 64, next))
+        });
+        assert_eq!(pushed, SIZE);
+        assert_eq!(q.room(), 0);
+        assert!(!q.push(0, 64, 0, 99));
+        q.publish();
+        let got: Vec<_> = std::iter::from_fn(|| dev.next_avail()).collect();
+        assert_eq!(got.len(), usize::from(SIZE));
+        for (id, d) in &got {
+            dev.push_used(u32::from(*id), d.len);
+        }
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(SIZE));
+        // `f` returning false stops after that entry.
+        let mut seen = Vec::new();
+        let taken = q.take_each(SIZE, |u| {
+            seen.push(u.token);
+            seen.len() < 3
+        });
+        assert_eq!(taken, Ok(3));
+        assert_eq!(seen, vec![1, 2, 3]);
+        // `max` bounds the rest; what is left is still there.
+        assert_eq!(q.take_each(2, |_| true), Ok(2));
+        assert_eq!(q.take_each(SIZE, |_| true), Ok(SIZE - 5));
+        assert_eq!(q.completions(), u64::from(SIZE));
+        assert_eq!(q.room(), SIZE);
+    }
+
+    #[test]
+    fn a_bad_entry_mid_batch_keeps_the_good_ones_before_it() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        for t in 0..2 {
+            assert!(q.push(0x1000, 64, 0, t));
+        }
+        q.publish();
+        let (id, _) = dev.next_avail().unwrap();
+        dev.push_used(u32::from(id), 0);
+        dev.push_used(u32::from(SIZE) + 1, 0);
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(2));
+        let mut seen = Vec::new();
+        let r = q.take_each(2, |u| {
+            seen.push(u.token);
+            true
+        });
+        assert_eq!(
+            r,
+            Err(VqError::IdOutOfRange {
+                id: u32::from(SIZE) + 1,
+                size: SIZE
+            })
+        );
+        assert_eq!(seen, vec![0]);
+        assert_eq!(q.completions(), 1);
+        assert_eq!(q.room(), SIZE - 1);
+        assert!(q.broken().is_some());
+    }
+
     fn one_in_flight() -> (DmaArena, SplitQueue, DeviceRing, u16) {
         let mut arena = DmaArena::new();
         let (mut q, mut dev) = queue(&mut arena, SIZE);
