@@ -44,11 +44,14 @@ pub enum SlotState {
 
 const STATES: usize = 5;
 
-/// States whose count is a length (the free stack's, the post queue's)
-/// rather than an entry of `Ledger::counts`.
+/// States whose count is not an entry of `Ledger::counts`: a length (the
+/// free stack's, the post queue's) or, for `Held`, what the others leave.
 #[inline(always)]
 const fn untracked(st: SlotState) -> bool {
-    matches!(st, SlotState::Free | SlotState::PeerUnposted)
+    matches!(
+        st,
+        SlotState::Free | SlotState::Held | SlotState::PeerUnposted
+    )
 }
 
 /// The ledger of a region of `len()` slots.
@@ -59,8 +62,8 @@ pub struct Ledger {
     unposted: Box<[u32]>,
     un_head: u32,
     un_len: u32,
-    /// Slots per state, for the states `untracked` does not name (those
-    /// entries stay 0: `nfree` and `un_len` count them).
+    /// Slots per state, for the states `untracked` does not name (the
+    /// other entries stay 0; `count` derives them).
     counts: [u32; STATES],
 }
 
@@ -121,6 +124,14 @@ impl Ledger {
         match st {
             SlotState::Free => self.nfree,
             SlotState::PeerUnposted => self.un_len,
+            // Every slot is in exactly one state.
+            SlotState::Held => {
+                self.len()
+                    - self.nfree
+                    - self.un_len
+                    - self.counts[SlotState::InFlightTx as usize]
+                    - self.counts[SlotState::PeerPosted as usize]
+            }
             _ => self.counts[st as usize],
         }
     }
@@ -150,9 +161,9 @@ impl Ledger {
         // SAFETY: `s < len()` (the caller's precondition above) and
         // `state` has `len()` entries.
         unsafe { *self.state.get_unchecked_mut(s as usize) = to };
-        // `Free` and `PeerUnposted` are counted by their stack and queue
-        // lengths; `from` and `to` are constants once inlined, so these
-        // tests cost nothing.
+        // Only `InFlightTx` and `PeerPosted` are counted here (see
+        // `untracked`); `from` and `to` are constants once inlined, so
+        // these tests cost nothing.
         if !untracked(from) {
             self.counts[from as usize] -= 1;
         }
