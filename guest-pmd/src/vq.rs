@@ -11,9 +11,11 @@
 //! descriptor is simply an unused index.
 //!
 //! Per burst the caller does: [`SplitQueue::poll`] (one Acquire load of
-//! `used.idx`), [`SplitQueue::pop`] per completed entry, [`SplitQueue::push`]
-//! per new buffer, then one [`SplitQueue::publish`] (one Release store of
-//! `avail.idx`) and one [`SplitQueue::needs_notify`] decision.
+//! `used.idx`), [`SplitQueue::take_each`] for the completed entries (or
+//! [`SplitQueue::pop`] one at a time), [`SplitQueue::push_each`] for the new
+//! buffers (or [`SplitQueue::push`]), then one [`SplitQueue::publish`] (one
+//! Release store of `avail.idx`) and one [`SplitQueue::needs_notify`]
+//! decision.
 //!
 //! Everything the device writes is validated before use: `used.idx` may not
 //! run ahead of what is in flight, a used entry must name a descriptor that
