@@ -13,6 +13,7 @@
 //! | `alloc` | `Free` | `Held` | the application asks for a buffer |
 //! | `free` | `Held` | `Free` | the application gives it back |
 //! | `send` | `Held` | `InFlightTx` | it goes on the transmit queue (packet or gift) |
+//! | `gift` | `Free` | `InFlightTx` | `alloc` + `send` of a gift, in one step |
 //! | `tx_done(passed)` | `InFlightTx` | `PeerUnposted` | zero-copy: the send gave it away |
 //! | `tx_done(!passed)` | `InFlightTx` | `Free` | copy mode: it stays mine |
 //! | `next_to_post` | `PeerUnposted` | `PeerPosted` | posted on the receive queue |
@@ -43,6 +44,16 @@ pub enum SlotState {
 
 const STATES: usize = 5;
 
+/// States whose count is not an entry of `Ledger::counts`: a length (the
+/// free stack's, the post queue's) or, for `Held`, what the others leave.
+#[inline(always)]
+const fn untracked(st: SlotState) -> bool {
+    matches!(
+        st,
+        SlotState::Free | SlotState::Held | SlotState::PeerUnposted
+    )
+}
+
 /// The ledger of a region of `len()` slots.
 pub struct Ledger {
     state: Box<[SlotState]>,
@@ -51,6 +62,8 @@ pub struct Ledger {
     unposted: Box<[u32]>,
     un_head: u32,
     un_len: u32,
+    /// Slots per state, for the states `untracked` does not name (the
+    /// other entries stay 0; `count` derives them).
     counts: [u32; STATES],
 }
 
@@ -86,7 +99,6 @@ impl Ledger {
                 self.state[s as usize] = SlotState::Free;
                 self.free[self.nfree as usize] = s;
                 self.nfree += 1;
-                self.counts[SlotState::Free as usize] += 1;
             }
         }
         for s in 0..n {
@@ -109,7 +121,19 @@ impl Ledger {
 
     /// Slots in `st`.
     pub fn count(&self, st: SlotState) -> u32 {
-        self.counts[st as usize]
+        match st {
+            SlotState::Free => self.nfree,
+            SlotState::PeerUnposted => self.un_len,
+            // Every slot is in exactly one state.
+            SlotState::Held => {
+                self.len()
+                    - self.nfree
+                    - self.un_len
+                    - self.counts[SlotState::InFlightTx as usize]
+                    - self.counts[SlotState::PeerPosted as usize]
+            }
+            _ => self.counts[st as usize],
+        }
     }
 
     /// A snapshot of all counts.
@@ -128,37 +152,78 @@ impl Ledger {
         self.state.get(s as usize) == Some(&st)
     }
 
-    #[inline]
+    /// Moves slot `s` from `from` to `to`. `s` must be below `len()`:
+    /// callers pass a slot `is` just checked or one taken from the free
+    /// stack or the post queue, which only hold such slots.
+    #[inline(always)]
     fn set(&mut self, s: u32, from: SlotState, to: SlotState) {
-        self.state[s as usize] = to;
-        self.counts[from as usize] -= 1;
-        self.counts[to as usize] += 1;
+        debug_assert!(s < self.len());
+        // SAFETY: `s < len()` (the caller's precondition above) and
+        // `state` has `len()` entries.
+        unsafe { *self.state.get_unchecked_mut(s as usize) = to };
+        // Only `InFlightTx` and `PeerPosted` are counted here (see
+        // `untracked`); `from` and `to` are constants once inlined, so
+        // these tests cost nothing.
+        if !untracked(from) {
+            self.counts[from as usize] -= 1;
+        }
+        if !untracked(to) {
+            self.counts[to as usize] += 1;
+        }
     }
 
-    #[inline]
+    /// Pushes `s` (below `len()`, not on the stack) on the free stack.
+    #[inline(always)]
     fn push_free(&mut self, s: u32) {
-        self.free[self.nfree as usize] = s;
+        debug_assert!(self.nfree < self.len());
+        // SAFETY: each slot is on the free stack at most once (it is
+        // pushed only when it becomes `Free`), so the stack holds fewer
+        // than `len()` slots before this push: `nfree < len()`, the
+        // array's length.
+        unsafe { *self.free.get_unchecked_mut(self.nfree as usize) = s };
         self.nfree += 1;
     }
 
-    #[inline]
+    /// Appends `s` (not queued yet) to the post queue.
+    #[inline(always)]
     fn push_unposted(&mut self, s: u32) {
         let n = self.len();
-        let tail = (self.un_head + self.un_len) % n;
-        self.unposted[tail as usize] = s;
+        debug_assert!(self.un_len < n && self.un_head < n);
+        // A wrap by subtraction: `un_head < n` and `un_len < n`.
+        let mut tail = self.un_head + self.un_len;
+        if tail >= n {
+            tail -= n;
+        }
+        // SAFETY: `tail < n`, the array's length (both terms are below
+        // `n`: the head is an index, and a slot is queued at most once, so
+        // fewer than `n` are queued before this push).
+        unsafe { *self.unposted.get_unchecked_mut(tail as usize) = s };
         self.un_len += 1;
-        self.counts[SlotState::PeerUnposted as usize] += 1;
     }
 
     /// Takes a free slot for the application: `Free → Held`.
     #[inline]
     pub fn alloc(&mut self) -> Option<u32> {
+        self.take_free(SlotState::Held)
+    }
+
+    /// Takes a free slot to gift: `Free → InFlightTx` in one step (`alloc`
+    /// then `send`).
+    #[inline]
+    pub fn gift(&mut self) -> Option<u32> {
+        self.take_free(SlotState::InFlightTx)
+    }
+
+    /// Pops the free stack: `Free → to`.
+    #[inline(always)]
+    fn take_free(&mut self, to: SlotState) -> Option<u32> {
         if self.nfree == 0 {
             return None;
         }
         self.nfree -= 1;
-        let s = self.free[self.nfree as usize];
-        self.set(s, SlotState::Free, SlotState::Held);
+        // SAFETY: `nfree < len()` now, the array's length.
+        let s = unsafe { *self.free.get_unchecked(self.nfree as usize) };
+        self.set(s, SlotState::Free, to);
         Some(s)
     }
 
@@ -214,8 +279,13 @@ impl Ledger {
         if self.un_len == 0 {
             return None;
         }
-        let s = self.unposted[self.un_head as usize];
-        self.un_head = (self.un_head + 1) % self.len();
+        // SAFETY: `un_head < len()`, the array's length (it only ever
+        // advances with the wrap below, and `reset` sets it to 0).
+        let s = unsafe { *self.unposted.get_unchecked(self.un_head as usize) };
+        self.un_head += 1;
+        if self.un_head == self.len() {
+            self.un_head = 0;
+        }
         self.un_len -= 1;
         self.set(s, SlotState::PeerUnposted, SlotState::PeerPosted);
         Some(s)
@@ -259,11 +329,16 @@ impl Ledger {
         for st in self.state.iter() {
             counts[*st as usize] += 1;
         }
-        if counts != self.counts {
-            return Err(format!(
-                "counts {:?} but states say {counts:?}",
-                self.counts
-            ));
+        let recorded = [
+            SlotState::Free,
+            SlotState::Held,
+            SlotState::InFlightTx,
+            SlotState::PeerPosted,
+            SlotState::PeerUnposted,
+        ]
+        .map(|st| self.count(st));
+        if counts != recorded {
+            return Err(format!("counts {recorded:?} but states say {counts:?}"));
         }
         if counts.iter().sum::<u32>() != n {
             return Err("counts do not add up to the slot count".into());
@@ -337,6 +412,17 @@ mod tests {
     }
 
     #[test]
+    fn gift_takes_a_free_slot_straight_to_in_flight() {
+        let mut l = Ledger::new(2, |s| s == 0);
+        assert_eq!(l.gift(), Some(0));
+        assert_eq!(l.state(0), Some(SlotState::InFlightTx));
+        assert_eq!(l.gift(), None, "no free slot left");
+        assert!(l.tx_done(0, true));
+        assert_eq!(l.state(0), Some(SlotState::PeerUnposted));
+        l.check().unwrap();
+    }
+
+    #[test]
     fn copy_mode_send_returns() {
         let mut l = Ledger::new(2, |_| true);
         let s = l.alloc().unwrap();
@@ -349,6 +435,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Alloc,
+        Gift,
         Free(u32),
         Send(u32),
         TxDone(u32, bool),
@@ -361,6 +448,7 @@ mod tests {
     fn op(n: u32) -> impl Strategy<Value = Op> {
         prop_oneof![
             Just(Op::Alloc),
+            Just(Op::Gift),
             (0..n + 2).prop_map(Op::Free),
             (0..n + 2).prop_map(Op::Send),
             ((0..n + 2), any::<bool>()).prop_map(|(s, p)| Op::TxDone(s, p)),
@@ -383,6 +471,7 @@ mod tests {
                 let before = l.state.clone();
                 let applied = match op {
                     Op::Alloc => l.alloc().is_some(),
+                    Op::Gift => l.gift().is_some(),
                     Op::Free(s) => l.free(s),
                     Op::Send(s) => l.send(s),
                     Op::TxDone(s, p) => l.tx_done(s, p),

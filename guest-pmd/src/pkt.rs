@@ -8,6 +8,11 @@ use crate::error::PmdError;
 /// most 32768, classic indices at most 65536).
 const CLASSIC: u32 = 1 << 31;
 
+/// Bit of [`Pkt`]'s `cap` word that says the port wrote the buffer's
+/// header itself when it handed the packet out ([`crate::Port::alloc`]),
+/// so `tx_burst` need not write it again (buffers are far below 2 GiB).
+const HDR_CLEAN: u32 = 1 << 31;
+
 /// A buffer, as the rings' tokens encode it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Buf {
@@ -71,13 +76,14 @@ pub struct Pkt {
     /// The buffer as a ring token ([`Buf::token`]).
     token: u32,
     len: u32,
+    /// Capacity, with [`HDR_CLEAN`] on top.
     cap: u32,
 }
 
 impl Pkt {
     #[inline]
     pub(crate) fn new(port: NonZeroU32, generation: u32, buf: Buf, len: u32, cap: u32) -> Self {
-        debug_assert!(len <= cap);
+        debug_assert!(len <= cap && cap & HDR_CLEAN == 0);
         Self {
             port,
             generation,
@@ -85,6 +91,26 @@ impl Pkt {
             len,
             cap,
         }
+    }
+
+    /// The same handle, marked as carrying the header the port wrote for
+    /// it (a zeroed header, untouched since: the application reaches only
+    /// the frame bytes).
+    #[inline]
+    pub(crate) fn with_clean_hdr(mut self) -> Self {
+        self.cap |= HDR_CLEAN;
+        self
+    }
+
+    /// Whether the buffer still has the zeroed header `alloc` wrote.
+    #[inline]
+    pub(crate) fn hdr_clean(&self) -> bool {
+        self.cap & HDR_CLEAN != 0
+    }
+
+    #[inline]
+    fn max_len(&self) -> u32 {
+        self.cap & !HDR_CLEAN
     }
 
     #[inline]
@@ -112,15 +138,15 @@ impl Pkt {
     /// Largest frame the buffer holds (its size minus the header).
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.cap as usize
+        self.max_len() as usize
     }
 
     /// Sets the frame length, e.g. before filling a freshly allocated
     /// packet with [`crate::Port::data_mut`].
     #[inline]
     pub fn set_len(&mut self, len: usize) -> Result<(), PmdError> {
-        if len > self.cap as usize {
-            return Err(Self::too_big(len, self.cap));
+        if len > self.max_len() as usize {
+            return Err(Self::too_big(len, self.max_len()));
         }
         self.len = len as u32;
         Ok(())
@@ -182,5 +208,11 @@ mod tests {
             Err(PmdError::FrameTooBig { len: 101, max: 100 })
         ));
         assert!(p.is_slot());
+        assert!(!p.hdr_clean());
+        let mut p = p.with_clean_hdr();
+        assert!(p.hdr_clean());
+        assert_eq!(p.capacity(), 100);
+        assert!(p.set_len(101).is_err());
+        p.set_len(100).unwrap();
     }
 }

@@ -11,9 +11,11 @@
 //! descriptor is simply an unused index.
 //!
 //! Per burst the caller does: [`SplitQueue::poll`] (one Acquire load of
-//! `used.idx`), [`SplitQueue::pop`] per completed entry, [`SplitQueue::push`]
-//! per new buffer, then one [`SplitQueue::publish`] (one Release store of
-//! `avail.idx`) and one [`SplitQueue::needs_notify`] decision.
+//! `used.idx`), [`SplitQueue::take_each`] for the completed entries (or
+//! [`SplitQueue::pop`] one at a time), [`SplitQueue::push_each`] for the new
+//! buffers (or [`SplitQueue::push`]), then one [`SplitQueue::publish`] (one
+//! Release store of `avail.idx`) and one [`SplitQueue::needs_notify`]
+//! decision.
 //!
 //! Everything the device writes is validated before use: `used.idx` may not
 //! run ahead of what is in flight, a used entry must name a descriptor that
@@ -119,7 +121,21 @@ impl RingLayout {
     }
 }
 
+/// What the driver remembers about one descriptor.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// The caller's token while in flight, else `NO_TOKEN`.
+    token: u32,
+    /// The length posted.
+    len: u32,
+}
+
 /// Driver side of one split virtqueue.
+///
+/// Invariants the unchecked indexing below relies on: `free_ids`,
+/// `slots` and `avail_shadow` have `size` entries; `nfree <= size`;
+/// `free_ids[..nfree]` holds indices below `size`; exactly `size - nfree`
+/// entries of `slots` hold a token other than `NO_TOKEN`.
 pub struct SplitQueue {
     /// Queue number, for messages.
     index: u16,
@@ -138,15 +154,16 @@ pub struct SplitQueue {
     published: u16,
     /// The next used entry to consume.
     last_used: u16,
-    /// Entries known to be completed by the last [`Self::poll`].
-    pending: u16,
+    /// `used.idx` as the last [`Self::poll`] saw it: entries from
+    /// `last_used` up to it are completed and not consumed yet.
+    seen_used: u16,
     /// Free descriptor indices (a stack).
     free_ids: Box<[u16]>,
     nfree: u16,
-    /// Per descriptor: the caller's token while in flight, else `NO_TOKEN`.
-    tokens: Box<[u32]>,
-    /// Per descriptor: the length posted.
-    posted_len: Box<[u32]>,
+    /// Per descriptor: the caller's token while in flight (else
+    /// `NO_TOKEN`) and the length posted, side by side so that a
+    /// completion reads one 8-byte entry.
+    slots: Box<[InFlight]>,
     /// What the avail ring holds at each position (the driver's own copy,
     /// so a position is only rewritten when its value changes).
     avail_shadow: Box<[u16]>,
@@ -203,11 +220,17 @@ impl SplitQueue {
             next_avail: 0,
             published: 0,
             last_used: 0,
-            pending: 0,
+            seen_used: 0,
             free_ids: (0..size).rev().collect(),
             nfree: size,
-            tokens: vec![NO_TOKEN; n].into_boxed_slice(),
-            posted_len: vec![0; n].into_boxed_slice(),
+            slots: vec![
+                InFlight {
+                    token: NO_TOKEN,
+                    len: 0
+                };
+                n
+            ]
+            .into_boxed_slice(),
             avail_shadow: vec![0; n].into_boxed_slice(),
             broken: None,
             publishes: 0,
@@ -287,43 +310,78 @@ impl SplitQueue {
     /// the next avail position, remembering `token` for its completion.
     /// Not visible to the device until [`Self::publish`]. Returns false when
     /// no descriptor is free.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, addr: u64, len: u32, flags: u16, token: u32) -> bool {
-        debug_assert_ne!(token, NO_TOKEN);
-        if self.nfree == 0 {
-            return false;
-        }
-        self.nfree -= 1;
-        let id = self.free_ids[self.nfree as usize];
-        let d = Desc {
-            addr,
-            len,
-            flags,
-            next: 0,
-        };
-        // SAFETY: `id < size` (free_ids only holds indices below size), so
-        // the descriptor lies inside the table; the table is written only by
-        // the driver, and the device reads it only after the Release store
-        // in `publish`.
-        unsafe { ptr::write_volatile(self.desc.add(id as usize), d) };
-        self.tokens[id as usize] = token;
-        self.posted_len[id as usize] = len;
-        let pos = (self.next_avail & self.mask) as usize;
-        if self.avail_shadow[pos] != id {
-            self.avail_shadow[pos] = id;
-            // SAFETY: `pos < size`, so entry `pos` is inside the avail ring;
-            // only the driver writes the avail ring.
-            unsafe {
-                ptr::write_volatile(
-                    self.avail
-                        .add(RING_ENTRIES as usize + 2 * pos)
-                        .cast::<u16>(),
-                    id,
-                )
+        let mut one = Some((addr, len, token));
+        self.push_each(1, flags, || one.take()) == 1
+    }
+
+    /// Pushes up to `max` buffers with `flags`, as [`Self::push`] does one:
+    /// `next` gives each one's address, length and token (`None` stops).
+    /// Returns how many were pushed (never more than [`Self::room`]). The
+    /// queue's indices stay in registers for the whole loop.
+    #[inline(always)]
+    pub fn push_each(
+        &mut self,
+        max: u16,
+        flags: u16,
+        mut next: impl FnMut() -> Option<(u64, u32, u32)>,
+    ) -> u16 {
+        let max = max.min(self.nfree);
+        let (desc, avail, mask) = (self.desc, self.avail, self.mask);
+        // Locals, written back once: the compiler cannot keep fields of
+        // `self` in registers across the stores through `next`.
+        let (slots, free_ids) = (self.slots.as_mut_ptr(), self.free_ids.as_mut_ptr());
+        let shadows = self.avail_shadow.as_mut_ptr();
+        let mut nfree = self.nfree;
+        let mut next_avail = self.next_avail;
+        let mut k = 0;
+        while k < max {
+            let Some((addr, len, token)) = next() else {
+                break;
             };
+            debug_assert_ne!(token, NO_TOKEN);
+            nfree -= 1;
+            // SAFETY: `nfree < self.nfree <= size` (at most `self.nfree`
+            // iterations), and `free_ids` has `size` entries.
+            let id = unsafe { *free_ids.add(nfree as usize) };
+            // SAFETY: `id < size` (free_ids only holds indices below size),
+            // so the descriptor lies inside the table; the table is written
+            // only by the driver, and the device reads it only after the
+            // Release store in `publish`. Field by field: a whole-struct
+            // volatile write goes through a stack copy.
+            unsafe {
+                let d = desc.add(id as usize);
+                ptr::addr_of_mut!((*d).addr).write_volatile(addr);
+                ptr::addr_of_mut!((*d).len).write_volatile(len);
+                ptr::addr_of_mut!((*d).flags).write_volatile(flags);
+                ptr::addr_of_mut!((*d).next).write_volatile(0);
+            }
+            // SAFETY: `id < size` (as above) and `slots` has `size` entries;
+            // the queue is borrowed mutably for the loop, so `next` cannot
+            // reach these arrays and no reference to them is alive.
+            unsafe { *slots.add(id as usize) = InFlight { token, len } };
+            let pos = (next_avail & mask) as usize;
+            // SAFETY: `pos <= mask < size` and `avail_shadow` has `size`
+            // entries; as above, nothing else references it.
+            let shadow = unsafe { &mut *shadows.add(pos) };
+            if *shadow != id {
+                *shadow = id;
+                // SAFETY: `pos < size`, so entry `pos` is inside the avail
+                // ring; only the driver writes the avail ring.
+                unsafe {
+                    ptr::write_volatile(
+                        avail.add(RING_ENTRIES as usize + 2 * pos).cast::<u16>(),
+                        id,
+                    )
+                };
+            }
+            next_avail = next_avail.wrapping_add(1);
+            k += 1;
         }
-        self.next_avail = self.next_avail.wrapping_add(1);
-        true
+        self.nfree = nfree;
+        self.next_avail = next_avail;
+        k
     }
 
     /// Makes every pushed entry visible to the device with one store of
@@ -375,57 +433,92 @@ impl SplitQueue {
                 in_flight,
             }));
         }
-        self.pending = advanced;
+        self.seen_used = idx;
         Ok(advanced)
     }
 
     /// Takes the next completed entry found by the last [`Self::poll`],
     /// validated.
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self) -> Result<Option<Used>, VqError> {
         if let Some(e) = self.broken {
             return Err(e);
         }
-        if self.pending == 0 {
-            return Ok(None);
+        let mut got = None;
+        self.take_each(1, |u| {
+            got = Some(u);
+            true
+        })?;
+        Ok(got)
+    }
+
+    /// Takes up to `max` of the entries the last [`Self::poll`] found, each
+    /// validated, and hands each to `f`; stops early when `f` returns
+    /// false. Returns how many were taken, or the first error (the queue
+    /// is broken from then on). The queue's indices stay in registers for
+    /// the whole loop.
+    #[inline(always)]
+    pub fn take_each(&mut self, max: u16, mut f: impl FnMut(Used) -> bool) -> Result<u16, VqError> {
+        debug_assert!(self.broken.is_none());
+        let max = max.min(self.seen_used.wrapping_sub(self.last_used));
+        let (used, mask, size) = (self.used, self.mask, self.size);
+        // Locals, written back once: the compiler cannot keep fields of
+        // `self` in registers across the stores through `f`.
+        let (slots, free_ids) = (self.slots.as_mut_ptr(), self.free_ids.as_mut_ptr());
+        let (mut last_used, mut nfree) = (self.last_used, self.nfree);
+        let mut k = 0;
+        let mut err = None;
+        while k < max {
+            let pos = (last_used & mask) as usize;
+            // SAFETY: `pos < size`, so the element lies inside the used
+            // ring; it is read by value once (the device may rewrite it
+            // later) after the Acquire load in `poll` that covers it.
+            let e: UsedElem = unsafe {
+                ptr::read_volatile(
+                    used.add(RING_ENTRIES as usize + pos * core::mem::size_of::<UsedElem>())
+                        .cast::<UsedElem>(),
+                )
+            };
+            if e.id >= u32::from(size) {
+                err = Some(VqError::IdOutOfRange { id: e.id, size });
+                break;
+            }
+            // SAFETY: `e.id < size` was checked above and `slots` has
+            // `size` entries; nothing else references them during the loop
+            // (`f` cannot reach the queue).
+            let slot = unsafe { &mut *slots.add(e.id as usize) };
+            let InFlight { token, len: posted } = *slot;
+            if token == NO_TOKEN {
+                err = Some(VqError::IdNotInFlight { id: e.id });
+                break;
+            }
+            if e.len > posted {
+                err = Some(VqError::LenTooBig {
+                    id: e.id,
+                    len: e.len,
+                    posted,
+                });
+                break;
+            }
+            slot.token = NO_TOKEN;
+            // SAFETY: descriptor `e.id` was in flight, so not every
+            // descriptor is free: `nfree < size`, and `free_ids` has
+            // `size` entries.
+            unsafe { *free_ids.add(nfree as usize) = e.id as u16 };
+            nfree += 1;
+            last_used = last_used.wrapping_add(1);
+            k += 1;
+            if !f(Used { token, len: e.len }) {
+                break;
+            }
         }
-        let pos = (self.last_used & self.mask) as usize;
-        // SAFETY: `pos < size`, so the element lies inside the used ring;
-        // it is read by value once (the device may rewrite it later) after
-        // the Acquire load in `poll` that covers it.
-        let e: UsedElem = unsafe {
-            ptr::read_volatile(
-                self.used
-                    .add(RING_ENTRIES as usize + pos * core::mem::size_of::<UsedElem>())
-                    .cast::<UsedElem>(),
-            )
-        };
-        if e.id >= u32::from(self.size) {
-            return Err(self.break_with(VqError::IdOutOfRange {
-                id: e.id,
-                size: self.size,
-            }));
+        self.last_used = last_used;
+        self.nfree = nfree;
+        self.completions += u64::from(k);
+        match err {
+            Some(e) => Err(self.break_with(e)),
+            None => Ok(k),
         }
-        let id = e.id as usize;
-        let token = self.tokens[id];
-        if token == NO_TOKEN {
-            return Err(self.break_with(VqError::IdNotInFlight { id: e.id }));
-        }
-        let posted = self.posted_len[id];
-        if e.len > posted {
-            return Err(self.break_with(VqError::LenTooBig {
-                id: e.id,
-                len: e.len,
-                posted,
-            }));
-        }
-        self.tokens[id] = NO_TOKEN;
-        self.free_ids[self.nfree as usize] = e.id as u16;
-        self.nfree += 1;
-        self.last_used = self.last_used.wrapping_add(1);
-        self.pending -= 1;
-        self.completions += 1;
-        Ok(Some(Used { token, len: e.len }))
     }
 
     #[cold]
@@ -544,6 +637,73 @@ mod tests {
         assert_eq!(tokens.first(), Some(&107));
         tokens.sort();
         assert_eq!(tokens, (100..108).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_push_and_take_and_stop_where_asked() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        let mut next = 0u32;
+        // Asked for more than the room: only `SIZE` go.
+        let pushed = q.push_each(SIZE + 3, 0, || {
+            next += 1;
+            Some((0x1000 * u64::from(next), 64, next))
+        });
+        assert_eq!(pushed, SIZE);
+        assert_eq!(q.room(), 0);
+        assert!(!q.push(0, 64, 0, 99));
+        q.publish();
+        let got: Vec<_> = std::iter::from_fn(|| dev.next_avail()).collect();
+        assert_eq!(got.len(), usize::from(SIZE));
+        for (id, d) in &got {
+            dev.push_used(u32::from(*id), d.len);
+        }
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(SIZE));
+        // `f` returning false stops after that entry.
+        let mut seen = Vec::new();
+        let taken = q.take_each(SIZE, |u| {
+            seen.push(u.token);
+            seen.len() < 3
+        });
+        assert_eq!(taken, Ok(3));
+        assert_eq!(seen, vec![1, 2, 3]);
+        // `max` bounds the rest; what is left is still there.
+        assert_eq!(q.take_each(2, |_| true), Ok(2));
+        assert_eq!(q.take_each(SIZE, |_| true), Ok(SIZE - 5));
+        assert_eq!(q.completions(), u64::from(SIZE));
+        assert_eq!(q.room(), SIZE);
+    }
+
+    #[test]
+    fn a_bad_entry_mid_batch_keeps_the_good_ones_before_it() {
+        let mut arena = DmaArena::new();
+        let (mut q, mut dev) = queue(&mut arena, SIZE);
+        for t in 0..2 {
+            assert!(q.push(0x1000, 64, 0, t));
+        }
+        q.publish();
+        let (id, _) = dev.next_avail().unwrap();
+        dev.push_used(u32::from(id), 0);
+        dev.push_used(u32::from(SIZE) + 1, 0);
+        dev.publish_used();
+        assert_eq!(q.poll(), Ok(2));
+        let mut seen = Vec::new();
+        let r = q.take_each(2, |u| {
+            seen.push(u.token);
+            true
+        });
+        assert_eq!(
+            r,
+            Err(VqError::IdOutOfRange {
+                id: u32::from(SIZE) + 1,
+                size: SIZE
+            })
+        );
+        assert_eq!(seen, vec![0]);
+        assert_eq!(q.completions(), 1);
+        assert_eq!(q.room(), SIZE - 1);
+        assert!(q.broken().is_some());
     }
 
     fn one_in_flight() -> (DmaArena, SplitQueue, DeviceRing, u16) {

@@ -55,6 +55,21 @@ struct Slots {
 // owns the bus and moves with it.
 unsafe impl Send for Slots {}
 
+impl Slots {
+    /// Where slot `s`'s header starts in this process (`s` below the slot
+    /// count for the pointer to be inside the mapping).
+    #[inline(always)]
+    fn ptr(self, s: u32) -> *mut u8 {
+        self.base.wrapping_add(s as usize * self.size as usize)
+    }
+
+    /// The bus address a descriptor for slot `s` carries.
+    #[inline(always)]
+    fn addr(self, s: u32) -> u64 {
+        self.window + u64::from(s) * u64::from(self.size)
+    }
+}
+
 /// A poll-mode port over one sbnet function.
 ///
 /// Open it with [`Port::open`]; then, from one thread, call
@@ -324,10 +339,7 @@ impl<B: Bus> Port<B> {
     #[inline]
     fn buf_ptr(&self, b: Buf) -> *mut u8 {
         match b {
-            Buf::Slot(s) => self
-                .slots
-                .base
-                .wrapping_add(s as usize * self.slots.size as usize),
+            Buf::Slot(s) => self.slots.ptr(s),
             Buf::Classic(i) => self.classic.ptr(i),
         }
     }
@@ -336,7 +348,7 @@ impl<B: Bus> Port<B> {
     #[inline]
     fn buf_addr(&self, b: Buf) -> u64 {
         match b {
-            Buf::Slot(s) => self.slots.window + u64::from(s) * u64::from(self.slots.size),
+            Buf::Slot(s) => self.slots.addr(s),
             Buf::Classic(i) => self.classic.iova(i),
         }
     }
@@ -353,16 +365,10 @@ impl<B: Bus> Port<B> {
     /// Writes a header with `flags` (others zero) in front of buffer `b`.
     #[inline]
     fn write_hdr(&self, b: Buf, flags: u8) {
-        let h = NetHdr {
-            flags,
-            ..NetHdr::default()
-        }
-        .to_bytes();
         // SAFETY: `b` is this port's buffer (see `buf_ptr`), at least
         // 64 bytes long, so its 12 header bytes are inside mapped memory;
-        // the port owns it (rule 1), so nobody else writes it; the write is
-        // volatile because the memory is shared.
-        unsafe { ptr::write_volatile(self.buf_ptr(b).cast::<[u8; NET_HDR_LEN]>(), h) };
+        // the port owns it (rule 1), so nobody else writes it.
+        unsafe { put_hdr(self.buf_ptr(b), flags) };
     }
 
     /// Reads buffer `b`'s header, once.
@@ -390,13 +396,7 @@ impl<B: Bus> Port<B> {
             None => self.alloc_slow()?,
         };
         self.write_hdr(b, 0);
-        Some(Pkt::new(
-            self.id,
-            self.generation,
-            b,
-            0,
-            self.buf_size(b) - HDR,
-        ))
+        Some(Pkt::new(self.id, self.generation, b, 0, self.buf_size(b) - HDR).with_clean_hdr())
     }
 
     #[inline]
@@ -434,15 +434,16 @@ impl<B: Bus> Port<B> {
     /// another port) is ignored and counted.
     #[inline]
     pub fn free(&mut self, pkt: Pkt) {
-        if !self.owns(&pkt) {
+        // The ownership check and the transition are one step: the ledger
+        // (or pool) refuses a buffer that is not held, changing nothing.
+        let freed = pkt.port() == self.id
+            && match pkt.buf() {
+                Buf::Slot(s) => pkt.generation() == self.generation && self.ledger.free(s),
+                Buf::Classic(i) => self.classic.free(i),
+            };
+        if !freed {
             self.stale();
-            return;
         }
-        let ok = match pkt.buf() {
-            Buf::Slot(s) => self.ledger.free(s),
-            Buf::Classic(i) => self.classic.free(i),
-        };
-        debug_assert!(ok, "a checked handle's buffer is held");
     }
 
     #[cold]
@@ -562,6 +563,26 @@ impl<B: Bus> Drop for Port<B> {
         }
     }
 }
+
+/// Writes a header with `flags` (others zero) at `p`:
+/// `NetHdr { flags, ..NetHdr::default() }.to_bytes()`, built in place. The
+/// write is volatile because the memory is shared.
+///
+/// # Safety
+///
+/// `p` must be valid for a write of `NET_HDR_LEN` bytes: the header of a
+/// buffer of this port that this side owns (rule 1: nobody else writes it).
+#[inline(always)]
+unsafe fn put_hdr(p: *mut u8, flags: u8) {
+    let mut h = [0u8; NET_HDR_LEN];
+    h[0] = flags;
+    // SAFETY: the caller's contract.
+    unsafe { ptr::write_volatile(p.cast::<[u8; NET_HDR_LEN]>(), h) };
+}
+
+/// `write_hdr` and the receive path's gift check put the flags in the
+/// header's first byte.
+const _: () = assert!(std::mem::offset_of!(NetHdr, flags) == 0);
 
 /// Queue indices, for messages.
 const _: () = assert!(RX_QUEUE == 0 && TX_QUEUE == 1);

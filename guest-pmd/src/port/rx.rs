@@ -84,56 +84,74 @@ impl<B: Bus> Port<B> {
             }
         };
         let mut n = 0;
-        for _ in 0..pending {
-            if n == out.len() {
-                break;
-            }
-            let used = match self.rxq.pop() {
-                Ok(Some(u)) => u,
-                Ok(None) => break,
+        // Counted here, added to the stats once per burst.
+        let (mut gifts, mut slot_pkts, mut bytes) = (0u32, 0u32, 0u64);
+        let (id, generation, slots) = (self.id, self.generation, self.slots);
+        let classic_cap = self.classic.buf_size().saturating_sub(HDR);
+        let mut left = pending;
+        while left > 0 && n < out.len() {
+            // A short completion stops the batch; it is handled below.
+            let mut short = None;
+            let (ledger, classic) = (&mut self.ledger, &mut self.classic);
+            let taken = self.rxq.take_each(left, |used| {
+                let b = Buf::from_token(used.token);
+                if used.len < HDR {
+                    short = Some((b, used.len));
+                    return false;
+                }
+                let frame = used.len - HDR;
+                let cap = match b {
+                    Buf::Slot(s) => {
+                        // The header's flags are read once, by value: a
+                        // peer cannot turn a gift into a packet after the
+                        // decision.
+                        // SAFETY: as in `Port::read_hdr_flags`: slot `s`
+                        // (a token of ours) is below the slot count.
+                        let flags = unsafe { std::ptr::read_volatile(slots.ptr(s)) };
+                        let gift = flags & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
+                        let ok = ledger.rx_done(s, gift);
+                        debug_assert!(ok, "slot {s} completed but not posted");
+                        if gift {
+                            gifts += 1;
+                            return true;
+                        }
+                        slot_pkts += 1;
+                        slots.size - HDR
+                    }
+                    Buf::Classic(i) => {
+                        let ok = classic.rx_done(i);
+                        debug_assert!(ok, "classic buffer {i} completed but not posted");
+                        classic_cap
+                    }
+                };
+                debug_assert!(out[n].is_none(), "rx_burst overwrites a packet");
+                out[n] = Some(Pkt::new(id, generation, b, frame, cap));
+                bytes += u64::from(frame);
+                n += 1;
+                n < out.len()
+            });
+            match taken {
+                Ok(k) => left -= k,
                 Err(e) => {
                     self.misbehaved(RX_QUEUE, e);
                     break;
                 }
-            };
-            let b = Buf::from_token(used.token);
-            if used.len < HDR {
-                self.rx_short(b, used.len);
-                continue;
             }
-            let frame = used.len - HDR;
-            match b {
-                Buf::Slot(s) => {
-                    // The header is read once, by value: a peer cannot turn
-                    // a gift into a packet after the decision.
-                    let gift = self.read_hdr(b).flags & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
-                    let ok = self.ledger.rx_done(s, gift);
-                    debug_assert!(ok, "slot {s} completed but not posted");
-                    if gift {
-                        self.st.gifts_received += 1;
-                        continue;
-                    }
-                    self.st.rx_zero_copy += u64::from(ZC);
-                    self.st.rx_copied += u64::from(!ZC);
-                }
-                Buf::Classic(i) => {
-                    let ok = self.classic.rx_done(i);
-                    debug_assert!(ok, "classic buffer {i} completed but not posted");
-                    self.st.rx_copied += 1;
-                }
+            match short {
+                Some((b, len)) => self.rx_short(b, len),
+                None => break,
             }
-            debug_assert!(out[n].is_none(), "rx_burst overwrites a packet");
-            out[n] = Some(Pkt::new(
-                self.id,
-                self.generation,
-                b,
-                frame,
-                self.buf_size(b) - HDR,
-            ));
-            self.st.rx_packets += 1;
-            self.st.rx_bytes += u64::from(frame);
-            n += 1;
         }
+        let classic_pkts = n as u32 - slot_pkts;
+        self.st.rx_copied += u64::from(classic_pkts);
+        self.st.gifts_received += u64::from(gifts);
+        if ZC {
+            self.st.rx_zero_copy += u64::from(slot_pkts);
+        } else {
+            self.st.rx_copied += u64::from(slot_pkts);
+        }
+        self.st.rx_packets += n as u64;
+        self.st.rx_bytes += bytes;
         n
     }
 

@@ -3,7 +3,7 @@
 use sbnet_abi::net::{RX_QUEUE, TX_QUEUE, VIRTIO_NET_HDR_F_GIFT_BUFFER};
 use sbnet_abi::ring::DESC_F_WRITE;
 
-use super::{Port, HDR};
+use super::{put_hdr, Port, HDR};
 use crate::bus::Bus;
 use crate::classic::ClassicState;
 use crate::error::PmdError;
@@ -43,39 +43,72 @@ impl<B: Bus> Port<B> {
         if self.failed.is_some() {
             return 0;
         }
-        let mut sent = 0;
-        for i in 0..pkts.len() {
-            let Some(pkt) = pkts[i].take() else { continue };
+        // The queue's room is checked once per burst (`push_each`); the
+        // packets that do not fit are handled after it.
+        let room = self.txq.room();
+        let (mut slots, mut classic, mut bytes, mut stale) = (0u32, 0u32, 0u64, 0u32);
+        let (id, generation, slot_mem) = (self.id, self.generation, self.slots);
+        let (ledger, pool) = (&mut self.ledger, &mut self.classic);
+        let mut i = 0;
+        self.txq.push_each(room, 0, || loop {
+            let pkt = pkts.get_mut(i)?.take();
+            i += 1;
+            let Some(pkt) = pkt else { continue };
+            // The ownership check and the transition are one step: the
+            // ledger (or pool) refuses a buffer the application does not
+            // hold, and changes nothing then.
+            let b = pkt.buf();
+            let sent = pkt.port() == id
+                && match b {
+                    Buf::Slot(s) => pkt.generation() == generation && ledger.send(s),
+                    Buf::Classic(c) => pool.send(c),
+                };
+            if !sent {
+                stale += 1;
+                continue;
+            }
+            let (p, addr) = match b {
+                Buf::Slot(s) => {
+                    slots += 1;
+                    (slot_mem.ptr(s), slot_mem.addr(s))
+                }
+                Buf::Classic(c) => {
+                    classic += 1;
+                    (pool.ptr(c), pool.iova(c))
+                }
+            };
+            if !pkt.hdr_clean() {
+                // A received packet sent on: its header is the peer's.
+                // SAFETY: `b` is this port's buffer (a checked handle's),
+                // its header inside mapped memory; this side owns it until
+                // the publish below.
+                unsafe { put_hdr(p, 0) };
+            }
+            let len = pkt.len() as u32;
+            bytes += u64::from(len);
+            return Some((addr, HDR + len, b.token()));
+        });
+        self.st.stale_handles += u64::from(stale);
+        // The queue is full: the rest stays with the caller.
+        for k in i..pkts.len() {
+            let Some(pkt) = pkts[k].take() else { continue };
             if !self.owns(&pkt) {
                 self.stale();
                 continue;
             }
-            if self.txq.room() == 0 {
-                pkts[i] = Some(pkt);
-                self.tx_full(&pkts[i..]);
-                break;
-            }
-            let b = pkt.buf();
-            let len = pkt.len() as u32;
-            self.write_hdr(b, 0);
-            let pushed = self.txq.push(self.buf_addr(b), HDR + len, 0, b.token());
-            debug_assert!(pushed);
-            let ok = match b {
-                Buf::Slot(s) => {
-                    self.st.tx_zero_copy += u64::from(ZC);
-                    self.st.tx_copied += u64::from(!ZC);
-                    self.ledger.send(s)
-                }
-                Buf::Classic(i) => {
-                    self.st.tx_copied += 1;
-                    self.classic.send(i)
-                }
-            };
-            debug_assert!(ok, "a checked handle's buffer is held");
-            self.st.tx_packets += 1;
-            self.st.tx_bytes += u64::from(len);
-            sent += 1;
+            pkts[k] = Some(pkt);
+            self.tx_full(&pkts[k..]);
+            break;
         }
+        let sent = slots + classic;
+        if ZC {
+            self.st.tx_zero_copy += u64::from(slots);
+        } else {
+            self.st.tx_copied += u64::from(slots);
+        }
+        self.st.tx_copied += u64::from(classic);
+        self.st.tx_packets += u64::from(sent);
+        self.st.tx_bytes += bytes;
         if ZC {
             self.push_gifts();
         }
@@ -85,7 +118,7 @@ impl<B: Bus> Port<B> {
             // queue, so the peer can send them back.
             self.refill_rx();
         }
-        sent
+        sent as usize
     }
 
     #[cold]
@@ -114,17 +147,17 @@ impl<B: Bus> Port<B> {
             Ok(p) => p,
             Err(e) => return self.misbehaved(TX_QUEUE, e),
         };
-        for _ in 0..pending {
-            let used = match self.txq.pop() {
-                Ok(Some(u)) => u,
-                Ok(None) => break,
-                Err(e) => return self.misbehaved(TX_QUEUE, e),
-            };
+        let (ledger, classic) = (&mut self.ledger, &mut self.classic);
+        let taken = self.txq.take_each(pending, |used| {
             let ok = match Buf::from_token(used.token) {
-                Buf::Slot(s) => self.ledger.tx_done(s, ZC),
-                Buf::Classic(i) => self.classic.tx_done(i),
+                Buf::Slot(s) => ledger.tx_done(s, ZC),
+                Buf::Classic(i) => classic.tx_done(i),
             };
             debug_assert!(ok, "completed buffer was not in flight");
+            true
+        });
+        if let Err(e) = taken {
+            self.misbehaved(TX_QUEUE, e);
         }
     }
 
@@ -145,19 +178,20 @@ impl<B: Bus> Port<B> {
     }
 
     fn gifts(&mut self, due: u32) -> u32 {
-        let mut n = 0;
-        while n < due {
-            let Some(s) = self.ledger.alloc() else { break };
+        let (ledger, slots) = (&mut self.ledger, self.slots);
+        // `due` never exceeds the queue's room (a u16).
+        let max = u16::try_from(due).unwrap_or(u16::MAX);
+        let n = self.txq.push_each(max, 0, || {
+            let s = ledger.gift()?;
             let b = Buf::Slot(s);
-            self.write_hdr(b, VIRTIO_NET_HDR_F_GIFT_BUFFER);
-            let pushed = self.txq.push(self.buf_addr(b), HDR, 0, b.token());
-            debug_assert!(pushed, "due never exceeds the queue's room");
-            let ok = self.ledger.send(s);
-            debug_assert!(ok);
-            n += 1;
-        }
+            // SAFETY: as in `Port::write_hdr`: slot `s` is below the slot
+            // count, so its header is inside the mapped region, and it is
+            // this side's until the publish that follows.
+            unsafe { put_hdr(slots.ptr(s), VIRTIO_NET_HDR_F_GIFT_BUFFER) };
+            Some((slots.addr(s), HDR, b.token()))
+        });
         self.st.gifts_sent += u64::from(n);
-        n
+        u32::from(n)
     }
 
     /// One `avail.idx` store for everything queued, then one notification
@@ -187,16 +221,12 @@ impl<B: Bus> Port<B> {
             debug_assert!(pushed);
             posted += 1;
         }
-        while self.ledger.unposted() > 0 && self.rxq.room() > 0 {
-            let Some(s) = self.ledger.next_to_post() else {
-                break;
-            };
-            let b = Buf::Slot(s);
-            let pushed = self
-                .rxq
-                .push(self.buf_addr(b), self.slots.size, DESC_F_WRITE, b.token());
-            debug_assert!(pushed);
-        }
+        let (ledger, slots) = (&mut self.ledger, self.slots);
+        let post = u16::try_from(ledger.unposted()).unwrap_or(u16::MAX);
+        self.rxq.push_each(post, DESC_F_WRITE, || {
+            let s = ledger.next_to_post()?;
+            Some((slots.addr(s), slots.size, Buf::Slot(s).token()))
+        });
         if self.rxq.publish() {
             self.kick_if_needed(RX_QUEUE);
         }
