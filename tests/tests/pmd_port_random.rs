@@ -88,7 +88,9 @@ proptest! {
 
     #[test]
     fn ownership_survives_any_interleaving(ops in proptest::collection::vec(op(), 1..120)) {
-        let pair = small_pair(32, 64);
+        // The host allows up to 256 (its geometry rule: at least 32/2 + 128);
+        // the ports ask for 64.
+        let pair = small_pair(32, 256);
         let c = PortConfig { rx_queue_size: 64, tx_queue_size: 64, ..quick() };
         let mut ports = vec![
             Port::open(pair.bus(0), c.clone()).unwrap(),

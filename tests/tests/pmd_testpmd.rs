@@ -295,6 +295,9 @@ fn one_way_run(r: &OneWay) -> (Value, Value, Value) {
         limit,
     } = *r;
     let dir = temp_dir(tag);
+    // Build both binaries before any clock starts.
+    bin("host-pair");
+    bin("sbnet-testpmd");
     let started = Instant::now();
     let host = HostPair::start(&dir, host_args);
     let count_s = count.to_string();
@@ -312,10 +315,12 @@ fn one_way_run(r: &OneWay) -> (Value, Value, Value) {
     tx_args.extend(common);
     tx_args.extend(tx_extra);
     let to = 1 - from;
-    let up = Instant::now() + Duration::from_secs(20);
     // The sender first: the receiver is in sync with the pair before any
-    // frame can reach it.
+    // frame can reach it. The deadline starts after the spawn: `testpmd`
+    // may build the binary first. It is generous: a loaded CI machine can
+    // take seconds to start a process, and a passing run never waits it out.
     let (mut tx, tx_json) = testpmd(&dir, "txonly", &host.sockets[from], &tx_args);
+    let up = Instant::now() + Duration::from_secs(60);
     host.wait_driver_ok(from, up);
     let (mut rx, rx_json) = testpmd(&dir, "rxonly", &host.sockets[to], &rx_args);
     wait_all(
@@ -363,6 +368,8 @@ fn one_way_run(r: &OneWay) -> (Value, Value, Value) {
 fn one_way_million_packets_zero_copy_kept_alive_by_gifts() {
     let _serial = serial();
     const COUNT: u64 = 1_000_000;
+    bin("host-pair");
+    bin("sbnet-testpmd");
     let started = Instant::now();
     let (h, tx, rx) = one_way_run(&OneWay {
         tag: "million",
