@@ -1,5 +1,5 @@
 //! Classic buffers: packet buffers in the port's own DMA memory (not in the
-//! Shared Buffers region), for the classic path (DESIGN §4 rule 7). The
+//! Shared Buffers region), for the classic path (`docs/abi.md` §6 "Copy mode and the classic path"). The
 //! host copies a frame into or out of them. They are always this side's,
 //! whatever the epoch, so a handle to one never goes stale.
 //!

@@ -1,4 +1,4 @@
-//! The gift policy (DESIGN §4 rule 6, `docs/abi.md` §6 "Gift").
+//! The gift policy (`docs/abi.md` §6 "Zero-copy mode": Gift).
 //!
 //! In zero-copy mode a side keeps about half of the slots. When its free
 //! pool grows past `slot_count / 2 + hysteresis` it gifts the excess, down

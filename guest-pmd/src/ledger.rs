@@ -1,5 +1,5 @@
 //! The slot ledger: this side's record of who holds each slot of the
-//! Shared Buffers region (DESIGN §4 rules 1-5, 9).
+//! Shared Buffers region (`docs/abi.md` §6: ownership, zero-copy mode, epochs).
 //!
 //! Every slot is in exactly one [`SlotState`]. The free pool is a stack
 //! (the most recently freed slot is reused first: its cache lines are warm)

@@ -1,7 +1,7 @@
 //! # sbnet-pmd
 //!
 //! A DPDK-style poll-mode driver for the sbnet virtio-net function
-//! (DESIGN §2 `guest-pmd`, `docs/abi.md`). It brings the function up as a
+//! (`docs/design.md`, `docs/abi.md`). It brings the function up as a
 //! virtio 1.x device, then moves packets with burst calls and no
 //! interrupts. With `VIRTIO_NET_F_SHARED_BUFFERS` negotiated on both sides
 //! of a pair, a packet built in a slot of the Shared Buffers region reaches

@@ -67,7 +67,7 @@ struct ServeArgs {
     /// Idle polling rounds before an adaptive switch sleeps.
     #[arg(long, default_value_t = 20_000)]
     spin: u32,
-    /// How long a TX may wait for the peer's RX buffer, in microseconds (DESIGN §4 rule 5).
+    /// How long a TX may wait for the peer's RX buffer, in microseconds (docs/abi.md §6, "Zero-copy mode": Wait).
     #[arg(long, default_value_t = 20_000)]
     tx_wait_us: u64,
     /// Most TX chains handled per side and polling round.

@@ -1,5 +1,5 @@
 //! virtio-net device configuration and packet header, with the sbnet
-//! additions (DESIGN §3).
+//! additions (`docs/abi.md` §2-§4).
 
 use core::mem::size_of;
 
@@ -140,7 +140,7 @@ pub struct NetConfig {
     /// sbnet: `PEER_*` bits describing the other side in this epoch.
     pub peer_status: u32,
     /// sbnet (driver-writable): the epoch this driver has synchronised to.
-    /// Writing the current `pairing_epoch` here ends the resync (DESIGN §4
+    /// Writing the current `pairing_epoch` here ends the resync (`docs/abi.md` §6
     /// rule 9, `docs/abi.md`).
     pub epoch_ack: u32,
 }

@@ -1,5 +1,5 @@
 //! The Shared Buffers region: slot geometry and the ownership rules'
-//! fixed parts (DESIGN §4 rules 1-2).
+//! fixed parts (`docs/abi.md` §5, and §6 "Ownership").
 //!
 //! The region holds `slot_count` slots of `slot_size` bytes, slot `s` at
 //! byte offset `s * slot_size`. A slot holds a [`crate::net::NetHdr`] and

@@ -1,4 +1,4 @@
-//! Model-based test of the zero-copy protocol (DESIGN §4 rules 1-6): two
+//! Model-based test of the zero-copy protocol (`docs/abi.md` §6, ownership and zero-copy mode): two
 //! real [`Port`]s on one real [`Pair`] through [`InProcessBus`], driven by
 //! random interleavings of application and host steps, checked against a
 //! reference model after every step.

@@ -1,4 +1,4 @@
-//! A driver reset of one side during traffic (DESIGN §4 rule 9,
+//! A driver reset of one side during traffic (`docs/abi.md` §6 "Ownership": epochs and resync,
 //! `docs/abi.md` §6 "Resync"), deterministic: two [`Port`]s on one
 //! [`Pair`] through [`InProcessBus`], the host stepped by the test.
 //!

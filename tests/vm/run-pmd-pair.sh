@@ -208,7 +208,7 @@ expect_step() {
         got=$(sj "$k")
         if [ "$k" = gaps ] && [ "$v" = reordered ]; then
             # Late frames are allowed (the host defers a zero-copy frame
-            # whose RX post is late, DESIGN §4 rule 5); lost ones are not.
+            # whose RX post is late, docs/abi.md §6 "Wait"); lost ones are not.
             [ "$got" = "$(sj reordered)" ] || fail "guest $g step $n ($mode): $got sequence gaps but only $(sj reordered) late frames: frames were lost"
             continue
         fi

@@ -1,4 +1,4 @@
-//! Epochs (DESIGN §4 rule 9, `docs/abi.md` §6 "Resync"), all cold paths.
+//! Epochs (`docs/abi.md` §6 "Ownership": epochs and resync), all cold paths.
 //!
 //! When the pairing epoch changes, the host completes every descriptor of
 //! this side with length 0 until the driver acknowledges the new epoch. The
