@@ -140,8 +140,8 @@ pub struct NetConfig {
     /// sbnet: `PEER_*` bits describing the other side in this epoch.
     pub peer_status: u32,
     /// sbnet (driver-writable): the epoch this driver has synchronised to.
-    /// Writing the current `pairing_epoch` here ends the resync (`docs/abi.md` §6
-    /// rule 9, `docs/abi.md`).
+    /// Writing the current `pairing_epoch` here ends the resync (`docs/abi.md`
+    /// §6 "Ownership": resync).
     pub epoch_ack: u32,
 }
 

@@ -1,4 +1,4 @@
-//! The epoch rules (`docs/abi.md`, DESIGN §4 rule 9): when the pair's
+//! The epoch rules (`docs/abi.md` §6 "Ownership": epochs): when the pair's
 //! shape (which sides are active, which negotiated shared buffers) changes,
 //! the epoch moves on, the switch restarts ownership from rule 2 and every
 //! shared-buffers side resynchronises until it acknowledges; the peer-status
