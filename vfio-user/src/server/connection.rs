@@ -341,7 +341,7 @@ impl<'b> Connection<'b> {
             minor: v.minor.min(VERSION_MINOR),
         };
         let mut out = bytes_of(&reply).to_vec();
-        out.extend_from_slice(&VersionData::server().to_bytes());
+        out.extend_from_slice(&VersionData::server(self.backend.max_dma_maps()).to_bytes());
         info!(
             client_minor = v.minor,
             minor = reply.minor,

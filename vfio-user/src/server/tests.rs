@@ -111,6 +111,10 @@ impl Backend for Mock {
     ) -> Result<(), Errno> {
         Ok(())
     }
+    fn max_dma_maps(&self) -> u32 {
+        64
+    }
+
     fn reset(&mut self) {
         self.resets += 1;
     }

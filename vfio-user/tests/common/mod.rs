@@ -215,6 +215,10 @@ impl Backend for Mock {
         Ok(())
     }
 
+    fn max_dma_maps(&self) -> u32 {
+        64
+    }
+
     fn reset(&mut self) {
         self.stats().resets += 1;
         self.config[4..6].copy_from_slice(&[0, 0]);
