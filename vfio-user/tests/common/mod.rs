@@ -299,6 +299,23 @@ impl Harness {
         s
     }
 
+    /// A raw connection that has negotiated VERSION 0.0 (the server refuses
+    /// every other command before it).
+    pub fn raw_versioned(&self) -> UnixStream {
+        let mut s = self.raw();
+        let body = Version { major: 0, minor: 0 }.encode();
+        s.write_all(&message(
+            0x7000,
+            sbnet_vfio_user::wire::Command::Version,
+            0,
+            &body,
+        ))
+        .expect("send VERSION");
+        let (header, _) = read_reply(&mut s).expect("VERSION reply");
+        assert_eq!(header.error, 0, "VERSION refused");
+        s
+    }
+
     /// Waits until the backend has seen `n` disconnects.
     pub fn wait_disconnects(&self, n: usize) {
         let deadline = Instant::now() + TIMEOUT;
