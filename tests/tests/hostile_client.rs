@@ -12,9 +12,7 @@ use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, NET_HDR_LEN};
 use sbnet_abi::pci::cfg;
 use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
-use sbnet_abi::shm::SlotGeometry;
-use sbnet_device::pair::{PairConfig, PollMode};
-use sbnet_device::switch::SwitchConfig;
+use sbnet_device::pair::PollMode;
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::{Bus, BusError};
 use sbnet_tests::raw::{RawDriver, QSIZE};
@@ -34,15 +32,7 @@ const LEN: u64 = 0x1_0000;
 const RW: DmaMapFlags = DmaMapFlags::READ.union(DmaMapFlags::WRITE);
 
 fn start(tag: &str) -> SocketPair {
-    let cfg = PairConfig {
-        geometry: SlotGeometry::new(2048, 64).unwrap(),
-        max_queue_size: 256,
-        switch: SwitchConfig {
-            burst: 64,
-            tx_wait: Duration::from_millis(20),
-        },
-        huge_pages: false,
-    };
+    let cfg = sbnet_tests::test_pair_config();
     SocketPair::start(&temp_dir(tag), &cfg, PollMode::Adaptive { spin: 2000 })
 }
 
@@ -130,6 +120,38 @@ fn post(d: &mut RawDriver<VfioUserBus>, i: u16, desc: Desc) {
     d.set_desc(0, i, desc);
     d.avail(0, i);
     d.kick(0).unwrap();
+}
+
+/// Sends `frame` (header included at `addr`) as one TX descriptor from side
+/// 0; side 1 receives it byte-exact.
+fn tx_one(d: &mut [RawDriver<VfioUserBus>; 2], addr: u64, frame: &[u8]) {
+    let len = NET_HDR_LEN + frame.len();
+    let desc = Desc {
+        addr,
+        len: len as u32,
+        flags: 0,
+        next: 0,
+    };
+    d[0].set_desc(1, 0, desc);
+    d[0].avail(1, 0);
+    d[0].kick(1).unwrap();
+    let rx = d[1].wait_used(0, 1, T);
+    assert_eq!(rx.len(), 1, "TX at {addr:#x} not delivered");
+    assert_eq!(rx[0].1 as usize, len);
+    assert_eq!(&d[1].rx_bytes(rx[0].0, len)[NET_HDR_LEN..], frame);
+    assert_eq!(d[0].wait_used(1, 1, T).len(), 1, "TX completed");
+}
+
+/// Sends a frame from `d[from]` whose peer posted a bad RX chain at head 0
+/// and then a good one at `next`: the bad one completes with length 0, the
+/// frame lands in the good one.
+fn rx_0_refused(d: &mut [RawDriver<VfioUserBus>; 2], from: usize, next: u16) {
+    let fr = frame(from, 500);
+    d[from].send(0, &fr);
+    d[from].kick(1).unwrap();
+    let rx = d[1 - from].wait_used(0, 2, T);
+    assert_eq!(rx, vec![(0, 0), (next, (NET_HDR_LEN + fr.len()) as u32)]);
+    assert_eq!(d[from].wait_used(1, 1, T).len(), 1, "TX completed");
 }
 
 /// Posts the raw driver's own classic RX buffers `from..QSIZE`.
@@ -247,20 +269,7 @@ fn the_shared_buffers_region_cannot_be_resized_and_slot_copies_go_on() {
     let mut slot = vec![0u8; NET_HDR_LEN];
     slot.extend_from_slice(&fr);
     d[0].bus.bar_write(l::SHM_BAR, 3 * 2048, &slot).unwrap();
-    let desc = Desc {
-        addr: w + 3 * 2048,
-        len: slot.len() as u32,
-        flags: 0,
-        next: 0,
-    };
-    d[0].set_desc(1, 0, desc);
-    d[0].avail(1, 0);
-    d[0].kick(1).unwrap();
-    let rx = d[1].wait_used(0, 1, T);
-    assert_eq!(rx.len(), 1, "slot copy not delivered");
-    assert_eq!(rx[0].1 as usize, slot.len());
-    assert_eq!(&d[1].rx_bytes(rx[0].0, slot.len())[NET_HDR_LEN..], &fr[..]);
-    assert_eq!(d[0].wait_used(1, 1, T).len(), 1);
+    tx_one(&mut d, w + 3 * 2048, &fr);
     assert_eq!(counters(&p, 0).refusals(), 0);
     assert_eq!(counters(&p, 0).copied_bytes, slot.len() as u64);
 }
@@ -322,11 +331,7 @@ fn read_only_maps_are_never_written_and_flags_0_is_refused() {
     // An RX buffer in the read-only map is refused; the frame goes to the next.
     post(&mut d[0], 0, rx_buf(X + 0x1000));
     post_rest(&mut d[0], 1);
-    let fr = frame(1, 500);
-    d[1].send(0, &fr);
-    d[1].kick(1).unwrap();
-    let rx = d[0].wait_used(0, 2, T);
-    assert_eq!(rx, vec![(0, 0), (1, (NET_HDR_LEN + fr.len()) as u32)]);
+    rx_0_refused(&mut d, 1, 1);
     assert_eq!(counters(&p, 0).bad_chain, 1);
     let mut back = vec![0u8; LEN as usize];
     ro.read_exact_at(&mut back, 0).unwrap();
@@ -429,21 +434,7 @@ fn the_window_is_inert_without_shared_buffers_and_while_bar_2_is_unset() {
     // And a TX from there.
     f.write_all_at(&[0; NET_HDR_LEN], 0x8000).unwrap();
     f.write_all_at(&fr, 0x8000 + NET_HDR_LEN as u64).unwrap();
-    let tx = Desc {
-        addr: w + 0x8000,
-        len: (NET_HDR_LEN + fr.len()) as u32,
-        flags: 0,
-        next: 0,
-    };
-    d[0].set_desc(1, 0, tx);
-    d[0].avail(1, 0);
-    d[0].kick(1).unwrap();
-    let rx = d[1].wait_used(0, 1, T);
-    assert_eq!(rx.len(), 1, "TX from the window's addresses not delivered");
-    assert_eq!(
-        &d[1].rx_bytes(rx[0].0, rx[0].1 as usize)[NET_HDR_LEN..],
-        &fr[..]
-    );
+    tx_one(&mut d, w + 0x8000, &fr);
     assert_eq!(counters(&p, 0).bad_slot_ref, 0);
     drop(d);
 
@@ -486,13 +477,8 @@ fn a_cyclic_rx_chain_is_refused_as_a_loop() {
     d[1].set_desc(0, 1, link(a + 1024, 0));
     d[1].avail(0, 0);
     post_rest(&mut d[1], 2);
-    let fr = frame(5, 100);
-    d[0].send(0, &fr);
-    d[0].kick(1).unwrap();
-    let rx = d[1].wait_used(0, 2, T);
-    assert_eq!(rx, vec![(0, 0), (2, (NET_HDR_LEN + fr.len()) as u32)]);
+    rx_0_refused(&mut d, 0, 2);
     assert_eq!(counters(&p, 1).bad_chain, 1);
-    assert_eq!(d[0].wait_used(1, 1, T).len(), 1);
     d[1].post_rx(0);
     d[1].post_rx(2);
     d[1].kick(0).unwrap();

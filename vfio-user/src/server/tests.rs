@@ -336,18 +336,13 @@ fn no_reply_is_honoured_and_queries_without_reply_are_not_run() {
 #[test]
 fn commands_before_version_are_refused_and_version_tells_the_truth() {
     let (mock, end) = with_connection(Mock::new(), |s| {
-        let asked = RegionInfo {
-            argsz: 64,
-            index: 7,
-            ..RegionInfo::default()
+        let read = RegionAccess {
+            offset: 0,
+            region: 7,
+            count: 4,
         };
-        s.write_all(&message(
-            1,
-            Command::DeviceGetRegionInfo,
-            0,
-            bytes_of(&asked),
-        ))
-        .expect("send");
+        s.write_all(&message(1, Command::RegionRead, 0, bytes_of(&read)))
+            .expect("send");
         s.write_all(&message(2, Command::DeviceReset, 0, &[]))
             .expect("send");
         for id in [1, 2] {
