@@ -304,13 +304,25 @@ impl Backend for SideHandle {
         self.with(|p, k| p.fns[k].reset());
     }
 
+    fn max_dma_maps(&self) -> u32 {
+        u32::try_from(crate::mem::MAX_MAPS).unwrap_or(u32::MAX)
+    }
+
     fn connected(&mut self) {
         tracing::info!(side = self.side, "VMM connected");
     }
 
     fn disconnected(&mut self) {
-        tracing::info!(side = self.side, "VMM disconnected; side reset");
-        self.with(|p, k| p.fns[k].disconnect());
+        self.with(|p, k| {
+            // The DMA refusals were logged once (at the first); say how many.
+            let refused = p.fns[k].counters.dma_refused;
+            tracing::info!(
+                side = k,
+                dma_maps_refused = refused,
+                "VMM disconnected; side reset"
+            );
+            p.fns[k].disconnect()
+        });
     }
 }
 

@@ -14,9 +14,12 @@ pub const MAX_SEGS: usize = 64;
 /// counted as `bad_chain`; the queue goes on.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
 pub enum ChainError {
-    /// More than [`MAX_SEGS`] descriptors, or a loop.
-    #[error("chain longer than {MAX_SEGS} descriptors (or looping)")]
+    /// More than [`MAX_SEGS`] descriptors.
+    #[error("chain longer than {MAX_SEGS} descriptors")]
     TooLong,
+    /// `next` names a descriptor already in the chain (a cycle).
+    #[error("descriptor {0} is already in the chain (loop)")]
+    Loop(u16),
     /// `next` names a descriptor index >= queue size.
     #[error("next index {0} is outside the descriptor table")]
     NextOutOfRange(u16),
@@ -79,6 +82,9 @@ impl Chain {
             n: 0,
             total: 0,
         };
+        // The indices walked so far: a `next` naming one of them is a loop
+        // (virtio 1.2 §2.7.5.1: a chain is never longer than the queue).
+        let mut seen = [0u16; MAX_SEGS];
         let mut idx = head;
         loop {
             // `head` came from Queue::pop_head (< size) and every `next` is
@@ -109,6 +115,7 @@ impl Chain {
             if chain.n as usize == MAX_SEGS {
                 return Err(ChainError::TooLong);
             }
+            seen[chain.n as usize] = idx;
             chain.segs[chain.n as usize] = Seg {
                 addr: d.addr,
                 len: d.len,
@@ -121,6 +128,9 @@ impl Chain {
             }
             if d.next >= q.size() {
                 return Err(ChainError::NextOutOfRange(d.next));
+            }
+            if seen[..chain.n as usize].contains(&d.next) {
+                return Err(ChainError::Loop(d.next));
             }
             idx = d.next;
         }

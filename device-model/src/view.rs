@@ -52,7 +52,9 @@ pub struct SideView<'a> {
     pub mem: &'a GuestMemory,
     /// The side's counters.
     pub counters: &'a mut SideCounters,
-    /// The Shared Buffers window (BAR address) its driver programmed.
+    /// The Shared Buffers window (BAR address) its driver programmed; 0
+    /// (inert: no address is a slot reference) when the driver did not
+    /// negotiate shared buffers or has not programmed BAR 2/3.
     pub window: u64,
     /// DRIVER_OK and neither FAILED nor DEVICE_NEEDS_RESET.
     pub active: bool,

@@ -207,6 +207,20 @@ impl Drop for SocketPair {
     }
 }
 
+/// The pair the socket tests use: 64 slots of 2048 bytes, queues of up to
+/// 256 entries, bursts of 64, a 20 ms TX wait.
+pub fn test_pair_config() -> PairConfig {
+    PairConfig {
+        geometry: sbnet_abi::shm::SlotGeometry::new(2048, 64).expect("geometry"),
+        max_queue_size: 256,
+        switch: sbnet_device::switch::SwitchConfig {
+            burst: 64,
+            tx_wait: std::time::Duration::from_millis(20),
+        },
+        huge_pages: false,
+    }
+}
+
 /// A fresh, unique temporary directory.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

@@ -7,9 +7,7 @@ use sbnet_abi::common_cfg::{self as cc, bit};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, NET_HDR_LEN};
 use sbnet_abi::ring::AVAIL_F_NO_INTERRUPT;
-use sbnet_abi::shm::SlotGeometry;
 use sbnet_device::pair::{PairConfig, PollMode};
-use sbnet_device::switch::SwitchConfig;
 use sbnet_device::testutil::hostile_chains;
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::Bus;
@@ -21,15 +19,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(5);
 
 fn cfg() -> PairConfig {
-    PairConfig {
-        geometry: SlotGeometry::new(2048, 64).unwrap(),
-        max_queue_size: 256,
-        switch: SwitchConfig {
-            burst: 64,
-            tx_wait: Duration::from_millis(20),
-        },
-        huge_pages: false,
-    }
+    sbnet_tests::test_pair_config()
 }
 
 fn start(tag: &str) -> SocketPair {

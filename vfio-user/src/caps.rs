@@ -9,9 +9,6 @@
 use crate::wire::{page_size, MAX_DATA_XFER, MAX_FDS};
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// Largest number of DMA maps the server advertises (`max_dma_maps`).
-pub const MAX_DMA_MAPS: u32 = 65535;
-
 /// The whole version data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionData {
@@ -89,17 +86,17 @@ fn lenient<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
 }
 
 impl VersionData {
-    /// What sbnet's server advertises.
-    pub fn server() -> VersionData {
+    /// What sbnet's server advertises: `max_dma_maps` is the backend's own
+    /// limit ([`crate::server::Backend::max_dma_maps`]); no `migration`
+    /// (sbnet does not migrate).
+    pub fn server(max_dma_maps: u32) -> VersionData {
         let pgsize = page_size();
         VersionData {
             capabilities: Some(Capabilities {
                 max_data_xfer_size: Some(u64::from(MAX_DATA_XFER)),
-                max_dma_maps: Some(u64::from(MAX_DMA_MAPS)),
+                max_dma_maps: Some(u64::from(max_dma_maps)),
                 max_msg_fds: Some(MAX_FDS as u64),
-                migration: Some(Migration {
-                    pgsize: Some(pgsize),
-                }),
+                migration: None,
                 pgsizes: Some(pgsize),
             }),
         }
@@ -179,7 +176,8 @@ mod tests {
         }
     }
 
-    /// Byte-for-byte what the server and client sent before this type.
+    /// Byte-for-byte what the server and client send: the backend's map
+    /// limit, no migration.
     #[test]
     fn advertised_json_is_unchanged() {
         let pg = page_size();
@@ -188,13 +186,12 @@ mod tests {
                 "max_msg_fds": MAX_FDS,
                 "max_data_xfer_size": MAX_DATA_XFER,
                 "pgsizes": pg,
-                "max_dma_maps": MAX_DMA_MAPS,
-                "migration": { "pgsize": pg },
+                "max_dma_maps": 1024,
             }
         });
         let mut want = server.to_string().into_bytes();
         want.push(0);
-        assert_eq!(VersionData::server().to_bytes(), want);
+        assert_eq!(VersionData::server(1024).to_bytes(), want);
         let client = serde_json::json!({
             "capabilities": {
                 "max_msg_fds": MAX_FDS,

@@ -123,6 +123,14 @@ proptest! {
                     let s = UnixStream::connect(&p.socket).expect("connect");
                     s.set_read_timeout(Some(Duration::from_millis(30))).unwrap();
                     s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+                    let mut s = s;
+                    // VERSION first (the server refuses everything else before it),
+                    // so the random messages reach every command.
+                    let version = [0u8; 4]; // 0.0, no version data
+                    let command = sbnet_vfio_user::wire::Command::Version;
+                    s.write_all(&common::message(0x7000, command, 0, &version)).unwrap();
+                    let mut reply = [0u8; 4096];
+                    let _ = s.read(&mut reply);
                     stream.insert(s)
                 }
             };

@@ -237,7 +237,13 @@ fn malformed_messages_are_refused_and_the_server_survives() {
     ];
     let mut disconnects = 0;
     for (case, bytes, nfds, expect) in cases {
-        let mut s = h.raw();
+        // Every case but VERSION's own comes after a VERSION exchange.
+        let is_version = bytes.get(2..4) == Some(&u16::from(Command::Version).to_le_bytes()[..]);
+        let mut s = if is_version {
+            h.raw()
+        } else {
+            h.raw_versioned()
+        };
         let fds: Vec<OwnedFd> = (0..nfds).map(|_| memfd(c"case")).collect();
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let rights = [ControlMessage::ScmRights(&raw)];
@@ -265,8 +271,18 @@ fn malformed_messages_are_refused_and_the_server_survives() {
                     argsz: 16,
                     ..DeviceInfo::default()
                 };
-                s.write_all(&message(2, Command::DeviceGetInfo, 0, &info.encode()))
-                    .expect("send");
+                // After a refused VERSION, only VERSION is served.
+                let follow_up = if is_version {
+                    message(
+                        2,
+                        Command::Version,
+                        0,
+                        &Version { major: 0, minor: 0 }.encode(),
+                    )
+                } else {
+                    message(2, Command::DeviceGetInfo, 0, &info.encode())
+                };
+                s.write_all(&follow_up).expect("send");
                 let (header, _) =
                     read_reply(&mut s).unwrap_or_else(|| panic!("{case}: no follow-up"));
                 assert_eq!(
@@ -309,7 +325,7 @@ fn truncated_message_then_eof_is_dropped() {
 #[test]
 fn no_reply_suppresses_replies() {
     let h = Harness::start("noreply");
-    let mut s = h.raw();
+    let mut s = h.raw_versioned();
     let mut body = access(0, 0x10, 4);
     body.extend_from_slice(&7u32.to_le_bytes());
     s.write_all(&message(1, Command::RegionWrite, FLAG_NO_REPLY, &body))

@@ -80,7 +80,7 @@ impl Function {
                     _ => self.counters.ignored_writes += 1,
                 }
             }
-            (off::CONFIG_MSIX_VECTOR, 2) => self.config_msix_vector = v as u16,
+            (off::CONFIG_MSIX_VECTOR, 2) => self.config_msix_vector = msix_vector(v as u16),
             (off::DEVICE_STATUS, 1) => self.write_status(v as u8),
             (off::QUEUE_SELECT, 2) => self.queue_select = v as u16,
             (off::QUEUE_SIZE, 2) | (off::QUEUE_MSIX_VECTOR, 2) | (off::QUEUE_ENABLE, 2) => {
@@ -135,12 +135,7 @@ impl Function {
         };
         match off {
             off::QUEUE_MSIX_VECTOR => {
-                // Spec: NO_VECTOR when the vector cannot be used.
-                slot.regs.msix_vector = if v < l::MSIX_VECTORS {
-                    v
-                } else {
-                    cc::NO_VECTOR
-                };
+                slot.regs.msix_vector = msix_vector(v);
             }
             _ if slot.queue.is_some() => self.counters.ignored_writes += 1,
             off::QUEUE_SIZE => slot.regs.size = v,
@@ -211,4 +206,15 @@ fn queue_addr_field(o: usize, r: &QueueRegs) -> Option<(usize, u64)> {
     ]
     .into_iter()
     .find(|(base, _)| (*base..*base + 8).contains(&o) && (o - base).is_multiple_of(4))
+}
+
+/// A vector as written to `config_msix_vector` or `queue_msix_vector`, as it
+/// reads back: virtio 1.2 §4.1.5.1.2, NO_VECTOR when the device cannot use
+/// it (past the MSI-X table).
+fn msix_vector(v: u16) -> u16 {
+    if v < l::MSIX_VECTORS {
+        v
+    } else {
+        cc::NO_VECTOR
+    }
 }

@@ -178,7 +178,10 @@ impl Function {
     pub fn view(&mut self) -> SideView<'_> {
         let active = self.is_active();
         let shared_buffers = self.is_shared_buffers();
-        let window = self.shm_window();
+        // The window is inert (0: every address is an ordinary DMA address)
+        // for a driver that did not negotiate shared buffers, and while BAR
+        // 2/3 is unprogrammed (address 0): abi.md §5.
+        let window = if shared_buffers { self.shm_window() } else { 0 };
         let [rx, tx] = &mut self.queues;
         let vectors = [rx.regs.msix_vector, tx.regs.msix_vector];
         SideView::new(

@@ -175,6 +175,8 @@ pub(super) struct Connection<'b> {
     /// and `GET_REGION_INFO`), used to bound region accesses.
     regions: Vec<RegionDesc>,
     irqs: Vec<IrqDesc>,
+    /// `VERSION` was negotiated: until then every other command is refused.
+    versioned: bool,
 }
 
 impl<'b> Connection<'b> {
@@ -186,6 +188,7 @@ impl<'b> Connection<'b> {
             backend,
             regions,
             irqs,
+            versioned: false,
         }
     }
 
@@ -266,7 +269,19 @@ impl<'b> Connection<'b> {
         let refused = (no_reply && !command.allows_no_reply())
             || fds.len() > MAX_FDS
             || (!fds.is_empty() && !command.takes_fds());
-        let outcome = if refused {
+        // "After the client connects to the server, the initial client
+        // message is VFIO_USER_VERSION" (vfio-user spec, Connection
+        // Initiation): anything else first gets an error reply (every
+        // command is answered) and the connection stays open for VERSION.
+        let early = !self.versioned && command != Command::Version;
+        if early {
+            warn!(
+                id = header.message_id,
+                command = header.command,
+                "refusing a vfio-user command sent before VERSION"
+            );
+        }
+        let outcome = if refused || early {
             Err(Errno::EINVAL)
         } else {
             self.execute(command, &body, fds)
@@ -301,7 +316,11 @@ impl<'b> Connection<'b> {
         fds: Vec<OwnedFd>,
     ) -> Result<Reply, Errno> {
         match command {
-            Command::Version => self.version(body),
+            Command::Version => {
+                let reply = self.version(body)?;
+                self.versioned = true;
+                Ok(reply)
+            }
             Command::DmaMap => self.dma_map(body, fds),
             Command::DmaUnmap => self.dma_unmap(body),
             Command::DeviceGetInfo => self.device_info(body),
@@ -341,7 +360,7 @@ impl<'b> Connection<'b> {
             minor: v.minor.min(VERSION_MINOR),
         };
         let mut out = bytes_of(&reply).to_vec();
-        out.extend_from_slice(&VersionData::server().to_bytes());
+        out.extend_from_slice(&VersionData::server(self.backend.max_dma_maps()).to_bytes());
         info!(
             client_minor = v.minor,
             minor = reply.minor,

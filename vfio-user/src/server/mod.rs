@@ -18,7 +18,6 @@ mod listen;
 #[cfg(test)]
 mod tests;
 
-pub use crate::caps::MAX_DMA_MAPS;
 pub use crate::wire::{MAX_DATA_XFER, POLL_INTERVAL};
 pub use listen::{Server, ServerError, SEND_TIMEOUT};
 
@@ -89,6 +88,9 @@ pub trait Backend {
     ) -> Result<(), Errno>;
     /// `DEVICE_RESET`.
     fn reset(&mut self);
+    /// The most DMA maps the backend holds at once: advertised as
+    /// `max_dma_maps` in the `VERSION` reply.
+    fn max_dma_maps(&self) -> u32;
     /// A client connected (after the socket accept, before any message).
     fn connected(&mut self) {}
     /// The client went away (EOF, error, or server shutdown): drop its DMA

@@ -11,6 +11,7 @@ use crate::wire::{
 use bytemuck::{bytes_of, pod_read_unaligned};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use std::io::{IoSliceMut, Read, Write};
+use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -111,6 +112,10 @@ impl Backend for Mock {
     ) -> Result<(), Errno> {
         Ok(())
     }
+    fn max_dma_maps(&self) -> u32 {
+        64
+    }
+
     fn reset(&mut self) {
         self.resets += 1;
     }
@@ -140,6 +145,16 @@ fn read_reply(stream: &mut UnixStream) -> Option<(Header, Vec<u8>)> {
     let mut body = vec![0u8; header.message_size as usize - HEADER_LEN];
     stream.read_exact(&mut body).ok()?;
     Some((header, body))
+}
+
+/// Negotiates VERSION 0.0 (no version data) and returns the reply's data.
+fn negotiate(s: &mut UnixStream) -> Vec<u8> {
+    let body = bytes_of(&Version { major: 0, minor: 0 }).to_vec();
+    s.write_all(&message(0x7000, Command::Version, 0, &body))
+        .expect("send");
+    let (h, reply) = read_reply(s).expect("VERSION reply");
+    assert_eq!(h.flags & FLAG_ERROR, 0, "VERSION refused");
+    reply[size_of::<Version>()..].to_vec()
 }
 
 /// Runs a Connection on one end of a socketpair in a thread.
@@ -284,6 +299,7 @@ fn version_reply_never_exceeds_the_proposed_minor() {
 #[test]
 fn no_reply_is_honoured_and_queries_without_reply_are_not_run() {
     let (mock, end) = with_connection(Mock::new(), |s| {
+        negotiate(s);
         let write = RegionAccess {
             offset: 0x10,
             region: 7,
@@ -318,6 +334,45 @@ fn no_reply_is_honoured_and_queries_without_reply_are_not_run() {
 }
 
 #[test]
+fn commands_before_version_are_refused_and_version_tells_the_truth() {
+    let (mock, end) = with_connection(Mock::new(), |s| {
+        let read = RegionAccess {
+            offset: 0,
+            region: 7,
+            count: 4,
+        };
+        s.write_all(&message(1, Command::RegionRead, 0, bytes_of(&read)))
+            .expect("send");
+        s.write_all(&message(2, Command::DeviceReset, 0, &[]))
+            .expect("send");
+        for id in [1, 2] {
+            let (h, body) = read_reply(s).expect("error reply, connection kept");
+            assert_eq!(h.message_id, id);
+            assert_ne!(
+                h.flags & FLAG_ERROR,
+                0,
+                "message {id} served before VERSION"
+            );
+            assert_eq!(h.error, Errno::EINVAL as u32);
+            assert!(body.is_empty());
+        }
+        let data = negotiate(s);
+        let caps = crate::caps::VersionData::parse(&data)
+            .expect("valid version data")
+            .and_then(|v| v.capabilities)
+            .expect("capabilities");
+        assert_eq!(caps.max_dma_maps, Some(64), "the backend's own limit");
+        assert_eq!(caps.migration, None, "migration is not supported");
+        s.write_all(&message(3, Command::DeviceReset, 0, &[]))
+            .expect("send");
+        let (h, _) = read_reply(s).expect("reply");
+        assert_eq!((h.message_id, h.flags & FLAG_ERROR), (3, 0));
+    });
+    assert!(matches!(end, ConnectionEnd::Eof));
+    assert_eq!(mock.resets, 1, "only the reset after VERSION ran");
+}
+
+#[test]
 fn untrusted_sizes_close_the_connection() {
     for size in [0u32, 15, MAX_MESSAGE + 1, u32::MAX] {
         let (_, end) = with_connection(Mock::new(), |s| {
@@ -346,6 +401,7 @@ fn region_info_over_the_socket_carries_the_fd() {
     let mut mock = Mock::new();
     mock.mmap_fd = Some(memfd.as_raw_fd());
     let (_, end) = with_connection(mock, |s| {
+        negotiate(s);
         let asked = RegionInfo {
             argsz: 64,
             index: 2,

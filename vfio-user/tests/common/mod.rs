@@ -215,6 +215,10 @@ impl Backend for Mock {
         Ok(())
     }
 
+    fn max_dma_maps(&self) -> u32 {
+        64
+    }
+
     fn reset(&mut self) {
         self.stats().resets += 1;
         self.config[4..6].copy_from_slice(&[0, 0]);
@@ -292,6 +296,23 @@ impl Harness {
         let s = UnixStream::connect(&self.path).expect("raw connect");
         s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         s.set_write_timeout(Some(TIMEOUT)).expect("timeout");
+        s
+    }
+
+    /// A raw connection that has negotiated VERSION 0.0 (the server refuses
+    /// every other command before it).
+    pub fn raw_versioned(&self) -> UnixStream {
+        let mut s = self.raw();
+        let body = Version { major: 0, minor: 0 }.encode();
+        s.write_all(&message(
+            0x7000,
+            sbnet_vfio_user::wire::Command::Version,
+            0,
+            &body,
+        ))
+        .expect("send VERSION");
+        let (header, _) = read_reply(&mut s).expect("VERSION reply");
+        assert_eq!(header.error, 0, "VERSION refused");
         s
     }
 
