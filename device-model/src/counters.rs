@@ -90,7 +90,8 @@ counters! {
         rx_post_duplicate,
         /// Refused: frame larger than the peer's RX buffer.
         frame_too_big,
-        /// Refused: a gift outside zero-copy mode or on a classic buffer.
+        /// Refused: a slot TX marked `GIFT_BUFFER` in copy mode (a gift hands a slot to a
+        /// zero-copy peer; in copy mode slots stay with their owner).
         bad_gift,
     }
     then {
