@@ -16,8 +16,11 @@
 #     slots, every post and deferral consistent) and so is each final
 #     testpmd's (free + held + in flight + peer-owned = total);
 #   - the final clean pair delivered every frame, without integrity errors;
-#   - fds and threads are exactly as at the start, RSS grew by at most
-#     10% (or 1 MiB, whichever is larger: allocator and page-cache noise).
+#   - fds, threads and mappings are as at the start (none more); private
+#     RSS (anon + file) grew by at most 10% or 1 MiB, whichever is larger
+#     (allocator noise); shared RSS (shmem) is at most the region's size:
+#     the region's pages fault in as the switch copies through slots, and
+#     guest memory must all be unmapped once the clients are gone.
 # Prints a report block; exit status 0 when every check passed, 1 otherwise.
 # Runs as root or not; needs cargo, jq and /proc. Not part of CI.
 set -uo pipefail
@@ -51,6 +54,9 @@ DIR=$(mktemp -d "${TMPDIR:-/tmp}/sbnet-soak.XXXXXX")
 SA=$DIR/a.sock
 SB=$DIR/b.sock
 CLEAN_FRAMES=200000
+SLOTS=512
+SLOT_SIZE=2048
+REGION_KB=$((SLOTS * SLOT_SIZE / 1024))
 HP=""
 cleanup() {
     touch "$DIR/stop"
@@ -63,19 +69,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$HOSTPAIR" serve --socket "$SA" --socket "$SB" --stats-json "$DIR/stats.json" \
+"$HOSTPAIR" serve --socket "$SA" --socket "$SB" --slots $SLOTS --slot-size $SLOT_SIZE \
+    --stats-json "$DIR/stats.json" \
     --stats-interval 10 2>"$DIR/host-pair.log" &
 HP=$!
 for _ in $(seq 100); do [ -S "$SA" ] && [ -S "$SB" ] && break; sleep 0.1; done
 [ -S "$SA" ] && [ -S "$SB" ] || { echo "soak: host-pair did not start" >&2; cat "$DIR/host-pair.log" >&2; exit 1; }
 
-# fd count, thread count and RSS (kB) of host-pair.
+# fd count, thread count, mappings and RSS (kB) of host-pair: private
+# (anon + file) and shared memory (shmem: the region's touched pages, and
+# any guest memory still mapped) apart.
 sample() {
-    local fds threads rss
+    local fds maps
     fds=$(ls "/proc/$HP/fd" 2>/dev/null | wc -l)
-    threads=$(awk '/^Threads:/ {print $2}' "/proc/$HP/status" 2>/dev/null)
-    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$HP/status" 2>/dev/null)
-    echo "${fds:-0} ${threads:-0} ${rss:-0}"
+    maps=$(wc -l <"/proc/$HP/maps" 2>/dev/null)
+    awk -v fds="$fds" -v maps="${maps:-0}" '
+        /^Threads:/ {t = $2} /^VmRSS:/ {r = $2} /^RssAnon:/ {a = $2}
+        /^RssFile:/ {f = $2} /^RssShmem:/ {s = $2}
+        END {print fds, t + 0, r + 0, a + f, s + 0, maps}' "/proc/$HP/status" 2>/dev/null ||
+        echo "0 0 0 0 0 0"
 }
 
 # Waits (up to 10 s) until host-pair has no client: its fd count stops
@@ -84,7 +96,7 @@ settle() {
     local last="" now
     for _ in $(seq 20); do
         sleep 0.5
-        now=$(sample | cut -d' ' -f1)
+        now=$(sample | cut -d' ' -f1,6)
         [ "$now" = "$last" ] && return
         last=$now
     done
@@ -137,7 +149,7 @@ echo "soak: warm-up (a clean pair of $CLEAN_FRAMES frames)..." >&2
 WARM_OK=1
 clean_pair "$CLEAN_FRAMES" warm || WARM_OK=0
 settle
-read -r FD0 TH0 RSS0 < <(sample)
+read -r FD0 TH0 RSS0 PRIV0 SHM0 MAPS0 < <(sample)
 
 echo "soak: $MINUTES minutes of traffic, abuse and kill -9 (logs in $DIR)..." >&2
 START=$(date +%s)
@@ -159,7 +171,7 @@ echo "soak: final clean pair..." >&2
 FINAL_OK=1
 clean_pair "$CLEAN_FRAMES" final || FINAL_OK=0
 settle
-read -r FD1 TH1 RSS1 < <(sample)
+read -r FD1 TH1 RSS1 PRIV1 SHM1 MAPS1 < <(sample)
 
 # The ledger as host-pair sees it now (idle): ask for a report.
 ALIVE=1
@@ -185,16 +197,18 @@ count() { [ -f "$1" ] && wc -l <"$1" || echo 0; }
 KA=$(count "$DIR/kills-a")
 KB=$(count "$DIR/kills-b")
 PANICS=$(grep -ci "panick" "$DIR/host-pair.log")
-RSS_LIMIT=$((RSS0 + (RSS0 / 10 > 1024 ? RSS0 / 10 : 1024)))
+PRIV_LIMIT=$((PRIV0 + (PRIV0 / 10 > 1024 ? PRIV0 / 10 : 1024)))
 
 {
     echo "==== sbnet soak report ===="
     echo "minutes: $MINUTES (chaos ran $ELAPSED s)"
     echo "kill -9: side A $KA, side B $KB (clients that exited on their own: A $(count "$DIR/exits-a"), B $(count "$DIR/exits-b"))"
     echo "frames moved (host-pair counters): side 0 tx $(jqn '.sides[0].tx_packets' "$S") rx $(jqn '.sides[0].rx_packets' "$S"), side 1 tx $(jqn '.sides[1].tx_packets' "$S") rx $(jqn '.sides[1].rx_packets' "$S")"
-    echo "refusals counted: side 0 $(jqn '.sides[0].refusals' "$S"), side 1 $(jqn '.sides[1].refusals' "$S"); needs_reset side 1 $(jqn '.sides[1].needs_reset' "$S")"
+    for k in 0 1; do
+        echo "side $k refusals: $(jqn ".sides[$k] | \"\(.refusals) (\([\"bad_chain\",\"bad_slot_ref\",\"tx_not_owner\",\"rx_post_not_peer_owned\",\"rx_post_duplicate\",\"frame_too_big\",\"bad_gift\"] as \$r | to_entries | map(select(.key as \$k | \$r | index(\$k)) | select(.value > 0) | \"\(.key) \(.value)\") | join(\", \"))); dma_refused \(.dma_refused), needs_reset \(.needs_reset), resets \(.resets)\"" "$S")"
+    done
     echo "final epoch: $(jqn '.epoch' "$S")"
-    echo "host-pair fds $FD0 -> $FD1, threads $TH0 -> $TH1, RSS ${RSS0} kB -> ${RSS1} kB (limit $RSS_LIMIT kB)"
+    echo "host-pair fds $FD0 -> $FD1, threads $TH0 -> $TH1, mappings $MAPS0 -> $MAPS1, RSS $RSS0 -> $RSS1 kB (private $PRIV0 -> $PRIV1 kB, limit $PRIV_LIMIT; shared $SHM0 -> $SHM1 kB, region $REGION_KB kB)"
     echo "host ledger: $(jqn '.ledger | "side 0 owns \(.sides[0].owned), side 1 owns \(.sides[1].owned), nobody \(.nobody): total \(.total) of \(.slots) slots, whole \(.whole)"' "$S")"
     for s in tx rx; do
         echo "final testpmd $s ledger: $(jqn '.ledger | "free \(.free) + held \(.held) + in flight \(.in_flight_tx) + peer-owned \(.peer_owned) = \(.sum) of \(.total), whole \(.whole)"' "$DIR/clean-final-$s.json")"
@@ -210,7 +224,9 @@ RSS_LIMIT=$((RSS0 + (RSS0 / 10 > 1024 ? RSS0 / 10 : 1024)))
     check "both sides were killed with kill -9" "$([ "$KA" -gt 0 ] && [ "$KB" -gt 0 ] && echo 1)"
     check "fds did not grow ($FD0 -> $FD1)" "$([ "$FD1" -le "$FD0" ] && echo 1)"
     check "threads did not grow ($TH0 -> $TH1)" "$([ "$TH1" -le "$TH0" ] && echo 1)"
-    check "RSS within +10% / 1 MiB ($RSS0 -> $RSS1 kB)" "$([ "$RSS1" -le "$RSS_LIMIT" ] && echo 1)"
+    check "mappings did not grow ($MAPS0 -> $MAPS1)" "$([ "$MAPS1" -le "$MAPS0" ] && echo 1)"
+    check "private RSS within +10% / 1 MiB ($PRIV0 -> $PRIV1 kB)" "$([ "$PRIV1" -le "$PRIV_LIMIT" ] && echo 1)"
+    check "shared RSS within the region, no guest memory left mapped ($SHM1 <= $REGION_KB kB)" "$([ "$SHM1" -le "$REGION_KB" ] && echo 1)"
     if [ ${#FAIL[@]} = 0 ]; then echo "result: PASS"; else echo "result: FAIL (${#FAIL[@]} checks)"; fi
     echo "==========================="
 } >"$DIR/report.txt"

@@ -168,7 +168,11 @@ mod tests {
 
     #[test]
     fn a_fresh_switch_is_whole_and_unowned() {
-        let sw = Switch::new(SwitchConfig::default(), SlotGeometry::new(2048, 64).unwrap(), 256);
+        let sw = Switch::new(
+            SwitchConfig::default(),
+            SlotGeometry::new(2048, 64).unwrap(),
+            256,
+        );
         let l = Ledger::of(&sw);
         assert_eq!(l.nobody, 64);
         assert_eq!(l.total(), 64);

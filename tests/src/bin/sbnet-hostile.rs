@@ -158,7 +158,11 @@ fn session(
     Ok(())
 }
 
-fn bring_up(bus: VfioUserBus, rng: &mut Rng, t: &mut Tally) -> Result<RawDriver<VfioUserBus>, BusError> {
+fn bring_up(
+    bus: VfioUserBus,
+    rng: &mut Rng,
+    t: &mut Tally,
+) -> Result<RawDriver<VfioUserBus>, BusError> {
     let mut f = 0;
     for b in [
         net::VIRTIO_NET_F_SHARED_BUFFERS,
@@ -203,7 +207,11 @@ fn traffic(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> Resu
 }
 
 /// The hostile-chain table's refused TX cases, one at a time.
-fn hostile_tx(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> Result<(), BusError> {
+fn hostile_tx(
+    d: &mut RawDriver<VfioUserBus>,
+    rng: &mut Rng,
+    t: &mut Tally,
+) -> Result<(), BusError> {
     let cases = hostile_chains(d.buf(1, 60), 0x1000, QSIZE);
     let tx: Vec<_> = cases.iter().filter(|c| c.refused_as_tx).collect();
     let case = tx[rng.below(tx.len() as u64) as usize];
@@ -218,7 +226,11 @@ fn hostile_tx(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> R
 }
 
 /// The table's chains posted as receive buffers (device-writable or not).
-fn hostile_rx(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> Result<(), BusError> {
+fn hostile_rx(
+    d: &mut RawDriver<VfioUserBus>,
+    rng: &mut Rng,
+    t: &mut Tally,
+) -> Result<(), BusError> {
     let cases = hostile_chains(d.buf(0, 60), 0x1000, QSIZE);
     let case = &cases[rng.below(cases.len() as u64) as usize];
     for (i, desc) in case.descs.iter().enumerate() {
@@ -314,19 +326,27 @@ fn bad_dma(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> Resu
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
     )
     .map_err(|e| BusError::Map(format!("memfd: {e}")))?;
-    nix::unistd::ftruncate(&unsealed, 4096).map_err(|e| BusError::Map(format!("ftruncate: {e}")))?;
+    nix::unistd::ftruncate(&unsealed, 4096)
+        .map_err(|e| BusError::Map(format!("ftruncate: {e}")))?;
     let s = sealed.as_raw_fd();
     let (body, fds): (Vec<u8>, Vec<RawFd>) = match rng.below(8) {
         0 => (dma_map_body(rw, 0, free_iova, 8192), vec![s]),
         1 => (dma_map_body(rw, 1 << 20, free_iova, 4096), vec![s]),
-        2 => (dma_map_body(rw, 0, free_iova, 4096), vec![unsealed.as_raw_fd()]),
+        2 => (
+            dma_map_body(rw, 0, free_iova, 4096),
+            vec![unsealed.as_raw_fd()],
+        ),
         3 => (dma_map_body(0, 0, free_iova, 4096), vec![s]),
         4 => (dma_map_body(rw, 0, free_iova, 4096), vec![]),
         5 => (dma_map_body(rw, 0, d.buf(0, 0) & !0xfff, 4096), vec![s]),
         6 => (dma_map_body(rw, 0, u64::MAX - 4095, 8192), vec![s]),
         _ => {
             // DMA_UNMAP (no flags) of a random page, sometimes one the rings use.
-            let addr = if rng.chance(30) { d.buf(0, 0) & !0xfff } else { free_iova };
+            let addr = if rng.chance(30) {
+                d.buf(0, 0) & !0xfff
+            } else {
+                free_iova
+            };
             let mut b = Vec::with_capacity(24);
             b.extend_from_slice(&24u32.to_le_bytes());
             b.extend_from_slice(&0u32.to_le_bytes());
@@ -354,9 +374,21 @@ fn bad_irqs(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> Res
             0 => (l::IRQ_MSIX, trig, 0, 1, vec![p]),
             1 => (99, trig, 0, 1, vec![e]),
             2 => (l::IRQ_MSIX, trig, 1000, 1, vec![e]),
-            3 => (l::IRQ_MSIX, IrqSetFlags::DATA_BOOL | IrqSetFlags::ACTION_TRIGGER, 0, 1, vec![]),
+            3 => (
+                l::IRQ_MSIX,
+                IrqSetFlags::DATA_BOOL | IrqSetFlags::ACTION_TRIGGER,
+                0,
+                1,
+                vec![],
+            ),
             4 => (l::IRQ_MSIX, trig, 0, 2, vec![e]),
-            5 => (l::IRQ_MSIX, IrqSetFlags::from_bits_retain(rng.next() as u32), 0, 1, vec![e]),
+            5 => (
+                l::IRQ_MSIX,
+                IrqSetFlags::from_bits_retain(rng.next() as u32),
+                0,
+                1,
+                vec![e],
+            ),
             _ => (l::IRQ_MSIX, trig, rng.below(3) as u32, 1, vec![e]),
         };
     let mut b = Vec::with_capacity(20);
