@@ -237,3 +237,36 @@ impl Summary {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sbnet_pmd::SlotCounts;
+
+    fn summary(slots: SlotCounts, total: u32) -> Summary {
+        let port = Stats {
+            slots,
+            ..Stats::default()
+        };
+        Summary::new(&Meter::new(64), 1.0, &mut [], port, total, "txonly".into())
+    }
+
+    #[test]
+    fn the_ledger_sums_every_state_against_the_slot_count() {
+        let slots = SlotCounts {
+            free: 100,
+            held: 3,
+            in_flight_tx: 25,
+            peer_posted: 120,
+            peer_unposted: 8,
+        };
+        let j = summary(slots, 256).to_json();
+        assert_eq!(j["ledger"]["peer_owned"], 128);
+        assert_eq!(j["ledger"]["sum"], 256);
+        assert_eq!(j["ledger"]["whole"], true);
+        // One slot lost: not whole.
+        let j = summary(SlotCounts { free: 99, ..slots }, 256).to_json();
+        assert_eq!(j["ledger"]["sum"], 255);
+        assert_eq!(j["ledger"]["whole"], false);
+    }
+}
