@@ -145,11 +145,19 @@ chaos() {
     done
 }
 
+# A clean pair tagged $1, then an idle sample in $DIR/sample-$1; prints 1
+# when the pair passed, 0 otherwise.
+clean_phase() {
+    local ok=1
+    clean_pair "$CLEAN_FRAMES" "$1" || ok=0
+    settle
+    sample >"$DIR/sample-$1"
+    echo $ok
+}
+
 echo "soak: warm-up (a clean pair of $CLEAN_FRAMES frames)..." >&2
-WARM_OK=1
-clean_pair "$CLEAN_FRAMES" warm || WARM_OK=0
-settle
-read -r FD0 TH0 RSS0 PRIV0 SHM0 MAPS0 < <(sample)
+WARM_OK=$(clean_phase warm)
+read -r FD0 TH0 RSS0 PRIV0 SHM0 MAPS0 <"$DIR/sample-warm"
 
 echo "soak: $MINUTES minutes of traffic, abuse and kill -9 (logs in $DIR)..." >&2
 START=$(date +%s)
@@ -168,10 +176,8 @@ ELAPSED=$(($(date +%s) - START))
 settle
 
 echo "soak: final clean pair..." >&2
-FINAL_OK=1
-clean_pair "$CLEAN_FRAMES" final || FINAL_OK=0
-settle
-read -r FD1 TH1 RSS1 PRIV1 SHM1 MAPS1 < <(sample)
+FINAL_OK=$(clean_phase final)
+read -r FD1 TH1 RSS1 PRIV1 SHM1 MAPS1 <"$DIR/sample-final"
 
 # The ledger as host-pair sees it now (idle): ask for a report.
 ALIVE=1

@@ -125,8 +125,8 @@ fn session(
     let mut d = bring_up(bus, rng, t)?;
     let ops: [Op; 7] = [
         traffic,
-        hostile_tx,
-        hostile_rx,
+        |d, r, t| hostile_chain(d, r, t, 1),
+        |d, r, t| hostile_chain(d, r, t, 0),
         register_abuse,
         bad_dma,
         bad_irqs,
@@ -206,43 +206,33 @@ fn traffic(d: &mut RawDriver<VfioUserBus>, rng: &mut Rng, t: &mut Tally) -> Resu
     d.kick(0)
 }
 
-/// The hostile-chain table's refused TX cases, one at a time.
-fn hostile_tx(
+/// One chain of the hostile-chain table on queue `q`: a case the switch
+/// refuses as a TX on the transmit queue, any case (device-writable or not)
+/// as a receive post.
+fn hostile_chain(
     d: &mut RawDriver<VfioUserBus>,
     rng: &mut Rng,
     t: &mut Tally,
+    q: u16,
 ) -> Result<(), BusError> {
-    let cases = hostile_chains(d.buf(1, 60), 0x1000, QSIZE);
-    let tx: Vec<_> = cases.iter().filter(|c| c.refused_as_tx).collect();
-    let case = tx[rng.below(tx.len() as u64) as usize];
-    for (i, desc) in case.descs.iter().enumerate() {
-        d.set_desc(1, i as u16, *desc);
-    }
-    d.avail(1, 0);
-    d.kick(1)?;
-    t.hostile_tx += 1;
-    d.wait_used(1, 1, Duration::from_millis(30));
-    Ok(())
-}
-
-/// The table's chains posted as receive buffers (device-writable or not).
-fn hostile_rx(
-    d: &mut RawDriver<VfioUserBus>,
-    rng: &mut Rng,
-    t: &mut Tally,
-) -> Result<(), BusError> {
-    let cases = hostile_chains(d.buf(0, 60), 0x1000, QSIZE);
-    let case = &cases[rng.below(cases.len() as u64) as usize];
+    let cases = hostile_chains(d.buf(q, 60), 0x1000, QSIZE);
+    let pick: Vec<_> = cases.iter().filter(|c| q == 0 || c.refused_as_tx).collect();
+    let case = pick[rng.below(pick.len() as u64) as usize];
     for (i, desc) in case.descs.iter().enumerate() {
         let mut desc = *desc;
-        if rng.chance(50) {
+        if q == 0 && rng.chance(50) {
             desc.flags |= DESC_F_WRITE;
         }
-        d.set_desc(0, i as u16, desc);
+        d.set_desc(q, i as u16, desc);
     }
-    d.avail(0, 0);
-    d.kick(0)?;
-    t.hostile_rx += 1;
+    d.avail(q, 0);
+    d.kick(q)?;
+    if q == 1 {
+        t.hostile_tx += 1;
+        d.wait_used(1, 1, Duration::from_millis(30));
+    } else {
+        t.hostile_rx += 1;
+    }
     Ok(())
 }
 
@@ -255,35 +245,21 @@ fn register_abuse(
     for _ in 0..rng.below(8) + 1 {
         let size = [1usize, 2, 4, 8, 3][rng.below(5) as usize];
         let v = rng.next().to_le_bytes();
+        let mut buf = [0u8; 8];
         let write = rng.chance(60);
-        let (what, res) = match rng.below(3) {
-            0 => {
-                let off = rng.below(l::VIRTIO_BAR_SIZE + 64);
-                let r = if write {
-                    d.bus.bar_write(l::VIRTIO_BAR, off, &v[..size])
-                } else {
-                    d.bus.bar_read(l::VIRTIO_BAR, off, &mut [0u8; 8][..size])
-                };
-                ("bar0", r)
-            }
-            1 => {
-                let off = rng.below(l::MSIX_BAR_SIZE + 64);
-                let r = if write {
-                    d.bus.bar_write(l::MSIX_BAR, off, &v[..size])
-                } else {
-                    d.bus.bar_read(l::MSIX_BAR, off, &mut [0u8; 8][..size])
-                };
-                ("bar1", r)
-            }
-            _ => {
-                let off = rng.below(300) as u16;
-                let r = if write {
-                    d.bus.config_write(off, &v[..size])
-                } else {
-                    d.bus.config_read(off, &mut [0u8; 8][..size])
-                };
-                ("config", r)
-            }
+        // None: config space.
+        let (what, bar, len) = match rng.below(3) {
+            0 => ("bar0", Some(l::VIRTIO_BAR), l::VIRTIO_BAR_SIZE),
+            1 => ("bar1", Some(l::MSIX_BAR), l::MSIX_BAR_SIZE),
+            _ => ("config", None, 256),
+        };
+        let off = rng.below(len + 64);
+        let bus = &mut d.bus;
+        let res = match (bar, write) {
+            (Some(b), true) => bus.bar_write(b, off, &v[..size]),
+            (Some(b), false) => bus.bar_read(b, off, &mut buf[..size]),
+            (None, true) => bus.config_write(off as u16, &v[..size]),
+            (None, false) => bus.config_read(off as u16, &mut buf[..size]),
         };
         if write {
             t.register_writes += 1;
