@@ -284,6 +284,12 @@ impl Switch {
         fx.publish(RX_QUEUE);
         work
     }
+
+    /// True while a TX of side `k` waits for the peer's RX buffer (rule 5):
+    /// the one descriptor the host holds for that side, for ledger reports.
+    pub fn waiting(&self, k: usize) -> bool {
+        self.sides[k].held.is_some()
+    }
 }
 
 /// Completes everything a resyncing side makes available with length 0.

@@ -76,7 +76,8 @@ struct ServeArgs {
     /// Print the counters every SECS seconds (0 = only on SIGUSR1 and at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     stats_interval: u64,
-    /// Write the final counters as JSON to this file at exit.
+    /// Write the counters as JSON to this file at exit (and with every
+    /// --stats-interval or SIGUSR1 report).
     #[arg(long, value_name = "PATH")]
     stats_json: Option<PathBuf>,
 }
@@ -233,7 +234,17 @@ fn serve(a: ServeArgs) -> Result<()> {
             a.stats_interval > 0 && last.elapsed() >= Duration::from_secs(a.stats_interval);
         if usr1.swap(false, Ordering::Relaxed) || periodic {
             last = Instant::now();
-            stats::print(&shared.lock());
+            let snapshot = {
+                let pair = shared.lock();
+                stats::print(&pair);
+                a.stats_json.as_ref().map(|_| stats::json(&pair))
+            };
+            // The JSON file follows the printed counters (written outside the lock).
+            if let (Some(path), Some(v)) = (&a.stats_json, snapshot) {
+                if let Err(e) = std::fs::write(path, v.to_string()) {
+                    tracing::warn!("cannot write {}: {e}", path.display());
+                }
+            }
         }
     }
     tracing::info!("shutting down");

@@ -169,6 +169,10 @@ fn serve_signals_and_clean_shutdown() {
     assert!(a.exists());
     signal(&c, nix::sys::signal::Signal::SIGUSR1);
     std::thread::sleep(Duration::from_millis(300));
+    // SIGUSR1 also writes the JSON, while host-pair runs.
+    let live: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&j).expect("JSON on SIGUSR1")).unwrap();
+    assert_eq!(live["ledger"]["whole"], true, "{live}");
     signal(&c, nix::sys::signal::Signal::SIGTERM);
     let st = wait_exit(&mut c);
     assert!(st.success(), "exit status {st}");
@@ -184,6 +188,16 @@ fn serve_signals_and_clean_shutdown() {
     assert_eq!(stats["sides"].as_array().map(|s| s.len()), Some(2));
     assert!(stats["sides"][0].get("tx_zero_copy").is_some());
     assert_eq!(stats["sides"][0]["refusals"].as_u64(), Some(0));
+    // No driver: every slot is nobody's, and the ledger is whole.
+    let l = &stats["ledger"];
+    assert_eq!(l["slots"].as_u64(), Some(512), "{l}");
+    assert_eq!(l["nobody"].as_u64(), Some(512), "{l}");
+    assert_eq!(l["total"].as_u64(), Some(512), "{l}");
+    assert_eq!(l["whole"], true, "{l}");
+    assert!(
+        err.contains("ledger: side 0 owns 0") && err.contains("total 512 of 512 slots: whole"),
+        "ledger line: {err}"
+    );
 }
 
 #[test]

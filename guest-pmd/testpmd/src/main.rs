@@ -226,6 +226,7 @@ fn run(a: &Args) -> Result<Summary> {
         elapsed,
         &mut rtts,
         c.port.stats(),
+        c.port.slot_count(),
         format!("{:?}", a.mode).to_lowercase(),
     );
     summary.print();

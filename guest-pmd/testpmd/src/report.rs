@@ -127,6 +127,8 @@ pub struct Summary {
     rtt_p50_us: f64,
     rtt_p99_us: f64,
     port: Stats,
+    /// Slots in the region (0: no shared buffers).
+    slot_total: u32,
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -138,7 +140,14 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 impl Summary {
-    pub fn new(m: &Meter, elapsed: f64, rtts: &mut [u32], port: Stats, mode: String) -> Self {
+    pub fn new(
+        m: &Meter,
+        elapsed: f64,
+        rtts: &mut [u32],
+        port: Stats,
+        slot_total: u32,
+        mode: String,
+    ) -> Self {
         rtts.sort_unstable();
         Self {
             mode,
@@ -152,7 +161,26 @@ impl Summary {
             rtt_p50_us: percentile(rtts, 0.5),
             rtt_p99_us: percentile(rtts, 0.99),
             port,
+            slot_total,
         }
+    }
+
+    /// The port's slot ledger at the end: `free + held + in_flight_tx +
+    /// peer_owned` (posted on RX or not) must equal `total`, the region's
+    /// slot count.
+    pub fn ledger_json(&self) -> serde_json::Value {
+        let s = &self.port.slots;
+        let peer_owned = s.peer_posted + s.peer_unposted;
+        let sum = s.free + s.held + s.in_flight_tx + peer_owned;
+        serde_json::json!({
+            "total": self.slot_total,
+            "free": s.free,
+            "held": s.held,
+            "in_flight_tx": s.in_flight_tx,
+            "peer_owned": peer_owned,
+            "sum": sum,
+            "whole": sum == self.slot_total,
+        })
     }
 
     fn rate(&self) -> f64 {
@@ -205,6 +233,40 @@ impl Summary {
             "gifts_sent": self.port.gifts_sent,
             "gifts_received": self.port.gifts_received,
             "port": self.port.to_json(),
+            "ledger": self.ledger_json(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sbnet_pmd::SlotCounts;
+
+    fn summary(slots: SlotCounts, total: u32) -> Summary {
+        let port = Stats {
+            slots,
+            ..Stats::default()
+        };
+        Summary::new(&Meter::new(64), 1.0, &mut [], port, total, "txonly".into())
+    }
+
+    #[test]
+    fn the_ledger_sums_every_state_against_the_slot_count() {
+        let slots = SlotCounts {
+            free: 100,
+            held: 3,
+            in_flight_tx: 25,
+            peer_posted: 120,
+            peer_unposted: 8,
+        };
+        let j = summary(slots, 256).to_json();
+        assert_eq!(j["ledger"]["peer_owned"], 128);
+        assert_eq!(j["ledger"]["sum"], 256);
+        assert_eq!(j["ledger"]["whole"], true);
+        // One slot lost: not whole.
+        let j = summary(SlotCounts { free: 99, ..slots }, 256).to_json();
+        assert_eq!(j["ledger"]["sum"], 255);
+        assert_eq!(j["ledger"]["whole"], false);
     }
 }
