@@ -221,8 +221,15 @@ impl Function {
         if self.status & cc::STATUS_DEVICE_NEEDS_RESET != 0 {
             return;
         }
-        tracing::warn!(side = self.side, "device needs reset: {why}");
         self.counters.needs_reset += 1;
+        // A guest can break its rings in a loop: log the 1st, 2nd, 4th,
+        // 8th... time, with the count, so the log grows only logarithmically.
+        let n = self.counters.needs_reset;
+        if n.is_power_of_two() {
+            tracing::warn!(side = self.side, times = n, "device needs reset: {why}");
+        } else {
+            tracing::debug!(side = self.side, times = n, "device needs reset: {why}");
+        }
         self.status |= cc::STATUS_DEVICE_NEEDS_RESET;
         for q in &mut self.queues {
             q.queue = None;

@@ -177,6 +177,10 @@ pub(super) struct Connection<'b> {
     irqs: Vec<IrqDesc>,
     /// `VERSION` was negotiated: until then every other command is refused.
     versioned: bool,
+    /// Requests answered with an error on this connection. The first is
+    /// logged at WARN, the rest at DEBUG, and the total when the client
+    /// leaves: a misbehaving client cannot flood the log.
+    failed: u64,
 }
 
 impl<'b> Connection<'b> {
@@ -189,7 +193,13 @@ impl<'b> Connection<'b> {
             regions,
             irqs,
             versioned: false,
+            failed: 0,
         }
+    }
+
+    /// Requests this connection answered with an error so far.
+    pub(super) fn failed_requests(&self) -> u64 {
+        self.failed
     }
 
     /// Handles messages until the client leaves, the stream breaks or `stop`.
@@ -293,13 +303,24 @@ impl<'b> Connection<'b> {
             }
             Ok(reply) => self.send(&header, 0, 0, &reply.body, reply.fd),
             Err(errno) => {
-                warn!(
-                    id = header.message_id,
-                    command = header.command,
-                    %errno,
-                    no_reply,
-                    "vfio-user request failed"
-                );
+                self.failed += 1;
+                if self.failed == 1 {
+                    warn!(
+                        id = header.message_id,
+                        command = header.command,
+                        %errno,
+                        no_reply,
+                        "vfio-user request failed (later failures of this client are logged at debug level and counted)"
+                    );
+                } else {
+                    tracing::debug!(
+                        id = header.message_id,
+                        command = header.command,
+                        %errno,
+                        no_reply,
+                        "vfio-user request failed"
+                    );
+                }
                 if no_reply {
                     Ok(())
                 } else {

@@ -206,9 +206,10 @@ impl Server {
         backend.connected();
         let mut conn = Connection::new(stream, backend);
         let end = conn.run(stop);
+        let failed = conn.failed_requests();
         match &end {
             ConnectionEnd::Eof => {
-                info!(path = %self.path.display(), "vfio-user client disconnected")
+                info!(path = %self.path.display(), failed_requests = failed, "vfio-user client disconnected")
             }
             ConnectionEnd::Stopped => info!("server stopping: dropping the vfio-user client"),
             ConnectionEnd::Protocol(why) => {
