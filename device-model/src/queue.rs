@@ -491,4 +491,76 @@ pub(crate) mod tests {
         r.mem.unmap(RING_IOVA, 0x40000).unwrap();
         assert_eq!(q.revalidate(&r.mem), Err(QueueError::MemoryGone));
     }
+
+    /// A vIOMMU guest's rings: every 4 KiB page its own DMA map, the
+    /// 16 KiB descriptor table at 0xffff8000 across four of them (issue 10).
+    #[test]
+    fn rings_across_page_maps() {
+        const BASE: u64 = 0xffff_0000;
+        let f = crate::mem::sealed_memfd(c"pages", 0x10000).unwrap();
+        let page = |mem: &mut GuestMemory, i: u64, off: u64| {
+            mem.map(BASE + i * 0x1000, 0x1000, Some(f.try_clone().unwrap()), off)
+        };
+        let mut mem = GuestMemory::default();
+        for i in (0..16).rev() {
+            page(&mut mem, i, i * 0x1000).unwrap();
+        }
+        let regs = QueueRegs {
+            size: 1024,
+            desc: BASE + 0x8000,
+            driver: BASE + 0x4800,
+            device: BASE + 0x1000,
+            msix_vector: 0,
+        };
+        let mut q = enable(regs, 1024, &mem).unwrap();
+        let base = mem.translate(BASE, 0x10000).unwrap();
+        let layout = RingLayout {
+            desc: regs.desc,
+            avail: regs.driver,
+            used: regs.device,
+            size: 1024,
+        };
+        // SAFETY: `base` maps the 16 pages at BASE, one file mapping kept
+        // alive by `mem` until the end of the test.
+        let mut ring = unsafe { DriverRing::new(base, BASE, 0x10000, layout) };
+        for head in [1023u16, 0, 700] {
+            ring.make_avail(head);
+            assert_eq!(q.pop_head(), Ok(head));
+            q.push_used(head, 60);
+            q.publish();
+            assert_eq!(ring.used(), vec![(head, 60)]);
+        }
+        // Another map elsewhere: the rings' pointers stay as they are.
+        mem.map(0x1000, 0x1000, Some(f.try_clone().unwrap()), 0)
+            .unwrap();
+        assert_eq!(q.revalidate(&mem), Ok(()));
+        // A page in the middle of the descriptor table goes: the queue
+        // must stop; mapped back elsewhere in the file the table is no
+        // longer contiguous in the host, so it cannot be enabled either.
+        mem.unmap(BASE + 0x9000, 0x1000).unwrap();
+        assert_eq!(q.revalidate(&mem), Err(QueueError::MemoryGone));
+        page(&mut mem, 9, 0x0).unwrap();
+        assert!(matches!(
+            enable(regs, 1024, &mem),
+            Err(QueueError::RingNotMapped { .. })
+        ));
+        // Back at its own offset: the queue can be enabled again.
+        mem.unmap(BASE + 0x9000, 0x1000).unwrap();
+        page(&mut mem, 9, 0x9000).unwrap();
+        assert!(enable(regs, 1024, &mem).is_ok());
+        // The used ring must be writable in every page it crosses.
+        mem.unmap(BASE + 0x2000, 0x1000).unwrap();
+        mem.map_prot(
+            BASE + 0x2000,
+            0x1000,
+            Some(f.try_clone().unwrap()),
+            0x2000,
+            crate::mem::Prot::READ,
+        )
+        .unwrap();
+        assert!(matches!(
+            enable(regs, 1024, &mem),
+            Err(QueueError::RingNotMapped { .. })
+        ));
+    }
 }

@@ -274,6 +274,11 @@ impl Function {
         prot: Prot,
     ) -> Result<(), MemError> {
         let r = self.mem.map_prot(iova, size, file, offset, prot);
+        if r.is_ok() {
+            self.counters.dma_maps += 1;
+            let held = self.mem.len() as u64;
+            self.counters.dma_maps_peak = self.counters.dma_maps_peak.max(held);
+        }
         self.revalidate_queues();
         r
     }
@@ -283,6 +288,9 @@ impl Function {
     /// memory puts the side in `DEVICE_NEEDS_RESET`.
     pub fn unmap_dma(&mut self, iova: u64, size: u64) -> Result<usize, MemError> {
         let r = self.mem.unmap(iova, size);
+        if let Ok(n) = r {
+            self.counters.dma_unmaps += n as u64;
+        }
         self.revalidate_queues();
         r
     }
