@@ -82,7 +82,7 @@ impl Drv {
         let mut d = Self {
             side,
             base,
-            file: file,
+            file,
             rings,
             free_desc: [(0..QSIZE).rev().collect(), (0..QSIZE).rev().collect()],
             chained: Default::default(),
