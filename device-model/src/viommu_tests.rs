@@ -2,13 +2,12 @@
 //! device as one DMA map per 4 KiB page, buffers cross maps (contiguous in
 //! the host or not), and maps come and go while traffic flows.
 
-use crate::pair::{Pair, PairConfig};
-use crate::switch::SwitchConfig;
+use crate::pair::Pair;
+use crate::switch_tests::pair;
 use crate::testutil::{Drv, IOVA};
 use sbnet_abi::common_cfg as cc;
 use sbnet_abi::net::{NetHdr, NET_HDR_LEN};
 use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
-use sbnet_abi::shm::SlotGeometry;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -16,16 +15,6 @@ use std::time::Duration;
 const PAGE: u64 = 0x1000;
 /// Memory of the stand-in driver that its own rings and buffers leave alone.
 const SCRATCH: u64 = IOVA + 0x10_0000;
-
-fn pair(tx_wait: Duration) -> Pair {
-    Pair::new(&PairConfig {
-        geometry: SlotGeometry::new(2048, 16).unwrap(),
-        max_queue_size: 256,
-        switch: SwitchConfig { burst: 64, tx_wait },
-        huge_pages: false,
-    })
-    .unwrap()
-}
 
 fn paged_pair(tx_wait: Duration) -> (Pair, [Drv; 2]) {
     let mut p = pair(tx_wait);

@@ -182,6 +182,16 @@ struct Mapping {
     file: Arc<Backing>,
 }
 
+impl Mapping {
+    /// True when this map starts in the host where `prev` ends, in the same
+    /// file mapping.
+    #[inline]
+    fn follows(&self, prev: &Mapping) -> bool {
+        Arc::ptr_eq(&self.file, &prev.file)
+            && self.host == prev.host.wrapping_add(prev.len as usize)
+    }
+}
+
 // SAFETY: `host` points into `file.map`, a shared file mapping owned (through
 // the Arc) by the same entry; nothing about it is tied to a thread, and the
 // entry never hands out references to guest memory, only raw pointers.
@@ -469,8 +479,11 @@ impl GuestMemory {
         self.split(addr, len, write, out)
     }
 
-    #[inline]
-    fn find(&self, addr: u64, len: u64, write: bool) -> Option<*mut u8> {
+    /// The index of the map `[addr, addr + len)` starts in (or the last
+    /// one before it), and the range's end; None for an empty or wrapping
+    /// range, or one below every map.
+    #[inline(always)]
+    fn first(&self, addr: u64, len: u64) -> Option<(usize, u64)> {
         if len == 0 {
             return None;
         }
@@ -481,6 +494,12 @@ impl GuestMemory {
             .maps
             .partition_point(|m| m.iova <= addr)
             .checked_sub(1)?;
+        Some((at, end))
+    }
+
+    #[inline]
+    fn find(&self, addr: u64, len: u64, write: bool) -> Option<*mut u8> {
+        let (at, end) = self.first(addr, len)?;
         let m = &self.maps[at];
         if end <= m.iova + m.len && (m.writable || !write) {
             // SAFETY: m.iova <= addr and addr + len <= m.iova + m.len; `host`
@@ -500,10 +519,8 @@ impl GuestMemory {
         let first = &self.maps[at];
         let mut prev = first;
         for m in self.maps[at..].iter().take(MAX_SPAN_MAPS) {
-            let continues = std::ptr::eq(m, first)
-                || (m.iova == prev.iova + prev.len
-                    && Arc::ptr_eq(&m.file, &prev.file)
-                    && m.host == prev.host.wrapping_add(prev.len as usize));
+            let continues =
+                std::ptr::eq(m, first) || (m.iova == prev.iova + prev.len && m.follows(prev));
             if !continues || (write && !m.writable) {
                 return None;
             }
@@ -528,14 +545,7 @@ impl GuestMemory {
         write: bool,
         out: &mut [(*mut u8, usize)],
     ) -> Option<usize> {
-        if len == 0 {
-            return None;
-        }
-        let end = addr.checked_add(len)?;
-        let at = self
-            .maps
-            .partition_point(|m| m.iova <= addr)
-            .checked_sub(1)?;
+        let (at, end) = self.first(addr, len)?;
         let mut n = 0usize;
         let mut cur = addr;
         let mut prev: Option<&Mapping> = None;
@@ -546,9 +556,7 @@ impl GuestMemory {
             let take = (end.min(m.iova + m.len) - cur) as usize;
             // SAFETY: m.iova <= cur < m.iova + m.len: inside the live map.
             let p = unsafe { m.host.add((cur - m.iova) as usize) };
-            let joins = prev.is_some_and(|q| {
-                Arc::ptr_eq(&q.file, &m.file) && q.host.wrapping_add(q.len as usize) == m.host
-            });
+            let joins = prev.is_some_and(|q| m.follows(q));
             if joins {
                 out[n - 1].1 += take;
             } else {
