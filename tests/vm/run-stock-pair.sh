@@ -21,8 +21,9 @@
 #   SBNET_VM_VIOMMU=1   (or the argument `viommu`) both guests behind a virtual
 #                       IOMMU (-device intel-iommu,caching-mode=on,
 #                       intel_iommu=on): QEMU then sends one DMA map per IOMMU
-#                       mapping (issue 10); the verdict also requires that no
-#                       DMA map was refused
+#                       mapping (issue 10). (Until the guest turns its IOMMU on,
+#                       QEMU also offers fd-less ROM ranges: dma_refused counts
+#                       those, as without an IOMMU.)
 #   SBNET_VM_QEMU_EXTRA extra QEMU arguments, split on spaces (e.g. "-cpu host")
 #   SBNET_VM_TRACE=1    QEMU traces of vfio register accesses and IRQ set-up
 #   SBNET_VM_TRACE_EVENTS  QEMU trace event patterns (space-separated) written
@@ -79,8 +80,11 @@ vm_start_host_pair
 start_guest() {
     local iommu=() append="sbnet.ip=$2/16 sbnet.role=$3 sbnet.peer=$4 sbnet.bytes=$BYTES"
     if [ "$VIOMMU" = 1 ]; then
+        # shellcheck disable=SC2054  # the comma is QEMU's
         iommu=(-device intel-iommu,caching-mode=on)
-        append="$append intel_iommu=on"
+        # no_timer_check: under TCG the kernel's check of the timer through
+        # the remapped IO-APIC can time out and panic at boot.
+        append="$append intel_iommu=on no_timer_check"
     fi
     vm_qemu "$1" q35,memory-backend=mem "$SBNET_VM_INITRD" "$append" "${iommu[@]}"
 }
@@ -133,8 +137,6 @@ vm_check_no_refusals "the stock driver must cause no refusal"
 vm_show_counters dma_maps dma_unmaps dma_maps_peak dma_refused
 if [ "$VIOMMU" = 1 ]; then
     for k in 0 1; do
-        [ "$(hp_counter $k dma_refused)" = 0 ] \
-            || fail "host-pair counters: side $k refused $(hp_counter $k dma_refused) DMA maps behind the vIOMMU"
         [ "$(hp_counter $k dma_maps)" -gt 0 ] || fail "host-pair counters: side $k got no DMA map"
     done
 fi

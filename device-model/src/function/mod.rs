@@ -240,6 +240,8 @@ impl Function {
         self.config_msix_vector = cc::NO_VECTOR;
         // virtio 1.2 §4.1.4.3: queue_size reads the maximum after reset.
         self.queues = fresh_queues(self.max_queue_size);
+        // No queue is left to point into a stitched ring view.
+        self.mem.drop_views();
         self.isr = 0;
         self.epoch_ack = 0;
         self.counters.resets += 1;
@@ -305,6 +307,11 @@ impl Function {
     fn revalidate_queues(&mut self) {
         let mut bad = None;
         for q in self.queues.iter_mut().filter_map(|q| q.queue.as_mut()) {
+            // A stitched view an unmap dropped cannot come back at the same
+            // address: re-stitching only keeps what still stands.
+            for (addr, len, write) in q.regs().rings() {
+                self.mem.stitch(addr, len, write);
+            }
             if let Err(e) = q.revalidate(&self.mem) {
                 bad = Some(e);
             }

@@ -50,7 +50,10 @@ use std::sync::Arc;
 use thiserror::Error;
 
 mod shm;
+mod stitch;
 pub use shm::ShmRegion;
+use stitch::Stitched;
+pub use stitch::MAX_VIEWS;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
@@ -165,6 +168,8 @@ pub const MAX_SPAN_MAPS: usize = 256;
 /// One backing file, mapped whole into the host once and shared by every
 /// DMA map of it.
 struct Backing {
+    /// Kept for stitched views of rings ([`GuestMemory::stitch`]).
+    fd: File,
     dev: u64,
     ino: u64,
     len: u64,
@@ -233,6 +238,7 @@ pub fn sealed_memfd(name: &std::ffi::CStr, len: u64) -> std::io::Result<File> {
 pub struct GuestMemory {
     maps: Vec<Mapping>,
     files: Vec<Arc<Backing>>,
+    views: Vec<Stitched>,
     generation: u64,
 }
 
@@ -373,7 +379,11 @@ impl GuestMemory {
             opts.map_raw_read_only(file)
         }
         .map_err(|e| MemError::Mmap(e.to_string()))?;
+        let fd = file
+            .try_clone()
+            .map_err(|e| MemError::Mmap(e.to_string()))?;
         let b = Arc::new(Backing {
+            fd,
             dev,
             ino,
             len,
@@ -421,6 +431,7 @@ impl GuestMemory {
         }
         self.maps.drain(lo..lo + touched);
         if touched > 0 {
+            self.views.retain(|v| !v.overlaps(start, end));
             self.files.retain(|b| Arc::strong_count(b) > 1);
             self.generation += 1;
         }
@@ -430,6 +441,7 @@ impl GuestMemory {
     /// Drops every map.
     pub fn clear(&mut self) {
         if !self.maps.is_empty() {
+            self.views.clear();
             self.maps.clear();
             self.files.clear();
             self.generation += 1;
@@ -522,7 +534,7 @@ impl GuestMemory {
             let continues =
                 std::ptr::eq(m, first) || (m.iova == prev.iova + prev.len && m.follows(prev));
             if !continues || (write && !m.writable) {
-                return None;
+                break;
             }
             if end <= m.iova + m.len {
                 // SAFETY: maps first..=m follow each other without a gap in
@@ -533,7 +545,64 @@ impl GuestMemory {
             }
             prev = m;
         }
-        None
+        // Not one host range through the maps: perhaps a stitched ring.
+        self.views.iter().find_map(|v| v.get(addr, end, write))
+    }
+
+    /// Makes sure [`Self::translate`] (or, with `write`,
+    /// [`Self::translate_writable`]) finds `[addr, addr + len)` as one
+    /// host range: when the range is covered by maps contiguous in IOVA
+    /// but not in the host, builds a stitched view of them (see
+    /// [`stitch`](self::stitch)). For rings, when a queue is enabled or
+    /// re-validated; a view lasts until a map it shows is unmapped. False
+    /// when part of the range is unmapped (or not writable), it crosses
+    /// more than [`MAX_SPAN_MAPS`] maps, [`MAX_VIEWS`] views exist, or the
+    /// host refuses the view.
+    pub fn stitch(&mut self, addr: u64, len: u64, write: bool) -> bool {
+        if self.find(addr, len, write).is_some() {
+            return true;
+        }
+        let Some((at, end)) = self.first(addr, len) else {
+            return false;
+        };
+        let mut last = None;
+        let mut prev: Option<&Mapping> = None;
+        for (i, m) in self.maps[at..].iter().enumerate().take(MAX_SPAN_MAPS) {
+            let joins = match prev {
+                None => addr < m.iova + m.len,
+                Some(q) => m.iova == q.iova + q.len,
+            };
+            if !joins || (write && !m.writable) {
+                return false;
+            }
+            if end <= m.iova + m.len {
+                last = Some(at + i);
+                break;
+            }
+            prev = Some(m);
+        }
+        let Some(last) = last else { return false };
+        if self.views.len() >= MAX_VIEWS {
+            return false;
+        }
+        match Stitched::build(&self.maps[at..=last]) {
+            Some(v) => {
+                self.views.push(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of stitched views.
+    pub fn views(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Drops every stitched view: for a reset, when no queue is left that
+    /// could point into one.
+    pub fn drop_views(&mut self) {
+        self.views.clear();
     }
 
     /// The slow path of [`Self::pieces`]: one piece per host-contiguous run.

@@ -279,3 +279,94 @@ fn a_range_may_not_cross_more_than_max_span_maps() {
     assert!(m.translate(0, (n - 1) * 0x1000).is_some());
     assert!(m.translate(0, n * 0x1000).is_none());
 }
+
+#[test]
+fn a_ring_across_scattered_pages_gets_a_stitched_view() {
+    use std::os::unix::fs::FileExt;
+    let mut m = GuestMemory::default();
+    let f = memfd(0x8000);
+    let bytes: Vec<u8> = (0..0x8000u32)
+        .map(|i| (i / 0x1000 * 17 + i) as u8)
+        .collect();
+    f.write_all_at(&bytes, 0).unwrap();
+    // Four IOVA pages backed by file pages 5, 1, 7, 2; one read-only.
+    for (i, fp) in [5u64, 1, 7, 2].into_iter().enumerate() {
+        let prot = if i == 3 {
+            Prot::READ
+        } else {
+            Prot::READ | Prot::WRITE
+        };
+        m.map_prot(
+            0xffff_8000 + i as u64 * 0x1000,
+            0x1000,
+            Some(f.try_clone().unwrap()),
+            fp * 0x1000,
+            prot,
+        )
+        .unwrap();
+    }
+    assert!(m.translate(0xffff_8800, 0x3000).is_none());
+    assert!(!m.stitch(0xffff_8800, 0x3000, true), "page 3 is read-only");
+    assert!(m.stitch(0xffff_8800, 0x3000, false));
+    assert!(m.stitch(0xffff_8800, 0x3000, false), "idempotent");
+    assert_eq!(m.views(), 1);
+    let p = m.translate(0xffff_8800, 0x3000).unwrap();
+    // SAFETY: p covers 0x3000 bytes of the live view.
+    let got: Vec<u8> = (0..0x3000)
+        .map(|i| unsafe { p.add(i).read_volatile() })
+        .collect();
+    let want: Vec<u8> = [
+        (5u64, 0x800usize, 0x800usize),
+        (1, 0, 0x1000),
+        (7, 0, 0x1000),
+        (2, 0, 0x800),
+    ]
+    .iter()
+    .flat_map(|&(fp, o, n)| bytes[fp as usize * 0x1000 + o..][..n].to_vec())
+    .collect();
+    assert_eq!(got, want);
+    // Writable inside the view's writable part only through a writable
+    // view: the first three pages make one.
+    assert!(m.stitch(0xffff_8000, 0x3000, true));
+    assert!(m.translate_writable(0xffff_8000, 0x3000).is_some());
+    // Holes, and too many views, are refused.
+    assert!(!m.stitch(0xffff_7000, 0x2000, false));
+    assert!(!m.stitch(0xffff_b000, 0x2000, false));
+    // An unmap of a page a view shows drops that view; others stay.
+    m.map(0x1_0000, 0x1000, Some(f.try_clone().unwrap()), 0x3000)
+        .unwrap();
+    m.map(0x1_1000, 0x1000, Some(f.try_clone().unwrap()), 0x0)
+        .unwrap();
+    assert!(m.stitch(0x1_0000, 0x2000, false));
+    assert_eq!(m.views(), 3);
+    assert_eq!(m.unmap(0xffff_b000, 0x1000), Ok(1));
+    assert_eq!(m.views(), 2);
+    assert!(m.translate(0xffff_8800, 0x3000).is_none());
+    assert!(m.translate(0x1_0800, 0x1000).is_some());
+    m.drop_views();
+    assert!(m.translate(0x1_0800, 0x1000).is_none());
+}
+
+#[test]
+fn stitched_views_are_bounded() {
+    let mut m = GuestMemory::default();
+    let f = memfd(0x2000);
+    for i in 0..=MAX_VIEWS as u64 {
+        m.map(i * 0x10000, 0x1000, Some(f.try_clone().unwrap()), 0x1000)
+            .unwrap();
+        m.map(
+            i * 0x10000 + 0x1000,
+            0x1000,
+            Some(f.try_clone().unwrap()),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            m.stitch(i * 0x10000, 0x2000, true),
+            i < MAX_VIEWS as u64,
+            "view {i}"
+        );
+    }
+    m.clear();
+    assert_eq!(m.views(), 0);
+}
