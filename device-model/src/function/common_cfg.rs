@@ -147,8 +147,15 @@ impl Function {
             _ if v == 1 => {
                 // Rings across maps that are not host-contiguous (a vIOMMU
                 // guest) get a stitched view first.
+                let views = self.mem.views();
                 for (addr, len, write) in slot.regs.rings() {
                     self.mem.stitch(addr, len, write);
+                }
+                if self.mem.views() > views {
+                    tracing::info!(
+                        "queue rings across DMA maps not contiguous in the host: {} stitched views",
+                        self.mem.views()
+                    );
                 }
                 // SAFETY: `mem` is private to the function and changes only
                 // through map_dma/unmap_dma/clear_dma, which re-validate

@@ -160,6 +160,12 @@ pub const MAX_MAPS: usize = 65535;
 /// RAM backend.
 pub const MAX_FILES: usize = 64;
 
+/// Most host address space the files of one client's maps may take
+/// (1 TiB): each file is mapped whole, so without a bound a client could
+/// exhaust the service's address space with huge sparse files, and starve
+/// its peer.
+pub const MAX_MAPPED_BYTES: u64 = 1 << 40;
+
 /// Most maps one translated range may cross (1 MiB of 4 KiB maps: more
 /// than the largest ring, 512 KiB of descriptors): it bounds the work a
 /// guest can cause with one long descriptor.
@@ -370,6 +376,12 @@ impl GuestMemory {
             .metadata()
             .map_err(|e| MemError::Mmap(e.to_string()))?
             .len();
+        let mapped: u64 = self.files.iter().map(|b| b.len).sum();
+        if mapped.saturating_add(len) > MAX_MAPPED_BYTES {
+            return Err(MemError::Mmap(format!(
+                "the client's files would take more than {MAX_MAPPED_BYTES:#x} bytes of host address space"
+            )));
+        }
         let ulen = usize::try_from(len).map_err(|_| MemError::Mmap("file too large".into()))?;
         let mut opts = MmapOptions::new();
         opts.len(ulen);

@@ -370,3 +370,18 @@ fn stitched_views_are_bounded() {
     m.clear();
     assert_eq!(m.views(), 0);
 }
+
+#[test]
+fn the_files_behind_maps_are_bounded_in_address_space() {
+    let mut m = GuestMemory::default();
+    // Sparse files: nothing is allocated, only address space.
+    let half = MAX_MAPPED_BYTES / 2;
+    m.map(0x10000, 0x1000, Some(memfd(half)), 0).unwrap();
+    m.map(0x20000, 0x1000, Some(memfd(half)), 0).unwrap();
+    assert!(matches!(
+        m.map(0x30000, 0x1000, Some(memfd(0x1000)), 0),
+        Err(MemError::Mmap(_))
+    ));
+    assert_eq!(m.unmap(0x10000, 0x1000), Ok(1));
+    m.map(0x30000, 0x1000, Some(memfd(0x1000)), 0).unwrap();
+}
