@@ -109,6 +109,12 @@ counters! {
         ignored_writes,
         /// vfio-user DMA maps refused.
         dma_refused,
+        /// vfio-user DMA maps accepted.
+        dma_maps,
+        /// DMA maps removed by unmaps (a reset or disconnect not counted).
+        dma_unmaps,
+        /// Most DMA maps held at once (see `mem::MAX_MAPS`).
+        dma_maps_peak,
     }
 }
 

@@ -38,3 +38,5 @@ mod switch_tests;
 #[cfg(any(test, feature = "test-utils"))]
 #[allow(missing_docs, clippy::missing_panics_doc)]
 pub mod testutil;
+#[cfg(test)]
+mod viommu_tests;

@@ -59,6 +59,18 @@ pub struct QueueRegs {
     pub msix_vector: u16,
 }
 
+impl QueueRegs {
+    /// The three rings as (address, length, written by the device):
+    /// descriptor table, avail ring, used ring.
+    pub fn rings(&self) -> [(u64, u64, bool); 3] {
+        [
+            (self.desc, ring::desc_table_size(self.size), false),
+            (self.driver, ring::avail_ring_size(self.size), false),
+            (self.device, ring::used_ring_size(self.size), true),
+        ]
+    }
+}
+
 /// An enabled queue.
 #[derive(Debug)]
 pub struct Queue {
@@ -120,10 +132,11 @@ impl Queue {
             }
             .ok_or(QueueError::RingNotMapped { addr, len })
         };
-        let desc = map(regs.desc, ring::desc_table_size(size), false)? as *mut Desc;
-        let avail = map(regs.driver, ring::avail_ring_size(size), false)?;
-        // The device writes the used ring: it must lie in a writable map.
-        let used = map(regs.device, ring::used_ring_size(size), true)?;
+        // The device writes the used ring: it must lie in writable maps.
+        let [d, a, u] = regs.rings();
+        let desc = map(d.0, d.1, d.2)? as *mut Desc;
+        let avail = map(a.0, a.1, a.2)?;
+        let used = map(u.0, u.1, u.2)?;
         let mut q = Self {
             size,
             mask: size - 1,
@@ -150,12 +163,10 @@ impl Queue {
         if mem.generation() == self.mem_generation {
             return Ok(());
         }
-        let ok = mem.translate(self.regs.desc, ring::desc_table_size(self.size))
-            == Some(self.desc as *mut u8)
-            && mem.translate(self.regs.driver, ring::avail_ring_size(self.size))
-                == Some(self.avail)
-            && mem.translate_writable(self.regs.device, ring::used_ring_size(self.size))
-                == Some(self.used);
+        let [d, a, u] = self.regs.rings();
+        let ok = mem.translate(d.0, d.1) == Some(self.desc as *mut u8)
+            && mem.translate(a.0, a.1) == Some(self.avail)
+            && mem.translate_writable(u.0, u.1) == Some(self.used);
         if ok {
             self.mem_generation = mem.generation();
             Ok(())
@@ -490,5 +501,105 @@ pub(crate) mod tests {
         let mut q = enable(r.regs, 256, &r.mem).unwrap();
         r.mem.unmap(RING_IOVA, 0x40000).unwrap();
         assert_eq!(q.revalidate(&r.mem), Err(QueueError::MemoryGone));
+    }
+
+    /// A vIOMMU guest's rings: every 4 KiB page its own DMA map, the
+    /// 16 KiB descriptor table at 0xffff8000 across four of them (issue 10).
+    #[test]
+    fn rings_across_page_maps() {
+        const BASE: u64 = 0xffff_0000;
+        let f = crate::mem::sealed_memfd(c"pages", 0x10000).unwrap();
+        let page = |mem: &mut GuestMemory, i: u64, off: u64| {
+            mem.map(BASE + i * 0x1000, 0x1000, Some(f.try_clone().unwrap()), off)
+        };
+        let mut mem = GuestMemory::default();
+        for i in (0..16).rev() {
+            page(&mut mem, i, i * 0x1000).unwrap();
+        }
+        let regs = QueueRegs {
+            size: 1024,
+            desc: BASE + 0x8000,
+            driver: BASE + 0x4800,
+            device: BASE + 0x1000,
+            msix_vector: 0,
+        };
+        let mut q = enable(regs, 1024, &mem).unwrap();
+        let base = mem.translate(BASE, 0x10000).unwrap();
+        let layout = RingLayout {
+            desc: regs.desc,
+            avail: regs.driver,
+            used: regs.device,
+            size: 1024,
+        };
+        // SAFETY: `base` maps the 16 pages at BASE, one file mapping kept
+        // alive by `mem` until the end of the test.
+        let mut ring = unsafe { DriverRing::new(base, BASE, 0x10000, layout) };
+        for head in [1023u16, 0, 700] {
+            ring.make_avail(head);
+            assert_eq!(q.pop_head(), Ok(head));
+            q.push_used(head, 60);
+            q.publish();
+            assert_eq!(ring.used(), vec![(head, 60)]);
+        }
+        // Another map elsewhere: the rings' pointers stay as they are.
+        mem.map(0x1000, 0x1000, Some(f.try_clone().unwrap()), 0)
+            .unwrap();
+        assert_eq!(q.revalidate(&mem), Ok(()));
+        // A page in the middle of the descriptor table goes: the queue
+        // must stop; mapped back elsewhere in the file the table is no
+        // longer contiguous in the host: it takes a stitched view.
+        mem.unmap(BASE + 0x9000, 0x1000).unwrap();
+        assert_eq!(q.revalidate(&mem), Err(QueueError::MemoryGone));
+        page(&mut mem, 9, 0x0).unwrap();
+        assert!(matches!(
+            enable(regs, 1024, &mem),
+            Err(QueueError::RingNotMapped { .. })
+        ));
+        for (addr, len, write) in regs.rings() {
+            assert!(mem.stitch(addr, len, write));
+        }
+        assert_eq!(mem.views(), 1);
+        let q = enable(regs, 1024, &mem).unwrap();
+        // Descriptor 256 is the first of IOVA page 9, file page 0, which
+        // the driver also reaches at IOVA BASE.
+        let d = Desc {
+            addr: 0x1234_5000,
+            len: 77,
+            flags: 0,
+            next: 3,
+        };
+        ring.write(BASE, bytemuck::bytes_of(&d));
+        assert_eq!(
+            q.read_desc(256).map(|x| (x.addr, x.len)),
+            Some((d.addr, 77))
+        );
+        // Another map: the view stays, and so do the queue's pointers.
+        page(&mut mem, 15, 0xf000).unwrap_err();
+        mem.map(0x2000, 0x1000, Some(f.try_clone().unwrap()), 0)
+            .unwrap();
+        let mut q = q;
+        assert_eq!(q.revalidate(&mem), Ok(()));
+        // Back at its own offset: the queue can be enabled again.
+        mem.unmap(BASE + 0x9000, 0x1000).unwrap();
+        assert_eq!(
+            (mem.views(), q.revalidate(&mem)),
+            (0, Err(QueueError::MemoryGone))
+        );
+        page(&mut mem, 9, 0x9000).unwrap();
+        assert!(enable(regs, 1024, &mem).is_ok());
+        // The used ring must be writable in every page it crosses.
+        mem.unmap(BASE + 0x2000, 0x1000).unwrap();
+        mem.map_prot(
+            BASE + 0x2000,
+            0x1000,
+            Some(f.try_clone().unwrap()),
+            0x2000,
+            crate::mem::Prot::READ,
+        )
+        .unwrap();
+        assert!(matches!(
+            enable(regs, 1024, &mem),
+            Err(QueueError::RingNotMapped { .. })
+        ));
     }
 }

@@ -577,7 +577,7 @@ impl Ctx<'_> {
             cy.tx_no_peer += 1;
             return Outcome::Done;
         }
-        let mut pieces = [(std::ptr::null_mut::<u8>(), 0usize); crate::chain::MAX_SEGS];
+        let mut pieces = [(std::ptr::null_mut::<u8>(), 0usize); MAX_PIECES];
         let (n_src, skip, frame) = match src {
             Source::Slot(p, len) => {
                 pieces[0] = (p as *mut u8, len);
@@ -599,7 +599,7 @@ impl Ctx<'_> {
                 Outcome::Wait
             };
         };
-        let mut out = [(std::ptr::null_mut::<u8>(), 0usize); crate::chain::MAX_SEGS];
+        let mut out = [(std::ptr::null_mut::<u8>(), 0usize); MAX_PIECES];
         loop {
             let Some(&rh) = rx.st.classic.front() else {
                 return if expired {
@@ -660,24 +660,55 @@ enum Outcome {
     Wait,
 }
 
-/// Translates every buffer of a chain; None when one is outside guest
-/// memory, or, for the buffers the device writes (`write`), outside a map
-/// the client made writable.
+/// Host pieces a chain's buffers may come in: one per buffer, more for a
+/// buffer across DMA maps that are not contiguous in the host (a vIOMMU
+/// guest's 4 KiB maps); a chain needing more is refused. Stack arrays, no
+/// allocation per packet; no larger than one per descriptor, so the
+/// single-map path pays nothing more than before.
+const MAX_PIECES: usize = crate::chain::MAX_SEGS;
+
+/// Translates every buffer of a chain into host pieces (one per buffer,
+/// more for a buffer across maps); None when one is outside guest memory,
+/// or, for the buffers the device writes (`write`), outside maps the
+/// client made writable, or when the pieces do not fit in `out`. The
+/// pointers are valid only until the DMA maps change: they are taken anew
+/// for every packet and never kept across polls.
+#[inline(always)]
 fn gather(
     segs: &[Seg],
     mem: &GuestMemory,
     write: bool,
     out: &mut [(*mut u8, usize)],
 ) -> Option<usize> {
-    for (o, s) in out.iter_mut().zip(segs) {
+    // One piece per buffer: the usual case, as cheap as ever.
+    for (i, (o, s)) in out.iter_mut().zip(segs).enumerate() {
         let p = if write {
             mem.translate_writable(s.addr, s.len as u64)
         } else {
             mem.translate(s.addr, s.len as u64)
         };
-        *o = (p?, s.len as usize);
+        match p {
+            Some(p) => *o = (p, s.len as usize),
+            None => return gather_pieces(segs, mem, write, out, i),
+        }
     }
     Some(segs.len())
+}
+
+/// [`gather`] from buffer `from` on, when that one is not one host range.
+#[cold]
+fn gather_pieces(
+    segs: &[Seg],
+    mem: &GuestMemory,
+    write: bool,
+    out: &mut [(*mut u8, usize)],
+    from: usize,
+) -> Option<usize> {
+    let mut n = from;
+    for s in &segs[from..] {
+        n += mem.pieces(s.addr, s.len as u64, write, out.get_mut(n..)?)?;
+    }
+    Some(n)
 }
 
 /// Writes `hdr` then the source bytes (after skipping `skip`) across `dst`.

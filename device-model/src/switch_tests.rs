@@ -10,7 +10,7 @@ use sbnet_abi::ring::{Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 use sbnet_abi::shm::SlotGeometry;
 use std::time::Duration;
 
-fn pair(tx_wait: Duration) -> Pair {
+pub(crate) fn pair(tx_wait: Duration) -> Pair {
     Pair::new(&PairConfig {
         geometry: SlotGeometry::new(2048, 16).unwrap(),
         max_queue_size: 256,

@@ -139,14 +139,30 @@ impl Function {
             }
             _ if slot.queue.is_some() => self.counters.ignored_writes += 1,
             off::QUEUE_SIZE => slot.regs.size = v,
-            // SAFETY: `mem` is private to the function and changes only
-            // through map_dma/unmap_dma/clear_dma, which re-validate every
-            // enabled queue (or drop it) before they return; the maps the
-            // queue points into live in `mem` as long as the queue does.
-            _ if v == 1 => match unsafe { Queue::enable(slot.regs, max, &self.mem) } {
-                Ok(q) => slot.queue = Some(q),
-                Err(e) => self.needs_reset(e),
-            },
+            _ if v == 1 => {
+                // Rings across maps that are not host-contiguous (a vIOMMU
+                // guest) get a stitched view first.
+                let views = self.mem.views();
+                for (addr, len, write) in slot.regs.rings() {
+                    self.mem.stitch(addr, len, write);
+                }
+                if self.mem.views() > views {
+                    tracing::info!(
+                        "queue rings across DMA maps not contiguous in the host: {} stitched views",
+                        self.mem.views()
+                    );
+                }
+                // SAFETY: `mem` is private to the function and changes only
+                // through map_dma/unmap_dma/clear_dma, which re-validate
+                // every enabled queue (or drop it) before they return; the
+                // maps and stitched views the queue points into live in
+                // `mem` as long as the queue does (views go only with an
+                // unmap, or at a reset that drops every queue).
+                match unsafe { Queue::enable(slot.regs, max, &self.mem) } {
+                    Ok(q) => slot.queue = Some(q),
+                    Err(e) => self.needs_reset(e),
+                }
+            }
             _ => self.counters.ignored_writes += 1,
         }
     }

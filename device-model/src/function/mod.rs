@@ -250,6 +250,8 @@ impl Function {
         self.config_msix_vector = cc::NO_VECTOR;
         // virtio 1.2 §4.1.4.3: queue_size reads the maximum after reset.
         self.queues = fresh_queues(self.max_queue_size);
+        // No queue is left to point into a stitched ring view.
+        self.mem.drop_views();
         self.isr = 0;
         self.epoch_ack = 0;
         self.counters.resets += 1;
@@ -284,6 +286,11 @@ impl Function {
         prot: Prot,
     ) -> Result<(), MemError> {
         let r = self.mem.map_prot(iova, size, file, offset, prot);
+        if r.is_ok() {
+            self.counters.dma_maps += 1;
+            let held = self.mem.len() as u64;
+            self.counters.dma_maps_peak = self.counters.dma_maps_peak.max(held);
+        }
         self.revalidate_queues();
         r
     }
@@ -293,6 +300,9 @@ impl Function {
     /// memory puts the side in `DEVICE_NEEDS_RESET`.
     pub fn unmap_dma(&mut self, iova: u64, size: u64) -> Result<usize, MemError> {
         let r = self.mem.unmap(iova, size);
+        if let Ok(n) = r {
+            self.counters.dma_unmaps += n as u64;
+        }
         self.revalidate_queues();
         r
     }
@@ -307,6 +317,11 @@ impl Function {
     fn revalidate_queues(&mut self) {
         let mut bad = None;
         for q in self.queues.iter_mut().filter_map(|q| q.queue.as_mut()) {
+            // A stitched view an unmap dropped cannot come back at the same
+            // address: re-stitching only keeps what still stands.
+            for (addr, len, write) in q.regs().rings() {
+                self.mem.stitch(addr, len, write);
+            }
             if let Err(e) = q.revalidate(&self.mem) {
                 bad = Some(e);
             }

@@ -30,7 +30,7 @@ pub const BUF_SIZE: u64 = 4096;
 pub struct Drv {
     pub side: usize,
     base: *mut u8,
-    _file: File,
+    file: File,
     rings: [DriverRing; 2],
     free_desc: [Vec<u16>; 2],
     chained: std::collections::HashMap<u16, u16>,
@@ -39,6 +39,14 @@ pub struct Drv {
 impl Drv {
     /// Maps memory and brings the function up with `features`.
     pub fn up(p: &mut Pair, side: usize, shared_buffers: bool) -> Self {
+        Self::up_paged(p, side, shared_buffers, MEM)
+    }
+
+    /// As [`Self::up`], with the memory DMA-mapped as `page`-sized maps
+    /// (at their own file offsets, inserted out of order), as a guest
+    /// behind a virtual IOMMU maps it: rings and buffers reach the device
+    /// as many maps.
+    pub fn up_paged(p: &mut Pair, side: usize, shared_buffers: bool, page: u64) -> Self {
         let file = crate::mem::sealed_memfd(c"drv", MEM).unwrap();
         let map = memmap2::MmapOptions::new()
             .len(MEM as usize)
@@ -48,15 +56,18 @@ impl Drv {
         std::mem::forget(map);
         // A fresh driver instance: whatever an earlier one mapped is gone.
         p.fns[side].clear_dma();
-        p.fns[side]
-            .map_dma(
-                IOVA,
-                MEM,
-                Some(file.try_clone().unwrap()),
-                0,
-                crate::mem::Prot::READ | crate::mem::Prot::WRITE,
-            )
-            .unwrap();
+        let n = MEM / page;
+        for i in (0..n).map(|i| (i * 7919) % n) {
+            p.fns[side]
+                .map_dma(
+                    IOVA + i * page,
+                    page,
+                    Some(file.try_clone().unwrap()),
+                    i * page,
+                    crate::mem::Prot::READ | crate::mem::Prot::WRITE,
+                )
+                .unwrap();
+        }
         let rings = RING.map(|r| {
             let layout = RingLayout {
                 desc: IOVA + r,
@@ -71,7 +82,7 @@ impl Drv {
         let mut d = Self {
             side,
             base,
-            _file: file,
+            file,
             rings,
             free_desc: [(0..QSIZE).rev().collect(), (0..QSIZE).rev().collect()],
             chained: Default::default(),
@@ -318,6 +329,29 @@ impl Drv {
             self.free_desc[1].retain(|x| x != i);
         }
         self.avail(1, head);
+    }
+
+    /// The memfd behind the driver's memory.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Copies `bytes` to bus address `iova` of the driver's own memory.
+    pub fn write(&self, iova: u64, bytes: &[u8]) {
+        self.rings[0].write(iova, bytes)
+    }
+
+    /// Copies `len` bytes out of bus address `iova` of the driver's memory.
+    pub fn read(&self, iova: u64, len: usize) -> Vec<u8> {
+        self.rings[0].read(iova, len)
+    }
+
+    /// Posts one RX descriptor `d` (for tests of odd buffers).
+    pub fn post_raw(&mut self, d: Desc) -> u16 {
+        let h = self.take_desc(0);
+        self.set_desc(0, h, d);
+        self.avail(0, h);
+        h
     }
 
     /// Reads `len` bytes of RX buffer `head` (classic).
