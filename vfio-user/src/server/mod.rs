@@ -20,6 +20,8 @@ mod tests;
 
 pub use crate::caps::MAX_DMA_MAPS;
 pub use crate::wire::{MAX_DATA_XFER, POLL_INTERVAL};
+#[doc(hidden)]
+pub use listen::serve_stream;
 pub use listen::{Server, ServerError, SEND_TIMEOUT};
 
 use crate::wire::{DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags, RegionFlags};
