@@ -140,7 +140,10 @@ fuzz_target!(|input: Input| {
                 break;
             }
             Err(QueueError::HeadInFlight(h)) => {
-                assert!(seen[h as usize], "head {h} refused as in flight but never popped");
+                assert!(
+                    seen[h as usize],
+                    "head {h} refused as in flight but never popped"
+                );
                 break;
             }
             Err(e) => panic!("pop_head: undocumented error {e:?}"),

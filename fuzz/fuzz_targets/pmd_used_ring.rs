@@ -108,7 +108,11 @@ fuzz_target!(|input: Input| {
         match *op {
             Op::Push { len } => {
                 let ok = q.push(IOVA + 0x10_0000, len, DESC_F_WRITE, next_token);
-                assert_eq!(ok, in_flight.len() < size as usize, "push vs free descriptors");
+                assert_eq!(
+                    ok,
+                    in_flight.len() < size as usize,
+                    "push vs free descriptors"
+                );
                 if ok {
                     let id = dev.avail_entry(pushed);
                     assert!(id < size, "driver posted descriptor {id} of {size}");
@@ -127,7 +131,7 @@ fuzz_target!(|input: Input| {
                 if honest_next != published {
                     let id = dev.avail_entry(honest_next);
                     let posted = in_flight.get(&id).map_or(0, |e| e.1);
-                    let len = if posted == 0 { 0 } else { short % (posted + 1) };
+                    let len = (u64::from(short) % (u64::from(posted) + 1)) as u32;
                     dev.write_entry(dev.used_idx, UsedElem { id: id.into(), len });
                     dev.set_used_idx(dev.used_idx.wrapping_add(1));
                     honest_next = honest_next.wrapping_add(1);
@@ -188,7 +192,10 @@ fuzz_target!(|input: Input| {
                                 }
                                 VqError::LenTooBig { id, len, posted } => {
                                     assert_eq!((id, len), (e.id, e.len));
-                                    assert_eq!(Some(posted), in_flight.get(&(id as u16)).map(|x| x.1));
+                                    assert_eq!(
+                                        Some(posted),
+                                        in_flight.get(&(id as u16)).map(|x| x.1)
+                                    );
                                     assert!(len > posted);
                                 }
                                 VqError::UsedIdxTooFar { .. } => panic!("pop: {err:?}"),

@@ -43,26 +43,66 @@ impl Addr {
 
 #[derive(Debug, Arbitrary)]
 enum Op {
-    PostSlot { slot: u8 },
-    PostClassic { len: u16 },
-    SendSlot { slot: u8, frame: u16, gift: bool },
-    SendSlotLen { slot: u8, len: u32 },
-    SendClassic { frame: u16 },
+    PostSlot {
+        slot: u8,
+    },
+    PostClassic {
+        len: u16,
+    },
+    SendSlot {
+        slot: u8,
+        frame: u16,
+        gift: bool,
+    },
+    SendSlotLen {
+        slot: u8,
+        len: u32,
+    },
+    SendClassic {
+        frame: u16,
+    },
     /// A chain of up to four descriptors on TX (malformed more often than not).
-    SendRaw { descs: Vec<(u8, Addr, u32, u8, u8)>, head: u8 },
+    SendRaw {
+        descs: Vec<(u8, Addr, u32, u8, u8)>,
+        head: u8,
+    },
     /// Raw ring writes on queue `q`, as a hostile driver does them.
-    Desc { q: bool, i: u8, addr: Addr, len: u32, flags: u8, next: u8 },
-    Avail { q: bool, head: u8 },
-    AvailIdx { q: bool, idx: u16 },
-    Reap { q: bool },
+    Desc {
+        q: bool,
+        i: u8,
+        addr: Addr,
+        len: u32,
+        flags: u8,
+        next: u8,
+    },
+    Avail {
+        q: bool,
+        head: u8,
+    },
+    AvailIdx {
+        q: bool,
+        idx: u16,
+    },
+    Reap {
+        q: bool,
+    },
     Ack,
     /// A BAR 0 write of 1, 2, 4 or 8 bytes (3 is refused by the device).
-    Reg { off: u16, len: u8, v: u64 },
-    Cfg { off: u16, v: u32 },
+    Reg {
+        off: u16,
+        len: u8,
+        v: u64,
+    },
+    Cfg {
+        off: u16,
+        v: u32,
+    },
     /// Reset the function (status 0).
     Reset,
     /// A new driver instance brings the side up again.
-    Up { shared_buffers: bool },
+    Up {
+        shared_buffers: bool,
+    },
     Poll,
 }
 
@@ -87,7 +127,11 @@ fn step(p: &mut Pair, drv: &mut [Drv; 2], k: usize, op: &Op) {
             d.post_classic(u32::from(len) % 4097);
         }
         Op::SendSlot { slot, frame, gift } if d.room(1) > 0 => {
-            let len = if gift { 0 } else { u32::from(frame) % max_frame };
+            let len = if gift {
+                0
+            } else {
+                u32::from(frame) % max_frame
+            };
             d.send_slot(p, u32::from(slot) % SLOTS, &vec![0x5a; len as usize], gift);
         }
         Op::SendSlotLen { slot, len } if d.room(1) > 0 => {
@@ -112,7 +156,14 @@ fn step(p: &mut Pair, drv: &mut [Drv; 2], k: usize, op: &Op) {
                 .collect();
             d.send_raw(&descs, u16::from(head % 70));
         }
-        Op::Desc { q, i, ref addr, len, flags, next } => d.set_desc(
+        Op::Desc {
+            q,
+            i,
+            ref addr,
+            len,
+            flags,
+            next,
+        } => d.set_desc(
             u16::from(q),
             u16::from(i % 64),
             Desc {

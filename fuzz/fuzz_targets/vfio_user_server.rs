@@ -68,13 +68,23 @@ fn records(mut data: &[u8]) -> Vec<(u8, &[u8])> {
 /// every reply until the server closes its end. Returns the reply bytes.
 fn client(stream: UnixStream, recs: Vec<(u8, Vec<u8>)>) -> Vec<u8> {
     for (spec, bytes) in &recs {
-        let fds: Vec<OwnedFd> = (0..spec & 3).map(|i| make_fd(spec >> (2 + 2 * i))).collect();
+        let fds: Vec<OwnedFd> = (0..spec & 3)
+            .map(|i| make_fd(spec >> (2 + 2 * i)))
+            .collect();
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let cmsg = [ControlMessage::ScmRights(&raw)];
         let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &cmsg };
         let iov = [IoSlice::new(bytes)];
         // MSG_NOSIGNAL: the server may have closed the connection already.
-        if sendmsg::<()>(stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None).is_err() {
+        if sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .is_err()
+        {
             break;
         }
     }
@@ -123,7 +133,11 @@ fn check_still_served(handle: &mut SideHandle) {
     assert_eq!(flags(0) & (1 << 5), 0, "VERSION refused after fuzzing");
     let second = size(0);
     assert!(replies.len() >= second + 16 + 20, "no REGION_READ reply");
-    assert_eq!(flags(second) & (1 << 5), 0, "REGION_READ refused after fuzzing");
+    assert_eq!(
+        flags(second) & (1 << 5),
+        0,
+        "REGION_READ refused after fuzzing"
+    );
     let data = &replies[second + 32..second + 36];
     assert_eq!(data, &0x1041_1af4u32.to_le_bytes(), "wrong PCI IDs");
 }
@@ -153,6 +167,9 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let _ = serve(&mut handle, recs);
     // The connection is gone: the side was disconnected and reset.
-    assert!(!shared.lock().fns[0].is_active(), "side 0 still active after its client left");
+    assert!(
+        !shared.lock().fns[0].is_active(),
+        "side 0 still active after its client left"
+    );
     check_still_served(&mut handle);
 });
