@@ -11,14 +11,11 @@ use libfuzzer_sys::fuzz_target;
 use sbnet_abi::common_cfg::off;
 use sbnet_abi::layout::CONFIG_REGION;
 use sbnet_abi::ring::Desc;
-use sbnet_abi::shm::SlotGeometry;
-use sbnet_device::pair::{Pair, PairConfig};
-use sbnet_device::switch::SwitchConfig;
+use sbnet_device::pair::Pair;
 use sbnet_device::testutil::{check_ledger, Drv, IOVA, MEM, WINDOW};
-use std::time::Duration;
+use sbnet_fuzz::{geometry, pair};
 
 const SLOTS: u32 = 16;
-const SLOT_SIZE: u32 = 2048;
 
 /// A descriptor address: mostly somewhere meaningful.
 #[derive(Debug, Arbitrary)]
@@ -112,10 +109,6 @@ struct Input {
     steps: Vec<(bool, Op)>,
 }
 
-fn geometry() -> SlotGeometry {
-    SlotGeometry::new(SLOT_SIZE, SLOTS).expect("geometry")
-}
-
 fn step(p: &mut Pair, drv: &mut [Drv; 2], k: usize, op: &Op) {
     let d = &mut drv[k];
     let max_frame = (geometry().max_frame()).max(1);
@@ -206,16 +199,7 @@ fn step(p: &mut Pair, drv: &mut [Drv; 2], k: usize, op: &Op) {
 }
 
 fuzz_target!(|input: Input| {
-    let mut p = Pair::new(&PairConfig {
-        geometry: geometry(),
-        max_queue_size: 256,
-        switch: SwitchConfig {
-            burst: 16,
-            tx_wait: Duration::ZERO,
-        },
-        huge_pages: false,
-    })
-    .expect("pair");
+    let mut p = pair();
     let mut drv = [0, 1].map(|k| Drv::up(&mut p, k, input.shared_buffers[k]));
     for d in &drv {
         d.ack(&mut p);

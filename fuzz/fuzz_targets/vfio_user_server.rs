@@ -10,11 +10,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use sbnet_abi::shm::SlotGeometry;
 use sbnet_device::backend::SideHandle;
 use sbnet_device::mem::sealed_memfd;
-use sbnet_device::pair::{Pair, PairConfig, Shared};
-use sbnet_device::switch::SwitchConfig;
+use sbnet_device::pair::Shared;
 use sbnet_vfio_user::server::serve_stream;
 use std::io::{IoSlice, Read};
 use std::net::Shutdown;
@@ -22,7 +20,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::Once;
-use std::time::Duration;
 
 /// Most input bytes sent per run: well below a socket's buffer, so the
 /// client thread never blocks writing while the server writes replies.
@@ -149,17 +146,7 @@ fuzz_target!(|data: &[u8]| {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     });
     let data = &data[..data.len().min(MAX_INPUT)];
-    let pair = Pair::new(&PairConfig {
-        geometry: SlotGeometry::new(2048, 16).expect("geometry"),
-        max_queue_size: 256,
-        switch: SwitchConfig {
-            burst: 16,
-            tx_wait: Duration::ZERO,
-        },
-        huge_pages: false,
-    })
-    .expect("pair");
-    let shared = Shared::new(pair).expect("shared");
+    let shared = Shared::new(sbnet_fuzz::pair()).expect("shared");
     let mut handle = SideHandle::new(shared.clone(), 0);
     let recs = records(data)
         .into_iter()
