@@ -4,8 +4,8 @@
 //! host ledger consistent, and side 1's traffic must keep completing.
 
 use crate::pair::{Pair, PairConfig};
-use crate::switch::{SwitchConfig, NOBODY};
-use crate::testutil::{Drv, IOVA, MEM, WINDOW};
+use crate::switch::SwitchConfig;
+use crate::testutil::{check_ledger, Drv, IOVA, MEM, WINDOW};
 use proptest::prelude::*;
 use sbnet_abi::ring::Desc;
 use sbnet_abi::shm::SlotGeometry;
@@ -50,25 +50,6 @@ fn act() -> impl Strategy<Value = Act> {
         1 => (0..300u64, any::<u32>()).prop_map(|(off, v)| Act::Cfg { off, v }),
         3 => Just(Act::Poll),
     ]
-}
-
-fn check_ledger(p: &Pair) {
-    let owners = p.switch.owners();
-    for k in 0..2 {
-        for s in p.switch.posted(k) {
-            assert_ne!(
-                owners[s as usize], k as u8,
-                "side {k} has its own slot {s} posted"
-            );
-            assert_ne!(owners[s as usize], NOBODY);
-        }
-        for s in p.switch.deferred(k) {
-            assert_eq!(
-                owners[s as usize], k as u8,
-                "deferred slot {s} not owned by its receiver {k}"
-            );
-        }
-    }
 }
 
 proptest! {

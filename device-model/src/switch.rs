@@ -429,6 +429,18 @@ impl Ctx<'_> {
                 .is_some_and(|h| h.since.elapsed() >= self.cfg.tx_wait);
             let Some(d) = tx.read_desc(head) else { break };
             let outcome = match classify(d.addr, d.len, window, self.g) {
+                Target::Slot(s)
+                    if d.flags & (DESC_F_NEXT | DESC_F_WRITE) == 0
+                        && y_sb
+                        && sy.pending[s as usize] != NO_PENDING =>
+                {
+                    // A delivery of `s` to the sender is still deferred: the
+                    // sender has not taken it (its RX post of `s` does), so
+                    // it does not own `s` yet. Forwarding it would leave the
+                    // deferred delivery naming a slot the peer then owns.
+                    cy.tx_not_owner += 1;
+                    Outcome::Done
+                }
                 Target::Slot(s) if d.flags & (DESC_F_NEXT | DESC_F_WRITE) == 0 && y_sb => {
                     let rx_out = RxSide {
                         q: rx.as_deref_mut(),

@@ -146,6 +146,42 @@ fn tx_waits_for_the_post_then_is_deferred_not_dropped() {
     assert_eq!(p.switch.deferred(1).count(), 0);
 }
 
+/// Found by the `switch_ledger` fuzz target: a side that sends a slot
+/// whose delivery to it is still deferred (it never posted the slot, so it
+/// never took it) must be refused, or the slot ends up owned by the peer
+/// while still deferred to the sender.
+#[test]
+fn a_slot_deferred_to_the_sender_cannot_be_sent_before_it_is_taken() {
+    let (mut p, mut d) = zc_pair(Duration::ZERO);
+    // Without a wait, the second poll defers the gift to side 1.
+    d[0].send_slot(&p, 0, &[], true);
+    p.poll();
+    p.poll();
+    assert_eq!(p.switch.deferred(1).collect::<Vec<_>>(), vec![0]);
+    d[1].send_slot(&p, 0, &frame(4, 64), false);
+    p.poll();
+    p.poll();
+    assert_eq!(p.fns[1].counters.tx_not_owner, 1);
+    let tx = d[1].used(1);
+    assert_eq!(
+        (tx.len(), tx[0].1),
+        (1, 0),
+        "the refused TX completes with length 0"
+    );
+    crate::testutil::check_ledger(&p);
+    assert_eq!(p.switch.owners()[0], 1);
+    // Taking the delivery (posting the slot) makes it the side's to send.
+    d[1].post_slot(&p, 0);
+    p.poll();
+    assert_eq!(d[1].used(0).len(), 1);
+    d[0].post_slot(&p, 0);
+    d[1].send_slot(&p, 0, &frame(5, 64), false);
+    p.poll();
+    assert_eq!(p.fns[1].counters.tx_not_owner, 1);
+    assert_eq!(p.switch.owners()[0], 0);
+    crate::testutil::check_ledger(&p);
+}
+
 #[test]
 fn refusals_are_counted_and_the_queue_goes_on() {
     let (mut p, mut d) = zc_pair(Duration::ZERO);

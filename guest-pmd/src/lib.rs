@@ -100,3 +100,7 @@ pub use pkt::Pkt;
 pub use port::Port;
 pub use stats::{ClassicCounts, SlotCounts, Stats};
 pub use vq::VqError;
+/// The split virtqueue's driver side, for the fuzz crate (`fuzz/`, target
+/// `pmd_used_ring`) only: not part of the PMD's supported API.
+#[doc(hidden)]
+pub use vq::{RingLayout as VqRingLayout, SplitQueue, Used};

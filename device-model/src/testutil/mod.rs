@@ -5,9 +5,11 @@
 //! feature (benchmarks); never part of a release build of host-pair.
 
 mod chains;
+mod ledger;
 mod ring;
 
 pub use chains::{hostile_chains, HostileChain};
+pub use ledger::check_ledger;
 pub use ring::{DriverRing, RingLayout};
 
 use crate::pair::Pair;
@@ -30,6 +32,9 @@ pub const BUF_SIZE: u64 = 4096;
 pub struct Drv {
     pub side: usize,
     base: *mut u8,
+    /// The driver's mapping of its memory; unmapped when the driver is
+    /// dropped (the rings, which point into it, go with it).
+    _map: memmap2::MmapRaw,
     file: File,
     rings: [DriverRing; 2],
     free_desc: [Vec<u16>; 2],
@@ -53,7 +58,6 @@ impl Drv {
             .map_raw(&file)
             .unwrap();
         let base = map.as_mut_ptr();
-        std::mem::forget(map);
         // A fresh driver instance: whatever an earlier one mapped is gone.
         p.fns[side].clear_dma();
         let n = MEM / page;
@@ -75,13 +79,15 @@ impl Drv {
                 used: IOVA + r + 0x4000,
                 size: QSIZE,
             };
-            // SAFETY: `base` maps MEM bytes at IOVA and is never unmapped
-            // (the mapping is leaked above); the rings lie inside it, aligned.
+            // SAFETY: `base` maps MEM bytes at IOVA; the mapping is kept in
+            // `_map` and unmapped only when the driver (and with it the ring)
+            // is dropped; the rings lie inside it, aligned.
             unsafe { DriverRing::new(base, IOVA, MEM, layout) }
         });
         let mut d = Self {
             side,
             base,
+            _map: map,
             file,
             rings,
             free_desc: [(0..QSIZE).rev().collect(), (0..QSIZE).rev().collect()],
@@ -215,6 +221,12 @@ impl Drv {
             }
         }
         out
+    }
+
+    /// Descriptors of queue `q` the driver still has free (the `post_*` and
+    /// `send_*` helpers panic when they run out; `send_classic` takes two).
+    pub fn room(&self, q: u16) -> usize {
+        self.free_desc[q as usize].len()
     }
 
     fn take_desc(&mut self, q: u16) -> u16 {

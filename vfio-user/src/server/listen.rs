@@ -196,32 +196,51 @@ impl Server {
 
     fn serve_client(&self, stream: UnixStream, backend: &mut dyn Backend, stop: &AtomicBool) {
         info!(path = %self.path.display(), "vfio-user client connected");
-        if let Err(e) = stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_write_timeout(Some(SEND_TIMEOUT)))
-        {
-            warn!(error = %e, "cannot configure the client socket; dropping the client");
-            return;
-        }
-        backend.connected();
-        let mut conn = Connection::new(stream, backend);
-        let end = conn.run(stop);
-        let failed = conn.failed_requests();
-        match &end {
-            ConnectionEnd::Eof => {
-                info!(path = %self.path.display(), failed_requests = failed, "vfio-user client disconnected")
-            }
-            ConnectionEnd::Stopped => info!("server stopping: dropping the vfio-user client"),
-            ConnectionEnd::Protocol(why) => {
-                warn!(reason = %why, "closing the vfio-user connection: protocol error")
-            }
-            ConnectionEnd::Io(e) => {
-                warn!(error = %e, "closing the vfio-user connection: I/O error")
-            }
-        }
-        drop(conn);
-        backend.disconnected();
+        serve_stream(stream, backend, stop);
     }
+}
+
+/// Serves one already-connected client on `stream` until it leaves, the
+/// stream breaks or `stop` is set, exactly as [`Server::serve`] serves each
+/// accepted client: the backend sees `connected()` first and
+/// `disconnected()` last, whatever happened. Returns whether the client left
+/// cleanly (EOF between messages, or `stop`); `false` means the connection
+/// was closed for a protocol or I/O error. A seam for the fuzz crate, which
+/// serves one `socketpair` per input without a listening socket.
+#[doc(hidden)]
+pub fn serve_stream(stream: UnixStream, backend: &mut dyn Backend, stop: &AtomicBool) -> bool {
+    if let Err(e) = stream
+        .set_nonblocking(false)
+        .and_then(|()| stream.set_write_timeout(Some(SEND_TIMEOUT)))
+    {
+        warn!(error = %e, "cannot configure the client socket; dropping the client");
+        return false;
+    }
+    backend.connected();
+    let mut conn = Connection::new(stream, backend);
+    let end = conn.run(stop);
+    let failed = conn.failed_requests();
+    let clean = match &end {
+        ConnectionEnd::Eof => {
+            info!(failed_requests = failed, "vfio-user client disconnected");
+            true
+        }
+        ConnectionEnd::Stopped => {
+            info!("server stopping: dropping the vfio-user client");
+            true
+        }
+        ConnectionEnd::Protocol(why) => {
+            warn!(reason = %why, "closing the vfio-user connection: protocol error");
+            false
+        }
+        ConnectionEnd::Io(e) => {
+            warn!(error = %e, "closing the vfio-user connection: I/O error");
+            false
+        }
+    };
+    drop(conn);
+    backend.disconnected();
+    clean
 }
 
 impl Drop for Server {

@@ -19,6 +19,8 @@ mod listen;
 mod tests;
 
 pub use crate::wire::{MAX_DATA_XFER, POLL_INTERVAL};
+#[doc(hidden)]
+pub use listen::serve_stream;
 pub use listen::{Server, ServerError, SEND_TIMEOUT};
 
 use crate::wire::{DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqSetFlags, RegionFlags};
