@@ -235,9 +235,11 @@ fn one_way(mut r: Run<'_>, place: &Place, t: Timing) -> Result<(Sample, Vec<Stri
         t.warm,
         t.secs,
     )?;
-    // Sender first, then the receiver: SIGINT ends them at once.
-    tx.stop(Signal::SIGINT, Duration::from_secs(3));
-    rx.stop(Signal::SIGINT, Duration::from_secs(3));
+    // Sender first, then the receiver. SIGTERM, not SIGINT: a shell that
+    // starts the benchmark in the background makes its children ignore
+    // SIGINT, and sbnet-testpmd installs no handler.
+    tx.stop(Signal::SIGTERM, Duration::from_secs(3));
+    rx.stop(Signal::SIGTERM, Duration::from_secs(3));
     let errors = window::sbnet_errors(&window::read(&rx));
     if errors > 0 {
         bail!("{errors} integrity errors (see {})", rx.log.display());
