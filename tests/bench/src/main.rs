@@ -6,6 +6,7 @@
 //! huge pages, builds everything and runs the criterion micro-benchmarks
 //! first. See `docs/benchmarks.md` for the method.
 
+mod chart;
 mod dpdk;
 mod model;
 mod report;
@@ -287,7 +288,8 @@ fn run(a: &Args) -> Result<()> {
     }
     let est = |j: &Job| -> f64 {
         match j.system {
-            System::PingZc | System::PingClassic => secs + 1.5,
+            // The echo side runs 3 s longer than the pinger.
+            System::PingZc | System::PingClassic => secs + 4.5,
             s if s.is_dpdk() => warm.ceil() + secs + 9.0,
             _ => warm.ceil() + secs + 3.5,
         }
@@ -470,7 +472,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
     ];
     let mut chart_paths = Vec::new();
     for (p, g, t) in &charts {
-        report::chart(p, cells, &m.sizes, *g, t)?;
+        chart::chart(p, cells, &m.sizes, *g, t)?;
         if p.exists() {
             chart_paths.push(p.clone());
         }

@@ -240,7 +240,7 @@ fn one_way(mut r: Run<'_>, place: &Place, t: Timing) -> Result<(Sample, Vec<Stri
     // SIGINT, and sbnet-testpmd installs no handler.
     tx.stop(Signal::SIGTERM, Duration::from_secs(3));
     rx.stop(Signal::SIGTERM, Duration::from_secs(3));
-    let errors = window::sbnet_errors(&window::read(&rx));
+    let errors = window::sbnet_errors(&rx.read_log());
     if errors > 0 {
         bail!("{errors} integrity errors (see {})", rx.log.display());
     }

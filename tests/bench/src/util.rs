@@ -149,22 +149,41 @@ impl Proc {
     /// Waits until the log contains `needle` (fails if the process exits
     /// or `t` passes first).
     pub fn wait_log(&mut self, needle: &str, t: Duration) -> Result<()> {
+        let what = format!("{needle:?}");
+        self.wait_until(&what, Duration::from_millis(20), t, |l| {
+            l.contains(needle).then_some(())
+        })
+    }
+
+    /// The whole log.
+    pub fn read_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Reads the log every `poll` until `found` returns something (fails
+    /// if the process exits or `t` passes first); `what` names it.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        poll: Duration,
+        t: Duration,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
         let end = Instant::now() + t;
         loop {
-            let text = std::fs::read(&self.log).unwrap_or_default();
-            if String::from_utf8_lossy(&text).contains(needle) {
-                return Ok(());
+            if let Some(v) = found(&self.read_log()) {
+                return Ok(v);
             }
             self.check_alive()?;
             if Instant::now() > end {
                 bail!(
-                    "{} did not print {needle:?} within {t:?}; last lines of {}:\n{}",
+                    "{} did not print {what} within {t:?}; last lines of {}:\n{}",
                     self.name,
                     self.log.display(),
                     self.tail(12)
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(poll);
         }
     }
 }

@@ -77,31 +77,13 @@ pub fn dpdk_counts(log: &str) -> Vec<u64> {
     v
 }
 
-/// The whole log of `p`.
-pub fn read(p: &Proc) -> String {
-    String::from_utf8_lossy(&std::fs::read(&p.log).unwrap_or_default()).into_owned()
-}
-
 /// Waits until `rx`'s log has more than `k` stats lines; returns the
 /// `k`-th count (0-based) and the moment the line was seen.
 fn line(rx: &mut Proc, parse: Parse, k: usize, t: Duration) -> Result<(u64, Instant)> {
-    let end = Instant::now() + t;
-    loop {
-        let v = parse(&read(rx));
-        if let Some(&c) = v.get(k) {
-            return Ok((c, Instant::now()));
-        }
-        rx.check_alive()?;
-        if Instant::now() > end {
-            bail!(
-                "{} printed no stats line within {t:?}; last lines of {}:\n{}",
-                rx.name,
-                rx.log.display(),
-                rx.tail(12)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let what = format!("stats line {}", k + 1);
+    rx.wait_until(&what, Duration::from_millis(2), t, |log| {
+        parse(log).get(k).map(|&c| (c, Instant::now()))
+    })
 }
 
 /// Measures one window of `secs` seconds after `warm` seconds of traffic.
@@ -129,18 +111,18 @@ pub fn measure(
     }
     // Warm-up: whole stats periods (about a second each).
     let warm_lines = warm.ceil().max(1.0) as usize;
-    let k0 = parse(&read(rx)).len().max(k + warm_lines);
+    let k0 = parse(&rx.read_log()).len().max(k + warm_lines);
     let (c0, t0) = line(rx, parse, k0, start)?;
     let cpu0 = util::cpu_ticks_all(pids);
     std::thread::sleep(Duration::from_secs_f64((secs - 0.5).max(0.0)));
     // The first line that appears after t0 + secs.
-    let mut k1 = parse(&read(rx)).len().max(k0 + 1);
+    let mut k1 = parse(&rx.read_log()).len().max(k0 + 1);
     let (c1, t1) = loop {
         let (c, t) = line(rx, parse, k1, Duration::from_secs_f64(secs + 10.0))?;
         if t.duration_since(t0).as_secs_f64() >= secs {
             break (c, t);
         }
-        k1 = parse(&read(rx)).len().max(k1 + 1);
+        k1 = parse(&rx.read_log()).len().max(k1 + 1);
     };
     let cpu1 = util::cpu_ticks_all(pids);
     if sender.child.try_wait()?.is_some() {
