@@ -195,6 +195,7 @@ fn measure(s: &mut Session, rx: usize, tx: usize, t: Timing) -> Result<Sample> {
         cpu_secs: w.cpu_secs,
         copies: Some(2.0),
         background: 0.0,
+        others: w.others,
         rtt: None,
     })
 }

@@ -111,6 +111,8 @@ pub struct Sample {
     pub copies: Option<f64>,
     /// Share of the machine busy with other programs just before the run.
     pub background: f64,
+    /// Share of the machine other programs used inside the measured window.
+    pub others: Option<f64>,
     /// Round trip p50 and p99 in microseconds (ping-pong).
     pub rtt: Option<(f64, f64)>,
 }
@@ -227,6 +229,7 @@ impl Cell {
                     cpu_secs: f(x, "cpu_s"),
                     copies: f(x, "copies"),
                     background: f(x, "background").unwrap_or(0.0),
+                    others: f(x, "others_in_window"),
                     rtt: f(x, "rtt_p50_us").zip(f(x, "rtt_p99_us")),
                 })
                 .collect(),
@@ -252,6 +255,7 @@ impl Cell {
                 "pkts_per_cpu_s": s.per_cpu_s(),
                 "copies": s.copies,
                 "background": s.background,
+                "others_in_window": s.others,
                 "rtt_p50_us": s.rtt.map(|r| r.0),
                 "rtt_p99_us": s.rtt.map(|r| r.1),
             })).collect::<Vec<_>>(),

@@ -485,12 +485,14 @@ impl Report<'_> {
              here from the runs listed) of the rate and of packets per CPU-second over the repeats. The \
              figures in the tables above are the medians of these runs. *bg* is the largest share of the \
              machine other programs used just before a run (each run waits up to 20 s for it to fall below \
-             {:.0}%). The headline points are 64 B, 1500 B and 9000 B; the target is a CV under 10% there.\n",
+             {:.0}%); *others* is the share of the machine (all CPUs) other programs used inside each run's \
+             window (`/proc/stat` busy time minus the system's own). The headline points are 64 B, 1500 B \
+             and 9000 B; the target is a CV under 10% there.\n",
             self.max_background * 100.0
         );
         let _ = writeln!(
             w,
-            "| system | frame | runs (Mpps) | median | CV | runs (M packets per CPU-s) | CV | bg |\n|---|---|---|---|---|---|---|---|"
+            "| system | frame | runs (Mpps) | median | CV | runs (M packets per CPU-s) | CV | bg | others |\n|---|---|---|---|---|---|---|---|---|"
         );
         let pct = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.1}%", v * 100.0));
         for s in System::THROUGHPUT {
@@ -501,7 +503,7 @@ impl Report<'_> {
                         let first = e.lines().next().unwrap_or("");
                         let _ = writeln!(
                             w,
-                            "| {} | {} | {} | | | | | |",
+                            "| {} | {} | {} | | | | | | |",
                             s.name(),
                             size(f),
                             first.replace('|', "/")
@@ -516,9 +518,17 @@ impl Report<'_> {
                         .join(", ")
                 };
                 let bg = c.samples.iter().map(|x| x.background).fold(0.0, f64::max);
+                let others: Vec<String> = c
+                    .samples
+                    .iter()
+                    .map(|x| {
+                        x.others
+                            .map_or("—".into(), |o| format!("{:.0}%", o * 100.0))
+                    })
+                    .collect();
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {:.3} | {} | {} | {} | {:.0}% |",
+                    "| {} | {} | {} | {:.3} | {} | {} | {} | {:.0}% | {} |",
                     s.name(),
                     size(f),
                     list(c.rates()),
@@ -526,7 +536,8 @@ impl Report<'_> {
                     pct(c.cv()),
                     list(c.per_cpu()),
                     pct(c.cv_per_cpu()),
-                    bg * 100.0
+                    bg * 100.0,
+                    others.join(", ")
                 );
             }
         }

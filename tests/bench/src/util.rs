@@ -214,7 +214,7 @@ pub fn num(v: &serde_json::Value, k: &str) -> f64 {
 }
 
 /// CPU time counters of the whole machine: (busy, total) jiffies.
-fn cpu_jiffies() -> (u64, u64) {
+pub fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = text.lines().next() else {
         return (0, 0);

@@ -22,6 +22,9 @@ pub struct Window {
     /// CPU seconds (user + system) all the system's processes used inside
     /// the window; `None` when one of them could not be read.
     pub cpu_secs: Option<f64>,
+    /// Share of the whole machine (0..=1) that other programs used inside
+    /// the window: busy time of all CPUs (`/proc/stat`) minus the system's.
+    pub others: Option<f64>,
 }
 
 impl Window {
@@ -114,6 +117,7 @@ pub fn measure(
     let k0 = parse(&rx.read_log()).len().max(k + warm_lines);
     let (c0, t0) = line(rx, parse, k0, start)?;
     let cpu0 = util::cpu_ticks_all(pids);
+    let all0 = util::cpu_jiffies();
     std::thread::sleep(Duration::from_secs_f64((secs - 0.5).max(0.0)));
     // The first line that appears after t0 + secs.
     let mut k1 = parse(&rx.read_log()).len().max(k0 + 1);
@@ -125,6 +129,7 @@ pub fn measure(
         k1 = parse(&rx.read_log()).len().max(k1 + 1);
     };
     let cpu1 = util::cpu_ticks_all(pids);
+    let all1 = util::cpu_jiffies();
     if sender.child.try_wait()?.is_some() {
         bail!(
             "{} stopped inside the measured window (warm-up {warm} s + window {secs} s is longer than its run)",
@@ -138,14 +143,19 @@ pub fn measure(
             rx.tail(12)
         );
     }
-    let cpu_secs = match (cpu0, cpu1) {
-        (Some(a), Some(b)) if b >= a => Some((b - a) as f64 / util::clk_tck()),
+    let ticks = match (cpu0, cpu1) {
+        (Some(a), Some(b)) if b >= a => Some(b - a),
         _ => None,
     };
+    let (busy, total) = (all1.0.saturating_sub(all0.0), all1.1.saturating_sub(all0.1));
+    let others = ticks
+        .filter(|_| total > 0)
+        .map(|t| (busy.saturating_sub(t) as f64 / total as f64).min(1.0));
     Ok(Window {
         packets: c1 - c0,
         secs: t1.duration_since(t0).as_secs_f64(),
-        cpu_secs,
+        cpu_secs: ticks.map(|t| t as f64 / util::clk_tck()),
+        others,
     })
 }
 
