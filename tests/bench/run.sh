@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # sbnet's benchmark, in one command (issue 5):
 #
-#   tests/bench/run.sh           # the full run (about 15 minutes on 2 cores)
-#   tests/bench/run.sh --quick   # short runs, sizes 64, 1500, 65536 (development)
+#   tests/bench/run.sh           # the full run (about 45 minutes on 2 cores)
+#   tests/bench/run.sh --quick   # short runs, sizes 64, 1500, 65536, two repeats (development)
 #
 # Any other option goes to sbnet-bench (target/release/sbnet-bench --help),
 # e.g. --sizes 64,9000 --repeats 5 --no-dpdk.

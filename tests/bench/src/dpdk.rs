@@ -7,11 +7,13 @@
 //! - `net_memif` between a txonly client and an rxonly server (no host
 //!   party; the sender copies into the shared ring, the receiver out of it).
 //!
-//! Counted at the receiver from testpmd's `--stats-period 1` lines
-//! (`Rx-pps`, measured by testpmd over each period).
+//! Counted at the receiver from testpmd's `--stats-period 1` port
+//! statistics (the cumulative `RX-packets`) over the measured window
+//! (crate::window).
 
-use crate::model::{Place, Sample};
+use crate::model::{Place, Sample, Timing};
 use crate::util::{self, Proc};
+use crate::window;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
@@ -148,10 +150,6 @@ impl Session {
         self.procs.push(p);
         Ok(self.procs.len() - 1)
     }
-
-    fn log(&self, i: usize) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.procs[i].log).unwrap_or_default()).into_owned()
-    }
 }
 
 impl Drop for Session {
@@ -174,52 +172,30 @@ impl Drop for Session {
     }
 }
 
-/// `Rx-pps` values printed so far.
-fn rx_pps(log: &str) -> Vec<f64> {
-    log.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            l.strip_prefix("Rx-pps:")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-        })
-        .collect()
-}
-
 const READY: &str = "start packet forwarding";
 
-/// Runs the sender for `secs` once the receiver is up, and returns the
-/// receiver's rate over the whole periods in which the sender ran.
-fn measure(s: &mut Session, rx: usize, tx: usize, secs: f64) -> Result<Sample> {
+/// Measures the window once the sender `tx` is up (the
+/// receiver's `--stats-period 1` blocks give its cumulative count), with
+/// the CPU time of every process of the session.
+fn measure(s: &mut Session, rx: usize, tx: usize, t: Timing) -> Result<Sample> {
     s.procs[tx].wait_log(READY, Duration::from_secs(60))?;
-    let k0 = rx_pps(&s.log(rx)).len();
-    std::thread::sleep(Duration::from_secs_f64(secs));
-    s.procs[rx].check_alive()?;
-    let k1 = rx_pps(&s.log(rx)).len();
+    let pids: Vec<u32> = s.procs.iter().map(|p| p.child.id()).collect();
+    let (a, b) = if rx < tx {
+        let (l, r) = s.procs.split_at_mut(tx);
+        (&mut l[rx], &mut r[0])
+    } else {
+        bail!("the receiver starts before the sender");
+    };
+    let w = window::measure(a, b, &pids, window::dpdk_counts, t.warm, t.secs)?;
     s.procs[tx].stop(Signal::SIGINT, Duration::from_secs(5));
-    let all = rx_pps(&s.log(rx));
-    // The first period after the sender started is partial.
-    let mut v: Vec<f64> = all
-        .get(k0 + 1..k1.min(all.len()))
-        .unwrap_or_default()
-        .to_vec();
-    if v.is_empty() {
-        v = all.get(k0..).unwrap_or_default().to_vec();
-    }
-    if v.is_empty() || v.iter().all(|x| *x == 0.0) {
-        bail!(
-            "the receiver counted nothing; last lines of {}:\n{}",
-            s.procs[rx].log.display(),
-            s.procs[rx].tail(12)
-        );
-    }
-    let pps = v.iter().sum::<f64>() / v.len() as f64;
     Ok(Sample {
-        pps,
-        packets: v.iter().sum::<f64>() as u64,
-        secs: v.len() as f64,
-        copies: None,
+        pps: w.pps(),
+        packets: w.packets,
+        secs: w.secs,
+        cpu_secs: w.cpu_secs,
+        copies: Some(2.0),
         background: 0.0,
+        others: w.others,
         rtt: None,
     })
 }
@@ -230,7 +206,7 @@ pub fn vhost(
     dir: &Path,
     place: &Place,
     f: usize,
-    secs: f64,
+    t: Timing,
 ) -> Result<(Sample, Vec<String>)> {
     if f > VIRTIO_MAX_FRAME {
         bail!("n/a: DPDK 22.11's virtio PMD takes frames up to {VIRTIO_MAX_FRAME} B (no TSO/GSO here)");
@@ -305,18 +281,17 @@ pub fn vhost(
         "tx",
         guest("tx", &socks[0], "txonly"),
     )?;
-    let mut m = measure(&mut s, rx, tx, secs)?;
-    m.copies = Some(2.0);
+    let m = measure(&mut s, rx, tx, t)?;
     Ok((m, s.cmds.clone()))
 }
 
-/// memif at `f` bytes.
+/// memif at `f` bytes, the sender on `tx_cpus`, the receiver on `rx_cpus`.
 pub fn memif(
     d: &Dpdk,
     dir: &Path,
-    place: &Place,
+    (tx_cpus, rx_cpus): (&str, &str),
     f: usize,
-    secs: f64,
+    t: Timing,
 ) -> Result<(Sample, Vec<String>)> {
     let (pkts, _segs) = txpkts(f);
     let mut s = Session::new(d, dir)?;
@@ -339,19 +314,18 @@ pub fn memif(
     };
     let rx = s.start(
         "testpmd (memif server rxonly)",
-        &place.memif_rx,
+        rx_cpus,
         "mrx",
-        end(&place.memif_rx, "mrx", "server", "rxonly"),
+        end(rx_cpus, "mrx", "server", "rxonly"),
     )?;
     // The socket is in the abstract namespace (memif's default): no file to wait for.
     s.procs[rx].wait_log(READY, Duration::from_secs(60))?;
     let tx = s.start(
         "testpmd (memif client txonly)",
-        &place.memif_tx,
+        tx_cpus,
         "mtx",
-        end(&place.memif_tx, "mtx", "client", "txonly"),
+        end(tx_cpus, "mtx", "client", "txonly"),
     )?;
-    let mut m = measure(&mut s, rx, tx, secs)?;
-    m.copies = Some(2.0);
+    let m = measure(&mut s, rx, tx, t)?;
     Ok((m, s.cmds.clone()))
 }

@@ -6,15 +6,17 @@
 //! huge pages, builds everything and runs the criterion micro-benchmarks
 //! first. See `docs/benchmarks.md` for the method.
 
+mod chart;
 mod dpdk;
 mod model;
 mod report;
 mod sbnet;
 mod util;
+mod window;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use model::{Cell, Place, Sample, System};
+use model::{Cell, Place, Sample, System, Timing};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,22 +27,25 @@ use std::time::{Duration, Instant};
     about = "End-to-end benchmark: sbnet zero-copy and classic vs DPDK vhost-user and memif; writes docs/benchmarks.md with a chart."
 )]
 struct Args {
-    /// Short runs, frame sizes 64, 1500 and 65536, one repeat (development).
+    /// Short runs, frame sizes 64, 1500 and 65536, two repeats (development).
     #[arg(long)]
     quick: bool,
     /// Frame sizes (default 64,256,1500,4096,9000,65536).
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<usize>>,
-    /// Seconds per run (default 5, quick 2; DPDK runs at least 4).
+    /// Seconds of each run's measured window (default 8, quick 3).
     #[arg(long)]
     duration: Option<f64>,
-    /// Runs per system and size (default 3, quick 1).
+    /// Seconds of traffic discarded before the window opens (default 2, quick 1).
+    #[arg(long)]
+    warm_up: Option<f64>,
+    /// Runs per system and size (default 5, quick 2).
     #[arg(long)]
     repeats: Option<usize>,
     /// Skip the DPDK peers.
     #[arg(long)]
     no_dpdk: bool,
-    /// Only these systems (keys: sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, sbnet_zc_pingpong, sbnet_classic_pingpong).
+    /// Only these systems (keys: sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, dpdk_memif_1cpu, sbnet_zc_pingpong, sbnet_classic_pingpong).
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
     /// The report.
@@ -157,15 +162,20 @@ fn run(a: &Args) -> Result<()> {
     if sizes.iter().any(|&f| !(60..=131060).contains(&f)) {
         bail!("--sizes: frames must be 60..=131060 bytes");
     }
-    let secs = a.duration.unwrap_or(if a.quick { 2.0 } else { 5.0 });
-    let dpdk_secs = secs.max(4.0);
-    let repeats = a.repeats.unwrap_or(if a.quick { 1 } else { 3 }).max(1);
+    let secs = a.duration.unwrap_or(if a.quick { 3.0 } else { 8.0 });
+    let warm = a.warm_up.unwrap_or(if a.quick { 1.0 } else { 2.0 });
+    if !(secs >= 1.0 && (0.0..=60.0).contains(&warm)) {
+        bail!("--duration must be at least 1 s and --warm-up 0..=60 s");
+    }
+    let timing = Timing { warm, secs };
+    let repeats = a.repeats.unwrap_or(if a.quick { 2 } else { 5 }).max(1);
     let place = Place {
         host: a.host_cpu.clone(),
         tx: a.guest_cpu.clone(),
         rx: a.guest_cpu.clone(),
         memif_tx: a.host_cpu.clone(),
         memif_rx: a.guest_cpu.clone(),
+        memif_shared: a.guest_cpu.clone(),
         poll: a.poll.clone(),
         idle: a.idle.clone(),
     };
@@ -205,7 +215,9 @@ fn run(a: &Args) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
     // The plan: repeats outermost, so a slow phase of the machine spreads
-    // over every system instead of falling on one.
+    // over every system instead of falling on one; the order of the
+    // systems turns by one place every repeat, so no system always runs
+    // right after the same other one.
     let mut jobs = Vec::new();
     let mut cells: Vec<Cell> = Vec::new();
     fn cell(cells: &mut Vec<Cell>, s: System, f: usize) -> usize {
@@ -222,8 +234,10 @@ fn run(a: &Args) -> Result<()> {
         cells.len() - 1
     }
     for rep in 0..repeats {
+        let mut order = System::THROUGHPUT;
+        order.rotate_left(rep % System::THROUGHPUT.len());
         for &f in &sizes {
-            for s in System::THROUGHPUT {
+            for s in order {
                 let i = cell(&mut cells, s, f);
                 let na = match s {
                     System::SbnetZcFull if rep > 0 => continue,
@@ -231,7 +245,7 @@ fn run(a: &Args) -> Result<()> {
                         "n/a: sbnet-testpmd's classic buffers are 2048 B (frames up to {} B); no mergeable RX buffers",
                         sbnet::CLASSIC_MAX_FRAME
                     )),
-                    System::Vhost | System::Memif if dpdk.is_none() => {
+                    _ if s.is_dpdk() && dpdk.is_none() => {
                         Some(format!("n/a: {}", dpdk_note.clone().unwrap_or_default()))
                     }
                     System::Vhost if dpdk::frame(f) > dpdk::VIRTIO_MAX_FRAME => Some(format!(
@@ -273,17 +287,19 @@ fn run(a: &Args) -> Result<()> {
         cells.retain(|c| only.iter().any(|k| k == c.system.key()));
     }
     let est = |j: &Job| -> f64 {
-        if j.system.is_dpdk() {
-            dpdk_secs + 8.0
-        } else {
-            secs + 1.5
+        match j.system {
+            // The echo side runs 3 s longer than the pinger.
+            System::PingZc | System::PingClassic => secs + 4.5,
+            s if s.is_dpdk() => warm.ceil() + secs + 9.0,
+            _ => warm.ceil() + secs + 3.5,
         }
     };
     let total_est: f64 = jobs.iter().map(est).sum();
     eprintln!(
-        "sbnet-bench: {} runs ({} s each, {} repeat(s), sizes {:?}), about {} of running; work directory {}",
+        "sbnet-bench: {} runs ({} s windows after {} s of warm-up, {} repeat(s), sizes {:?}), about {} of running; work directory {}",
         jobs.len(),
         secs,
+        warm,
         repeats,
         sizes,
         fmt_secs(total_est),
@@ -294,7 +310,7 @@ fn run(a: &Args) -> Result<()> {
     for (n, j) in jobs.iter().enumerate() {
         let bg = util::wait_quiet(a.max_background, Duration::from_secs(20));
         let dir = work.join(format!("{}-{}-{}", j.system.key(), j.frame, j.repeat));
-        let res = run_one(j, &bins, dpdk.as_ref(), &dir, &place, secs, dpdk_secs);
+        let res = run_one(j, &bins, dpdk.as_ref(), &dir, &place, timing);
         // A DPDK start-up can fail on a busy machine (EAL, vhost-user
         // handshake); try once more before giving up.
         let res = match res {
@@ -305,7 +321,7 @@ fn run(a: &Args) -> Result<()> {
                     j.frame,
                     e.to_string().lines().next().unwrap_or("")
                 );
-                run_one(j, &bins, dpdk.as_ref(), &dir, &place, secs, dpdk_secs)
+                run_one(j, &bins, dpdk.as_ref(), &dir, &place, timing)
             }
             r => r,
         };
@@ -320,9 +336,11 @@ fn run(a: &Args) -> Result<()> {
                 let txt = match s.rtt {
                     Some((p50, p99)) => format!("rtt p50 {p50:.1} us p99 {p99:.1} us"),
                     None => format!(
-                        "{:.3} Mpps {:.2} Gbit/s",
+                        "{:.3} Mpps {:.2} Gbit/s, {} Mpkt per CPU-s",
                         s.pps / 1e6,
-                        s.pps * j.frame as f64 * 8.0 / 1e9
+                        s.pps * j.frame as f64 * 8.0 / 1e9,
+                        s.per_cpu_s()
+                            .map_or("?".into(), |v| format!("{:.3}", v / 1e6))
                     ),
                 };
                 let c = &mut cells[i];
@@ -357,6 +375,7 @@ fn run(a: &Args) -> Result<()> {
         started,
         quick: a.quick,
         secs,
+        warm,
         repeats,
         sizes,
         place,
@@ -385,32 +404,31 @@ fn run_one(
     dpdk: Option<&dpdk::Dpdk>,
     dir: &Path,
     place: &Place,
-    secs: f64,
-    dpdk_secs: f64,
+    t: Timing,
 ) -> Result<(Sample, Vec<String>)> {
     use sbnet::Flow;
     let f = j.frame;
+    let sb = |flow, payload, classic| sbnet::run(bins, dir, place, flow, f, t, payload, classic);
     match j.system {
-        System::SbnetZc => sbnet::run(bins, dir, place, Flow::OneWay, f, secs, "header", false),
-        System::SbnetZcFull => sbnet::run(bins, dir, place, Flow::OneWay, f, secs, "full", false),
-        System::SbnetClassic => sbnet::run(bins, dir, place, Flow::OneWay, f, secs, "header", true),
-        System::PingZc => sbnet::run(bins, dir, place, Flow::PingPong, f, secs, "header", false),
-        System::PingClassic => {
-            sbnet::run(bins, dir, place, Flow::PingPong, f, secs, "header", true)
-        }
-        System::Vhost => dpdk::vhost(
-            dpdk.context("no DPDK")?,
-            dir,
-            place,
-            dpdk::frame(f),
-            dpdk_secs,
-        ),
+        System::SbnetZc => sb(Flow::OneWay, "header", false),
+        System::SbnetZcFull => sb(Flow::OneWay, "full", false),
+        System::SbnetClassic => sb(Flow::OneWay, "header", true),
+        System::PingZc => sb(Flow::PingPong, "header", false),
+        System::PingClassic => sb(Flow::PingPong, "header", true),
+        System::Vhost => dpdk::vhost(dpdk.context("no DPDK")?, dir, place, dpdk::frame(f), t),
         System::Memif => dpdk::memif(
             dpdk.context("no DPDK")?,
             dir,
-            place,
+            (&place.memif_tx, &place.memif_rx),
             dpdk::frame(f),
-            dpdk_secs,
+            t,
+        ),
+        System::MemifShared => dpdk::memif(
+            dpdk.context("no DPDK")?,
+            dir,
+            (&place.memif_shared, &place.memif_shared),
+            dpdk::frame(f),
+            t,
         ),
     }
 }
@@ -420,6 +438,7 @@ struct Meta {
     started: String,
     quick: bool,
     secs: f64,
+    warm: f64,
     repeats: usize,
     sizes: Vec<usize>,
     place: Place,
@@ -453,7 +472,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
     ];
     let mut chart_paths = Vec::new();
     for (p, g, t) in &charts {
-        report::chart(p, cells, &m.sizes, *g, t)?;
+        chart::chart(p, cells, &m.sizes, *g, t)?;
         if p.exists() {
             chart_paths.push(p.clone());
         }
@@ -465,11 +484,13 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
             "started": m.started,
             "quick": m.quick,
             "duration_s": m.secs,
+            "warm_up_s": m.warm,
             "repeats": m.repeats,
             "sizes": m.sizes,
             "placement": {
                 "host": p.host, "tx": p.tx, "rx": p.rx, "memif_tx": p.memif_tx,
-                "memif_rx": p.memif_rx, "poll": p.poll, "idle": p.idle,
+                "memif_rx": p.memif_rx, "memif_shared": p.memif_shared,
+                "poll": p.poll, "idle": p.idle,
             },
             "machine": m.machine,
             "wall_s": m.wall_secs,
@@ -488,6 +509,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         machine: m.machine.clone(),
         quick: m.quick,
         secs: m.secs,
+        warm: m.warm,
         repeats: m.repeats,
         started: m.started.clone(),
         wall_secs: m.wall_secs,
@@ -533,6 +555,7 @@ fn render(a: &Args, path: &Path) -> Result<()> {
         started: st("started"),
         quick: j["quick"].as_bool().unwrap_or(false),
         secs: util::num(&j, "duration_s"),
+        warm: util::num(&j, "warm_up_s"),
         repeats: j["repeats"].as_u64().unwrap_or(1) as usize,
         sizes: j["sizes"]
             .as_array()
@@ -549,6 +572,7 @@ fn render(a: &Args, path: &Path) -> Result<()> {
             rx: ps("rx"),
             memif_tx: ps("memif_tx"),
             memif_rx: ps("memif_rx"),
+            memif_shared: ps("memif_shared"),
             poll: ps("poll"),
             idle: ps("idle"),
         },

@@ -15,10 +15,22 @@ pub struct Place {
     pub memif_tx: String,
     /// memif's receiver.
     pub memif_rx: String,
+    /// Both memif endpoints in the one-CPU memif row (sbnet's endpoints'
+    /// placement).
+    pub memif_shared: String,
     /// host-pair `--poll`.
     pub poll: String,
     /// sbnet-testpmd `--idle`.
     pub idle: String,
+}
+
+/// How long a one-way run is measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Seconds of traffic before the window opens (discarded).
+    pub warm: f64,
+    /// Seconds of the measured window (ping-pong: of the run).
+    pub secs: f64,
 }
 
 /// The systems compared.
@@ -32,8 +44,10 @@ pub enum System {
     SbnetClassic,
     /// DPDK testpmd: net_virtio_user -> net_vhost io switch -> net_virtio_user.
     Vhost,
-    /// DPDK testpmd: net_memif client -> net_memif server.
+    /// DPDK testpmd: net_memif client -> net_memif server, each on its own CPU.
     Memif,
+    /// The same with both memif endpoints on one CPU, as sbnet's endpoints are.
+    MemifShared,
     /// sbnet zero-copy ping-pong (latency).
     PingZc,
     /// sbnet classic ping-pong (latency).
@@ -41,12 +55,13 @@ pub enum System {
 }
 
 impl System {
-    pub const THROUGHPUT: [System; 5] = [
+    pub const THROUGHPUT: [System; 6] = [
         System::SbnetZc,
         System::SbnetZcFull,
         System::SbnetClassic,
         System::Vhost,
         System::Memif,
+        System::MemifShared,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,7 +70,8 @@ impl System {
             System::SbnetZcFull => "sbnet zero-copy, full payload",
             System::SbnetClassic => "sbnet classic",
             System::Vhost => "DPDK vhost path",
-            System::Memif => "DPDK memif",
+            System::Memif => "DPDK memif, two CPUs",
+            System::MemifShared => "DPDK memif, one CPU",
             System::PingZc => "sbnet zero-copy ping-pong",
             System::PingClassic => "sbnet classic ping-pong",
         }
@@ -68,13 +84,14 @@ impl System {
             System::SbnetClassic => "sbnet_classic",
             System::Vhost => "dpdk_vhost",
             System::Memif => "dpdk_memif",
+            System::MemifShared => "dpdk_memif_1cpu",
             System::PingZc => "sbnet_zc_pingpong",
             System::PingClassic => "sbnet_classic_pingpong",
         }
     }
 
     pub fn is_dpdk(self) -> bool {
-        matches!(self, System::Vhost | System::Memif)
+        matches!(self, System::Vhost | System::Memif | System::MemifShared)
     }
 }
 
@@ -85,12 +102,17 @@ pub struct Sample {
     pub pps: f64,
     /// Packets counted.
     pub packets: u64,
-    /// Seconds they were counted over.
+    /// Seconds they were counted over (one-way: the measured window).
     pub secs: f64,
+    /// CPU seconds (user + system) of all the system's processes over
+    /// the same window (`/proc/PID/stat`); one-way runs only.
+    pub cpu_secs: Option<f64>,
     /// Data copies per packet, when a counter says so.
     pub copies: Option<f64>,
     /// Share of the machine busy with other programs just before the run.
     pub background: f64,
+    /// Share of the machine other programs used inside the measured window.
+    pub others: Option<f64>,
     /// Round trip p50 and p99 in microseconds (ping-pong).
     pub rtt: Option<(f64, f64)>,
 }
@@ -107,6 +129,33 @@ pub struct Cell {
     pub commands: Vec<String>,
 }
 
+impl Sample {
+    /// Packets per CPU-second: the window's packets over the CPU time of
+    /// all the system's processes in it.
+    pub fn per_cpu_s(&self) -> Option<f64> {
+        self.cpu_secs
+            .filter(|c| *c > 0.0)
+            .map(|c| self.packets as f64 / c)
+    }
+
+    /// CPUs busy on average over the window (CPU seconds per second).
+    pub fn cpus(&self) -> Option<f64> {
+        self.cpu_secs
+            .filter(|_| self.secs > 0.0)
+            .map(|c| c / self.secs)
+    }
+}
+
+/// Coefficient of variation (sample standard deviation / mean).
+pub fn cv(r: &[f64]) -> Option<f64> {
+    if r.len() < 2 {
+        return None;
+    }
+    let mean = r.iter().sum::<f64>() / r.len() as f64;
+    let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r.len() - 1) as f64;
+    (mean > 0.0).then(|| var.sqrt() / mean)
+}
+
 impl Cell {
     pub fn rates(&self) -> Vec<f64> {
         self.samples.iter().map(|s| s.pps).collect()
@@ -117,27 +166,31 @@ impl Cell {
         (!self.samples.is_empty()).then(|| crate::util::median(&self.rates()))
     }
 
-    /// (min, max) packets per second.
-    pub fn range(&self) -> Option<(f64, f64)> {
-        let r = self.rates();
-        if r.is_empty() {
-            return None;
-        }
-        Some((
-            r.iter().cloned().fold(f64::INFINITY, f64::min),
-            r.iter().cloned().fold(0.0, f64::max),
-        ))
+    /// Packets per CPU-second of every run that has it.
+    pub fn per_cpu(&self) -> Vec<f64> {
+        self.samples.iter().filter_map(Sample::per_cpu_s).collect()
     }
 
-    /// Coefficient of variation (standard deviation / mean).
+    /// Median packets per CPU-second.
+    pub fn median_per_cpu(&self) -> Option<f64> {
+        let v = self.per_cpu();
+        (!v.is_empty()).then(|| crate::util::median(&v))
+    }
+
+    /// Median CPUs busy.
+    pub fn median_cpus(&self) -> Option<f64> {
+        let v: Vec<f64> = self.samples.iter().filter_map(Sample::cpus).collect();
+        (!v.is_empty()).then(|| crate::util::median(&v))
+    }
+
+    /// Coefficient of variation of the rate over the runs.
     pub fn cv(&self) -> Option<f64> {
-        let r = self.rates();
-        if r.len() < 2 {
-            return None;
-        }
-        let mean = r.iter().sum::<f64>() / r.len() as f64;
-        let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (r.len() - 1) as f64;
-        Some(var.sqrt() / mean)
+        cv(&self.rates())
+    }
+
+    /// Coefficient of variation of packets per CPU-second over the runs.
+    pub fn cv_per_cpu(&self) -> Option<f64> {
+        cv(&self.per_cpu())
     }
 
     /// Payload Gbit/s at the median rate (frame bytes, no header).
@@ -147,17 +200,10 @@ impl Cell {
 
     pub fn from_json(v: &serde_json::Value) -> Option<Self> {
         let key = v.get("system")?.as_str()?;
-        let system = [
-            System::SbnetZc,
-            System::SbnetZcFull,
-            System::SbnetClassic,
-            System::Vhost,
-            System::Memif,
-            System::PingZc,
-            System::PingClassic,
-        ]
-        .into_iter()
-        .find(|s| s.key() == key)?;
+        let system = System::THROUGHPUT
+            .into_iter()
+            .chain([System::PingZc, System::PingClassic])
+            .find(|s| s.key() == key)?;
         let f = |x: &serde_json::Value, k: &str| x.get(k).and_then(|v| v.as_f64());
         Some(Self {
             system,
@@ -180,8 +226,10 @@ impl Cell {
                     pps: f(x, "pps").unwrap_or(0.0),
                     packets: x.get("packets").and_then(|p| p.as_u64()).unwrap_or(0),
                     secs: f(x, "secs").unwrap_or(0.0),
+                    cpu_secs: f(x, "cpu_s"),
                     copies: f(x, "copies"),
                     background: f(x, "background").unwrap_or(0.0),
+                    others: f(x, "others_in_window"),
                     rtt: f(x, "rtt_p50_us").zip(f(x, "rtt_p99_us")),
                 })
                 .collect(),
@@ -195,13 +243,19 @@ impl Cell {
             "error": self.error,
             "median_pps": self.median(),
             "cv": self.cv(),
+            "median_pkts_per_cpu_s": self.median_per_cpu(),
+            "cv_pkts_per_cpu_s": self.cv_per_cpu(),
+            "median_cpus": self.median_cpus(),
             "commands": self.commands,
             "samples": self.samples.iter().map(|s| json!({
                 "pps": s.pps,
                 "packets": s.packets,
                 "secs": s.secs,
+                "cpu_s": s.cpu_secs,
+                "pkts_per_cpu_s": s.per_cpu_s(),
                 "copies": s.copies,
                 "background": s.background,
+                "others_in_window": s.others,
                 "rtt_p50_us": s.rtt.map(|r| r.0),
                 "rtt_p99_us": s.rtt.map(|r| r.1),
             })).collect::<Vec<_>>(),

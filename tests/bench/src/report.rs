@@ -1,8 +1,6 @@
-//! docs/benchmarks.md and the charts.
+//! docs/benchmarks.md.
 
 use crate::model::{Cell, Place, System};
-use anyhow::{Context, Result};
-use plotters::prelude::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +13,7 @@ pub struct Report<'a> {
     pub machine: String,
     pub quick: bool,
     pub secs: f64,
+    pub warm: f64,
     pub repeats: usize,
     pub started: String,
     pub wall_secs: f64,
@@ -133,6 +132,23 @@ fn mpps(p: f64) -> String {
     }
 }
 
+/// What a cell without a figure shows.
+fn missing(c: Option<&Cell>) -> String {
+    match c.and_then(|c| c.error.as_deref()) {
+        Some(e) if e.starts_with("n/a") => "n/a".into(),
+        Some(_) => "failed".into(),
+        None => "—".into(),
+    }
+}
+
+fn per_cpu(p: f64) -> String {
+    if p >= 1e6 {
+        format!("{:.2} M/CPU-s", p / 1e6)
+    } else {
+        format!("{:.0} k/CPU-s", p / 1e3)
+    }
+}
+
 fn gbps(g: f64) -> String {
     format!("{g:.2} Gbit/s")
 }
@@ -164,17 +180,124 @@ impl Report<'_> {
                 let m = c.median().unwrap();
                 format!("{} · {}", mpps(m), gbps(c.gbps().unwrap_or(0.0)))
             }
-            Some(c) => match &c.error {
-                Some(e) if e.starts_with("n/a") => "n/a".into(),
-                Some(_) => "failed".into(),
-                None => "—".into(),
-            },
-            None => "—".into(),
+            c => missing(c),
         }
     }
 
     fn micro(&self, id: &str) -> Option<&Micro> {
         self.micro.iter().find(|m| m.id == id)
+    }
+
+    /// Issue 11's rows of the targets table.
+    fn targets_11(&self, w: &mut String) {
+        let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+        let row = |w: &mut String, what: &str, v: Option<f64>, min: f64, unit: &str| {
+            let _ = writeln!(
+                w,
+                "| {what} | {} | {} |",
+                v.map_or("—".into(), |r| format!("{r:.2}{unit}")),
+                v.map_or("?", |r| yes(r >= min))
+            );
+        };
+        let (zc, cl, vh) = (System::SbnetZc, System::SbnetClassic, System::Vhost);
+        if self.sizes.contains(&64) {
+            row(
+                w,
+                "zero-copy ≥ 1.5× sbnet classic at 64 B",
+                self.ratio(zc, cl, 64),
+                1.5,
+                "×",
+            );
+            row(
+                w,
+                "zero-copy ≥ 2× DPDK vhost path at 64 B",
+                self.ratio(zc, vh, 64),
+                2.0,
+                "×",
+            );
+        }
+        if self.sizes.contains(&1500) {
+            let v = self.ratio(zc, System::MemifShared, 1500);
+            row(w, "zero-copy ≥ DPDK memif, one CPU, at 1500 B", v, 1.0, "×");
+        }
+        let pmd = self.micro("pmd_zero_copy_round/32").map(|m| m.ns);
+        let pmd_c = self.micro("pmd_classic_round/32").map(|m| m.ns);
+        let _ = writeln!(
+            w,
+            "| `pmd_zero_copy_round/32` ≤ 40 ns and ≤ `pmd_classic_round/32` | {} | {} |",
+            pmd.zip(pmd_c).map_or("not run".into(), |(a, b)| format!(
+                "{a:.1} ns (classic {b:.1} ns)"
+            )),
+            pmd.zip(pmd_c)
+                .map_or("?", |(a, b)| yes(a <= 40.0 && a <= b))
+        );
+        let sw = self.micro("switch_zero_copy/32").map(|m| m.ns);
+        let _ = writeln!(
+            w,
+            "| `switch_zero_copy/32` ≤ 12 ns per packet | {} | {} |",
+            sw.map_or("not run".into(), |v| format!("{v:.2} ns")),
+            sw.map_or("?", |v| yes(v <= 12.0))
+        );
+        // The variance target: the largest CV of the rate at the headline points.
+        let cvs: Vec<(System, usize, f64)> = [64, 1500, 9000]
+            .into_iter()
+            .filter(|f| self.sizes.contains(f))
+            .flat_map(|f| {
+                System::THROUGHPUT
+                    .into_iter()
+                    .filter_map(move |s| Some((s, f, self.cell(s, f)?.cv()?)))
+            })
+            .collect();
+        let worst = cvs.iter().max_by(|a, b| a.2.total_cmp(&b.2));
+        let _ = writeln!(
+            w,
+            "| CV of the rate < 10% at 64, 1500 and 9000 B (every system with ≥ 2 runs) | {} | {} |",
+            worst.map_or("—".into(), |(s, f, v)| format!(
+                "largest {:.1}% ({}, {}); {} of {} points under 10%",
+                v * 100.0,
+                s.name(),
+                size(*f),
+                cvs.iter().filter(|x| x.2 < 0.10).count(),
+                cvs.len()
+            )),
+            worst.map_or("?", |x| yes(x.2 < 0.10))
+        );
+    }
+
+    /// "Packets per CPU-second": frames down, systems across.
+    fn per_cpu_table(&self, w: &mut String) {
+        let _ = writeln!(w, "## Packets per CPU-second\n");
+        let _ = writeln!(
+            w,
+            "Packets delivered in the measured window divided by the CPU time (user + system, from \
+             `/proc/PID/stat`, in clock ticks of {tck}/s) that *all* of a system's processes used in that same \
+             window, so systems that use different numbers of CPUs compare: sbnet = host-pair + both \
+             sbnet-testpmds (three processes), DPDK vhost path = the vhost switch testpmd + both virtio-user \
+             testpmds (three), memif = its two testpmds. Median over the runs; in brackets, the CPUs the system \
+             kept busy (CPU-seconds per second, median). A busy-polling endpoint counts as busy while it polls \
+             an empty ring: that is the cost it imposes on its host.\n",
+            tck = crate::util::clk_tck()
+        );
+        let _ = writeln!(
+            w,
+            "| frame | {} |\n|---|{}",
+            System::THROUGHPUT.map(System::name).join(" | "),
+            "---|".repeat(System::THROUGHPUT.len())
+        );
+        for &f in self.sizes {
+            let cols: Vec<String> = System::THROUGHPUT
+                .iter()
+                .map(|&s| {
+                    let c = self.cell(s, f);
+                    match c.and_then(|c| c.median_per_cpu().zip(c.median_cpus())) {
+                        Some((p, n)) => format!("{} ({n:.2} CPUs)", per_cpu(p)),
+                        None => missing(c),
+                    }
+                })
+                .collect();
+            let _ = writeln!(w, "| {} | {} |", size(f), cols.join(" | "));
+        }
+        let _ = writeln!(w);
     }
 
     pub fn markdown(&self) -> String {
@@ -195,7 +318,7 @@ impl Report<'_> {
         }
 
         // Headline.
-        let _ = writeln!(w, "## Targets (issue 5)\n");
+        let _ = writeln!(w, "## Targets (issues 5 and 11)\n");
         let _ = writeln!(w, "| target | measured | met? |\n|---|---|---|");
         let sw = self.micro("switch_zero_copy/32");
         let _ = writeln!(
@@ -242,6 +365,7 @@ impl Report<'_> {
                 v.map_or("?", |r| if r >= 10.0 { "yes" } else { "**no**" })
             );
         }
+        self.targets_11(w);
         let _ = writeln!(w);
 
         // Throughput table.
@@ -249,18 +373,18 @@ impl Report<'_> {
         let _ = writeln!(
             w,
             "Packets per second counted at the receiver and payload Gbit/s (frame bytes × 8, no virtio header), \
-             median of {} run(s) of {} s each; ratios are to the DPDK vhost path measured in this same run. \
+             median of {} run(s), each measured over a {} s window after {} s of warm-up (see Method); ratios are to the DPDK vhost path measured in this same run. \
              *Zero-copy* uses `--payload header`: the application writes and checks the Ethernet + test header \
              only and never touches the rest of the frame, which is the zero-copy rate; *full payload* writes \
              and checks every byte (one run per size). For the zero-copy path, Gbit/s is the payload whose \
              *ownership* moved from sender to receiver: no byte of it was read, written or copied.\n",
-            self.repeats, self.secs
+            self.repeats, self.secs, self.warm
         );
         let _ = writeln!(
             w,
-            "| frame | sbnet zero-copy | sbnet zero-copy, full payload | sbnet classic | DPDK vhost path | DPDK memif | zero-copy ÷ vhost | classic ÷ vhost | memif ÷ vhost |"
+            "| frame | sbnet zero-copy | sbnet zero-copy, full payload | sbnet classic | DPDK vhost path | DPDK memif, two CPUs | DPDK memif, one CPU | zero-copy ÷ vhost | classic ÷ vhost | memif (two CPUs) ÷ vhost |"
         );
-        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
         for &f in self.sizes {
             let r = |a| {
                 self.ratio(a, System::Vhost, f)
@@ -268,19 +392,21 @@ impl Report<'_> {
             };
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 size(f),
                 self.short(System::SbnetZc, f),
                 self.short(System::SbnetZcFull, f),
                 self.short(System::SbnetClassic, f),
                 self.short(System::Vhost, f),
                 self.short(System::Memif, f),
+                self.short(System::MemifShared, f),
                 r(System::SbnetZc),
                 r(System::SbnetClassic),
                 r(System::Memif)
             );
         }
         let _ = writeln!(w);
+        self.per_cpu_table(w);
         for c in &self.charts {
             let name = c
                 .file_name()
@@ -298,7 +424,7 @@ impl Report<'_> {
              into the receiver's ring; memif without zero-copy: the sender copies into the shared ring, the \
              receiver out of it).\n"
         );
-        let _ = writeln!(w, "| frame | sbnet zero-copy | sbnet classic | DPDK vhost path | DPDK memif |\n|---|---|---|---|---|");
+        let _ = writeln!(w, "| frame | sbnet zero-copy | sbnet classic | DPDK vhost path | DPDK memif (either placement) |\n|---|---|---|---|---|");
         for &f in self.sizes {
             let c = |s| {
                 self.cell(s, f)
@@ -355,17 +481,20 @@ impl Report<'_> {
         let _ = writeln!(w, "## Variance\n");
         let _ = writeln!(
             w,
-            "Every run, in Mpps, with the coefficient of variation (standard deviation ÷ mean) over the \
-             repeats. Runs of all systems are interleaved (repeat 1 of every system and size, then repeat 2, \
-             …) so that a slow phase of the machine does not fall on one system only. *bg* is the share of \
-             the machine other programs used just before the run (the run waits up to 20 s for it to fall \
-             below {:.0}%).\n",
+            "Every run, with the coefficient of variation (CV: sample standard deviation ÷ mean, computed \
+             here from the runs listed) of the rate and of packets per CPU-second over the repeats. The \
+             figures in the tables above are the medians of these runs. *bg* is the largest share of the \
+             machine other programs used just before a run (each run waits up to 20 s for it to fall below \
+             {:.0}%); *others* is the share of the machine (all CPUs) other programs used inside each run's \
+             window (`/proc/stat` busy time minus the system's own). The headline points are 64 B, 1500 B \
+             and 9000 B; the target is a CV under 10% there.\n",
             self.max_background * 100.0
         );
         let _ = writeln!(
             w,
-            "| system | frame | runs (Mpps) | min–max | CV | bg |\n|---|---|---|---|---|---|"
+            "| system | frame | runs (Mpps) | median | CV | runs (M packets per CPU-s) | CV | bg | others |\n|---|---|---|---|---|---|---|---|---|"
         );
+        let pct = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.1}%", v * 100.0));
         for s in System::THROUGHPUT {
             for &f in self.sizes {
                 let Some(c) = self.cell(s, f) else { continue };
@@ -374,7 +503,7 @@ impl Report<'_> {
                         let first = e.lines().next().unwrap_or("");
                         let _ = writeln!(
                             w,
-                            "| {} | {} | {} | | | |",
+                            "| {} | {} | {} | | | | | | |",
                             s.name(),
                             size(f),
                             first.replace('|', "/")
@@ -382,23 +511,33 @@ impl Report<'_> {
                     }
                     continue;
                 }
-                let runs: Vec<String> = c
+                let list = |v: Vec<f64>| {
+                    v.iter()
+                        .map(|x| format!("{:.3}", x / 1e6))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let bg = c.samples.iter().map(|x| x.background).fold(0.0, f64::max);
+                let others: Vec<String> = c
                     .samples
                     .iter()
-                    .map(|x| format!("{:.3}", x.pps / 1e6))
+                    .map(|x| {
+                        x.others
+                            .map_or("—".into(), |o| format!("{:.0}%", o * 100.0))
+                    })
                     .collect();
-                let (lo, hi) = c.range().unwrap_or((0.0, 0.0));
-                let bg = c.samples.iter().map(|x| x.background).fold(0.0, f64::max);
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {:.3}–{:.3} | {} | {:.0}% |",
+                    "| {} | {} | {} | {:.3} | {} | {} | {} | {:.0}% | {} |",
                     s.name(),
                     size(f),
-                    runs.join(", "),
-                    lo / 1e6,
-                    hi / 1e6,
-                    c.cv().map_or("—".into(), |v| format!("{:.0}%", v * 100.0)),
-                    bg * 100.0
+                    list(c.rates()),
+                    c.median().unwrap_or(0.0) / 1e6,
+                    pct(c.cv()),
+                    list(c.per_cpu()),
+                    pct(c.cv_per_cpu()),
+                    bg * 100.0,
+                    others.join(", ")
                 );
             }
         }
@@ -442,8 +581,9 @@ impl Report<'_> {
             "- Everything runs on this machine only (Unix sockets, shared memory; no network).\n\
              - **Thread placement** (taskset): the host's party on CPU {host} (host-pair, all of its threads; \
              the DPDK vhost switch testpmd, main and forwarding lcore); both endpoints (the two guests) on \
-             CPU {guest} (sender and receiver, sbnet-testpmd or DPDK testpmd). memif has no host party: its \
-             sender runs on CPU {mtx} and its receiver on CPU {mrx}.\n\
+             CPU {guest} (sender and receiver, sbnet-testpmd or DPDK testpmd). memif has no host party and \
+             runs in two placements, each its own row: *two CPUs* (sender on CPU {mtx}, receiver on CPU {mrx}) \
+             and *one CPU* (both endpoints on CPU {mshared}, the placement sbnet's endpoints get).\n\
              - **Polling**: host-pair `--poll {poll}`, sbnet-testpmd `--idle {idle}` (an idle loop yields the \
              CPU, so the two endpoints that share CPU {guest} hand it to each other when one has nothing to \
              do). DPDK testpmd has no such option: its endpoints busy-poll and alternate on the shared CPU in \
@@ -453,11 +593,26 @@ impl Report<'_> {
              least).\n\
              - DPDK testpmd cannot generate frames above {tmax} B (a 16-bit length), so its 64 KiB point is \
              {tmax} B; its virtio PMD takes frames up to {vmax} B, so the vhost path has no 64 KiB point.\n\
-             - Run length {secs} s, {rep} repeat(s) per system and size (full payload: one).\n",
+             - **Measured window** (one-way runs, every system alike): the receiver prints its cumulative \
+             packet count once a second (sbnet-testpmd `--stats-interval 1`, DPDK testpmd `--stats-period 1`, \
+             port `RX-packets`). After the first line that shows traffic, {warm} s of warm-up are discarded; \
+             the window opens at the next stats line and closes at the first line that appears {secs} s or more \
+             later. Rate = the difference of the two lines' counts ÷ the time between the moments the two \
+             lines appeared (watched every 2 ms). utime + stime of every process of the system are read from \
+             `/proc/PID/stat` at those same two moments; packets per CPU-second = the window's packets ÷ \
+             the CPU seconds. Start-up, warm-up and shutdown are outside the window; the run fails if the \
+             sender stopped inside it. The endpoints are stopped once the window closes.\n\
+             - **Repeats**: {rep} run(s) per system and size (full payload: one); the figure reported is the \
+             median. Runs are interleaved: repeat 1 of every system and size, then repeat 2, …, and the order \
+             of the systems turns by one place every repeat, so that a slow phase of the machine spreads over \
+             every system and no system always follows the same one. Each run waits for the machine to be \
+             quiet first (see Variance). Ping-pong runs last {secs} s each, one per size.\n",
             host = p.host,
             guest = p.tx,
             mtx = p.memif_tx,
             mrx = p.memif_rx,
+            mshared = p.memif_shared,
+            warm = self.warm,
             poll = p.poll,
             idle = p.idle,
             slots = crate::sbnet::SLOTS,
@@ -541,108 +696,4 @@ fn tidy(cmd: &str) -> String {
         out = format!("{}$WORK{}", &out[..i], &after[run_end..]);
     }
     out
-}
-
-const COLORS: [RGBColor; 5] = [
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0x17, 0xbe, 0xcf),
-    RGBColor(0xff, 0x7f, 0x0e),
-    RGBColor(0xd6, 0x27, 0x28),
-    RGBColor(0x2c, 0xa0, 0x2c),
-];
-
-/// Rate (Mpps) or payload Gbit/s vs frame size, one line per system, log-log.
-pub fn chart(path: &Path, cells: &[Cell], sizes: &[usize], gbit: bool, title: &str) -> Result<()> {
-    let val = |c: &Cell| -> Option<f64> {
-        if gbit {
-            c.gbps()
-        } else {
-            c.median().map(|p| p / 1e6)
-        }
-    };
-    let series: Vec<(System, Vec<(f64, f64)>)> = System::THROUGHPUT
-        .iter()
-        .map(|&s| {
-            let pts = sizes
-                .iter()
-                .filter_map(|&f| {
-                    cells
-                        .iter()
-                        .find(|c| c.system == s && c.frame == f)
-                        .and_then(val)
-                        .filter(|v| *v > 0.0)
-                        .map(|v| (f as f64, v))
-                })
-                .collect();
-            (s, pts)
-        })
-        .collect();
-    let all: Vec<f64> = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.1))
-        .collect();
-    if all.is_empty() {
-        return Ok(());
-    }
-    let lo = all.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = all.iter().cloned().fold(0.0, f64::max);
-    let (y0, y1) = (
-        10f64.powf((lo.log10() - 0.2).floor()),
-        10f64.powf((hi.log10() + 0.2).ceil()),
-    );
-    let (x0, x1) = (
-        *sizes.first().unwrap_or(&64) as f64 / 1.5,
-        *sizes.last().unwrap_or(&65536) as f64 * 1.5,
-    );
-    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-    root.fill(&WHITE).context("chart")?;
-    let mut ch = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
-        .context("chart")?;
-    ch.configure_mesh()
-        .x_desc("frame size (bytes)")
-        .y_desc(if gbit {
-            "payload Gbit/s"
-        } else {
-            "Mpps at the receiver"
-        })
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| {
-            if *y >= 1.0 {
-                format!("{y:.0}")
-            } else {
-                format!("{y}")
-            }
-        })
-        .draw()
-        .context("chart")?;
-    for (i, (s, pts)) in series.iter().enumerate() {
-        if pts.is_empty() {
-            continue;
-        }
-        let color = COLORS[i % COLORS.len()];
-        let style = ShapeStyle::from(&color).stroke_width(2);
-        ch.draw_series(LineSeries::new(pts.clone(), style))
-            .context("chart")?
-            .label(s.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
-        ch.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .context("chart")?;
-    }
-    ch.configure_series_labels()
-        .position(if gbit {
-            SeriesLabelPosition::UpperLeft
-        } else {
-            SeriesLabelPosition::LowerLeft
-        })
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .context("chart")?;
-    root.present().context("chart")?;
-    Ok(())
 }

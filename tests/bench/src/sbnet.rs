@@ -1,9 +1,11 @@
 //! sbnet runs: `host-pair` plus two `sbnet-testpmd` processes in
 //! host-process mode (each its own vfio-user client).
 
-use crate::model::{Place, Sample};
+use crate::model::{Place, Sample, Timing};
 use crate::util::{self, num, Proc};
+use crate::window;
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +43,10 @@ pub enum Flow {
 struct Run<'a> {
     b: &'a Bins,
     dir: PathBuf,
+    frame: usize,
+    payload: &'a str,
+    classic: bool,
+    idle: &'a str,
     hp: Option<Proc>,
     cmds: Vec<String>,
 }
@@ -50,7 +56,14 @@ fn s(p: &Path) -> String {
 }
 
 impl<'a> Run<'a> {
-    fn start(b: &'a Bins, dir: &Path, frame: usize, place: &Place, poll: &str) -> Result<Self> {
+    fn start(
+        b: &'a Bins,
+        dir: &Path,
+        frame: usize,
+        place: &'a Place,
+        payload: &'a str,
+        classic: bool,
+    ) -> Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let socks = [dir.join("side0.sock"), dir.join("side1.sock")];
@@ -65,7 +78,7 @@ impl<'a> Run<'a> {
             "--slot-size".into(),
             slot_size(frame).to_string(),
             "--poll".into(),
-            poll.into(),
+            place.poll.clone(),
             "--stats-json".into(),
             s(&dir.join("host-pair.json")),
         ];
@@ -83,23 +96,19 @@ impl<'a> Run<'a> {
         Ok(Self {
             b,
             dir: dir.to_path_buf(),
+            frame,
+            payload,
+            classic,
+            idle: &place.idle,
             hp: Some(hp),
             cmds,
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn pmd(
-        &mut self,
-        side: usize,
-        mode: &str,
-        cpus: &str,
-        frame: usize,
-        secs: f64,
-        payload: &str,
-        classic: bool,
-        idle: &str,
-    ) -> Result<Proc> {
+    /// Starts an `sbnet-testpmd` on `side`; `stats`: print the stats line
+    /// every second (the measured window reads it).
+    fn pmd(&mut self, side: usize, mode: &str, cpus: &str, secs: f64, stats: bool) -> Result<Proc> {
+        let (frame, payload, classic, idle) = (self.frame, self.payload, self.classic, self.idle);
         let mut args: Vec<String> = vec![
             "--socket".into(),
             s(&self.dir.join(format!("side{side}.sock"))),
@@ -114,7 +123,7 @@ impl<'a> Run<'a> {
             "--idle".into(),
             idle.into(),
             "--stats-interval".into(),
-            "0".into(),
+            if stats { "1" } else { "0" }.into(),
             "--json".into(),
             s(&self.dir.join(format!("{mode}.json"))),
         ];
@@ -135,7 +144,7 @@ impl<'a> Run<'a> {
     /// Stops host-pair (SIGTERM: it writes its counters) and reads them.
     fn host_counters(&mut self) -> Result<serde_json::Value> {
         let mut hp = self.hp.take().expect("host-pair started");
-        hp.signal(nix::sys::signal::Signal::SIGTERM);
+        hp.signal(Signal::SIGTERM);
         if !hp.wait_timeout(Duration::from_secs(10))? {
             bail!("host-pair did not stop within 10 s of SIGTERM");
         }
@@ -151,7 +160,9 @@ fn copies(hp: &serde_json::Value) -> Option<f64> {
     (packets > 0.0).then(|| sum("tx_copied") / packets)
 }
 
-/// One run of `flow` at `frame` bytes for `secs` seconds.
+/// One run of `flow` at `frame` bytes: a one-way flow is measured over a
+/// window of `t.secs` after `t.warm` seconds of traffic (crate::window);
+/// a ping-pong runs `t.secs` and reports its round trips.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     b: &Bins,
@@ -159,89 +170,92 @@ pub fn run(
     place: &Place,
     flow: Flow,
     frame: usize,
-    secs: f64,
+    t: Timing,
     payload: &str,
     classic: bool,
 ) -> Result<(Sample, Vec<String>)> {
-    let mut r = Run::start(b, dir, frame, place, &place.poll)?;
-    let limit = Duration::from_secs_f64(secs + 45.0);
-    let (rj, pj) = match flow {
-        Flow::OneWay => {
-            let mut rx = r.pmd(
-                1,
-                "rxonly",
-                &place.rx,
-                frame,
-                secs,
-                payload,
-                classic,
-                &place.idle,
-            )?;
-            let mut tx = r.pmd(
-                0,
-                "txonly",
-                &place.tx,
-                frame,
-                secs,
-                payload,
-                classic,
-                &place.idle,
-            )?;
-            tx.finish(limit)?;
-            rx.finish(limit)?;
-            (r.dir.join("rxonly.json"), r.dir.join("txonly.json"))
-        }
+    let mut r = Run::start(b, dir, frame, place, payload, classic)?;
+    match flow {
+        Flow::OneWay => one_way(r, place, t),
         Flow::PingPong => {
+            let limit = Duration::from_secs_f64(t.secs + 45.0);
             // The echo side outlives the pinger, so the last round trip completes.
-            let mut echo = r.pmd(
-                1,
-                "io",
-                &place.rx,
-                frame,
-                secs + 3.0,
-                payload,
-                classic,
-                &place.idle,
-            )?;
-            let mut ping = r.pmd(
-                0,
-                "pingpong",
-                &place.tx,
-                frame,
-                secs,
-                payload,
-                classic,
-                &place.idle,
-            )?;
+            let mut echo = r.pmd(1, "io", &place.rx, t.secs + 3.0, false)?;
+            let mut ping = r.pmd(0, "pingpong", &place.tx, t.secs, false)?;
             ping.finish(limit)?;
             echo.finish(limit)?;
-            (r.dir.join("pingpong.json"), r.dir.join("io.json"))
+            let hp = r.host_counters()?;
+            let rj = r.dir.join("pingpong.json");
+            let m = util::json(&rj)?;
+            let _peer = util::json(&r.dir.join("io.json"))?;
+            if num(&m, "integrity_errors") > 0.0 {
+                bail!(
+                    "{} integrity errors (see {})",
+                    num(&m, "integrity_errors"),
+                    rj.display()
+                );
+            }
+            let packets = num(&m, "rx_packets") as u64;
+            let secs = num(&m, "elapsed_s");
+            if packets == 0 || secs <= 0.0 {
+                bail!("nothing received (see {})", r.dir.display());
+            }
+            Ok((
+                Sample {
+                    pps: packets as f64 / secs,
+                    packets,
+                    secs,
+                    cpu_secs: None,
+                    copies: copies(&hp),
+                    background: 0.0,
+                    others: None,
+                    rtt: Some((num(&m, "rtt_p50_us"), num(&m, "rtt_p99_us"))),
+                },
+                r.cmds,
+            ))
         }
-    };
+    }
+}
+
+/// txonly on side 0 into rxonly on side 1, measured over a window; both
+/// endpoints are stopped once it closes.
+fn one_way(mut r: Run<'_>, place: &Place, t: Timing) -> Result<(Sample, Vec<String>)> {
+    // Long enough for the first stats line, the warm-up, the window and
+    // the line that closes it (window::measure fails if the sender stops
+    // inside the window).
+    let run_secs = t.warm.ceil() + t.secs + 6.0;
+    let mut rx = r.pmd(1, "rxonly", &place.rx, run_secs + 2.0, true)?;
+    let mut tx = r.pmd(0, "txonly", &place.tx, run_secs, false)?;
+    let hp_pid = r.hp.as_ref().expect("host-pair started").child.id();
+    let pids = [hp_pid, rx.child.id(), tx.child.id()];
+    let w = window::measure(
+        &mut rx,
+        &mut tx,
+        &pids,
+        window::sbnet_counts,
+        t.warm,
+        t.secs,
+    )?;
+    // Sender first, then the receiver. SIGTERM, not SIGINT: a shell that
+    // starts the benchmark in the background makes its children ignore
+    // SIGINT, and sbnet-testpmd installs no handler.
+    tx.stop(Signal::SIGTERM, Duration::from_secs(3));
+    rx.stop(Signal::SIGTERM, Duration::from_secs(3));
+    let errors = window::sbnet_errors(&rx.read_log());
+    if errors > 0 {
+        bail!("{errors} integrity errors (see {})", rx.log.display());
+    }
     let hp = r.host_counters()?;
-    let m = util::json(&rj)?;
-    let _peer = util::json(&pj)?;
-    if num(&m, "integrity_errors") > 0.0 {
-        bail!(
-            "{} integrity errors (see {})",
-            num(&m, "integrity_errors"),
-            rj.display()
-        );
-    }
-    let packets = num(&m, "rx_packets") as u64;
-    let secs = num(&m, "elapsed_s");
-    if packets == 0 || secs <= 0.0 {
-        bail!("nothing received (see {})", r.dir.display());
-    }
-    let rtt = (flow == Flow::PingPong).then(|| (num(&m, "rtt_p50_us"), num(&m, "rtt_p99_us")));
     Ok((
         Sample {
-            pps: packets as f64 / secs,
-            packets,
-            secs,
+            pps: w.pps(),
+            packets: w.packets,
+            secs: w.secs,
+            cpu_secs: w.cpu_secs,
             copies: copies(&hp),
             background: 0.0,
-            rtt,
+            others: w.others,
+            rtt: None,
         },
         r.cmds,
     ))

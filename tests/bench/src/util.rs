@@ -149,22 +149,41 @@ impl Proc {
     /// Waits until the log contains `needle` (fails if the process exits
     /// or `t` passes first).
     pub fn wait_log(&mut self, needle: &str, t: Duration) -> Result<()> {
+        let what = format!("{needle:?}");
+        self.wait_until(&what, Duration::from_millis(20), t, |l| {
+            l.contains(needle).then_some(())
+        })
+    }
+
+    /// The whole log.
+    pub fn read_log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Reads the log every `poll` until `found` returns something (fails
+    /// if the process exits or `t` passes first); `what` names it.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        poll: Duration,
+        t: Duration,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
         let end = Instant::now() + t;
         loop {
-            let text = std::fs::read(&self.log).unwrap_or_default();
-            if String::from_utf8_lossy(&text).contains(needle) {
-                return Ok(());
+            if let Some(v) = found(&self.read_log()) {
+                return Ok(v);
             }
             self.check_alive()?;
             if Instant::now() > end {
                 bail!(
-                    "{} did not print {needle:?} within {t:?}; last lines of {}:\n{}",
+                    "{} did not print {what} within {t:?}; last lines of {}:\n{}",
                     self.name,
                     self.log.display(),
                     self.tail(12)
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(poll);
         }
     }
 }
@@ -195,7 +214,7 @@ pub fn num(v: &serde_json::Value, k: &str) -> f64 {
 }
 
 /// CPU time counters of the whole machine: (busy, total) jiffies.
-fn cpu_jiffies() -> (u64, u64) {
+pub fn cpu_jiffies() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(line) = text.lines().next() else {
         return (0, 0);
@@ -258,5 +277,66 @@ pub fn median(v: &[f64]) -> f64 {
         s[n / 2]
     } else {
         (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// Clock ticks per second of `/proc/PID/stat`'s CPU times.
+pub fn clk_tck() -> f64 {
+    // SAFETY: sysconf only reads a system constant; it has no memory
+    // arguments.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of a process (all of its threads), in clock ticks, from
+/// `/proc/PID/stat`; `None` when the process is gone.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_ticks(&text)
+}
+
+/// utime + stime from the text of a `/proc/PID/stat` (fields 14 and 15;
+/// the command name in field 2 may hold spaces and parentheses).
+pub fn parse_stat_ticks(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The summed CPU ticks of `pids`; `None` when one of them is gone.
+pub fn cpu_ticks_all(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&p| cpu_ticks(p)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ticks_skip_a_command_with_spaces_and_parentheses() {
+        let s = "4242 (a b) c)) R 1 4242 4242 0 -1 4194304 100 0 0 0 1234 567 0 0 20 0 3 0 99 0 0";
+        assert_eq!(parse_stat_ticks(s), Some(1234 + 567));
+        assert_eq!(parse_stat_ticks("4242 (x) R 1 2"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_grows_while_spinning() {
+        let me = std::process::id();
+        let a = cpu_ticks(me).expect("own stat");
+        let end = Instant::now() + Duration::from_millis(300);
+        let mut x = 0u64;
+        while Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let b = cpu_ticks(me).expect("own stat");
+        assert!(b > a, "{a} -> {b}");
+        assert!(cpu_ticks_all(&[me, u32::MAX]).is_none());
     }
 }
