@@ -82,18 +82,37 @@ pub mod off {
 /// Size of the common configuration structure.
 pub const COMMON_CFG_LEN: usize = core::mem::size_of::<CommonCfg>();
 
-/// Device status: the guest noticed the device.
-pub const STATUS_ACKNOWLEDGE: u8 = 1;
-/// Device status: the guest knows how to drive it.
-pub const STATUS_DRIVER: u8 = 2;
-/// Device status: the driver is ready.
-pub const STATUS_DRIVER_OK: u8 = 4;
-/// Device status: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u8 = 8;
-/// Device status: the device hit an error it cannot recover from without a reset.
-pub const STATUS_DEVICE_NEEDS_RESET: u8 = 64;
-/// Device status: the driver gave up on the device.
-pub const STATUS_FAILED: u8 = 128;
+bitflags::bitflags! {
+    /// The `device_status` register (virtio 1.2 §2.1).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct DeviceStatus: u8 {
+        /// The guest noticed the device.
+        const ACKNOWLEDGE = 1;
+        /// The guest knows how to drive it.
+        const DRIVER = 2;
+        /// The driver is ready.
+        const DRIVER_OK = 4;
+        /// Feature negotiation is complete.
+        const FEATURES_OK = 8;
+        /// The device hit an error it cannot recover from without a reset.
+        const DEVICE_NEEDS_RESET = 64;
+        /// The driver gave up on the device.
+        const FAILED = 128;
+    }
+}
+
+/// Device status: the guest noticed the device (raw register value).
+pub const STATUS_ACKNOWLEDGE: u8 = DeviceStatus::ACKNOWLEDGE.bits();
+/// Device status: the guest knows how to drive it (raw register value).
+pub const STATUS_DRIVER: u8 = DeviceStatus::DRIVER.bits();
+/// Device status: the driver is ready (raw register value).
+pub const STATUS_DRIVER_OK: u8 = DeviceStatus::DRIVER_OK.bits();
+/// Device status: feature negotiation is complete (raw register value).
+pub const STATUS_FEATURES_OK: u8 = DeviceStatus::FEATURES_OK.bits();
+/// Device status: the device needs a reset (raw register value).
+pub const STATUS_DEVICE_NEEDS_RESET: u8 = DeviceStatus::DEVICE_NEEDS_RESET.bits();
+/// Device status: the driver gave up on the device (raw register value).
+pub const STATUS_FAILED: u8 = DeviceStatus::FAILED.bits();
 
 /// MSI-X vector value meaning "no vector".
 pub const NO_VECTOR: u16 = 0xffff;

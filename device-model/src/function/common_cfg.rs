@@ -5,7 +5,7 @@
 use super::{Event, Function, DEVICE_FEATURES};
 use crate::function::AccessError;
 use crate::queue::{Queue, QueueRegs};
-use sbnet_abi::common_cfg::{self as cc, bit, off};
+use sbnet_abi::common_cfg::{self as cc, bit, off, DeviceStatus as Status};
 use sbnet_abi::layout as l;
 use sbnet_abi::net;
 
@@ -38,7 +38,7 @@ impl Function {
             },
             (off::CONFIG_MSIX_VECTOR, 2) => self.config_msix_vector as u64,
             (off::NUM_QUEUES, 2) => net::NUM_QUEUES as u64,
-            (off::DEVICE_STATUS, 1) => self.status as u64,
+            (off::DEVICE_STATUS, 1) => self.status.bits() as u64,
             (off::CONFIG_GENERATION, 1) => self.config_generation as u64,
             (off::QUEUE_SELECT, 2) => self.queue_select as u64,
             (off::QUEUE_SIZE, 2) => sel_regs.map_or(0, |(r, _)| r.size as u64),
@@ -68,7 +68,7 @@ impl Function {
         len: usize,
         v: u64,
     ) -> Result<(), AccessError> {
-        let driver_ok = self.status & cc::STATUS_FEATURES_OK != 0;
+        let driver_ok = self.status.contains(Status::FEATURES_OK);
         match (off, len) {
             (off::DEVICE_FEATURE_SELECT, 4) => self.device_feature_select = v as u32,
             (off::DRIVER_FEATURE_SELECT, 4) => self.driver_feature_select = v as u32,
@@ -173,10 +173,11 @@ impl Function {
             return;
         }
         let old = self.status;
-        // The driver may only add bits; NEEDS_RESET is the device's own.
-        let mut new =
-            (old | v) & !cc::STATUS_DEVICE_NEEDS_RESET | (old & cc::STATUS_DEVICE_NEEDS_RESET);
-        if new & cc::STATUS_FEATURES_OK != 0 && old & cc::STATUS_FEATURES_OK == 0 {
+        // The driver may only add bits (unknown ones are dropped);
+        // NEEDS_RESET is the device's own.
+        let asked = Status::from_bits_truncate(v) - Status::DEVICE_NEEDS_RESET;
+        let mut new = old | asked;
+        if new.contains(Status::FEATURES_OK) && !old.contains(Status::FEATURES_OK) {
             let ok = self.driver_features & !DEVICE_FEATURES == 0
                 && self.driver_features & bit(cc::VIRTIO_F_VERSION_1) != 0;
             if !ok {
@@ -186,18 +187,18 @@ impl Function {
                     self.driver_features,
                     DEVICE_FEATURES
                 );
-                new &= !cc::STATUS_FEATURES_OK;
+                new.remove(Status::FEATURES_OK);
             }
         }
-        if new & cc::STATUS_DRIVER_OK != 0 && new & cc::STATUS_FEATURES_OK == 0 {
+        if new.contains(Status::DRIVER_OK) && !new.contains(Status::FEATURES_OK) {
             // DRIVER_OK without FEATURES_OK: the driver skipped negotiation.
-            new &= !cc::STATUS_DRIVER_OK;
-            new |= cc::STATUS_DEVICE_NEEDS_RESET;
+            new.remove(Status::DRIVER_OK);
+            new.insert(Status::DEVICE_NEEDS_RESET);
             self.counters.needs_reset += 1;
         }
         self.status = new;
-        let active_bits = cc::STATUS_DRIVER_OK | cc::STATUS_FAILED | cc::STATUS_DEVICE_NEEDS_RESET;
-        if (old ^ new) & active_bits != 0 {
+        let active_bits = Status::DRIVER_OK | Status::FAILED | Status::DEVICE_NEEDS_RESET;
+        if (old ^ new).intersects(active_bits) {
             self.events.push(Event::StatusChanged);
         }
     }

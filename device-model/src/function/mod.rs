@@ -21,7 +21,7 @@ use crate::pci_config::PciConfig;
 use crate::queue::{Queue, QueueError};
 use crate::view::{IrqHook, SideView};
 use common_cfg::{fresh_queues, QueueSlot};
-use sbnet_abi::common_cfg::{self as cc, bit};
+use sbnet_abi::common_cfg::{self as cc, bit, DeviceStatus as Status};
 use sbnet_abi::layout as l;
 use sbnet_abi::net;
 use sbnet_abi::shm::SlotGeometry;
@@ -66,7 +66,7 @@ pub struct Function {
     device_feature_select: u32,
     driver_feature_select: u32,
     driver_features: u64,
-    status: u8,
+    status: Status,
     config_generation: u8,
     queue_select: u16,
     config_msix_vector: u16,
@@ -97,7 +97,7 @@ impl Function {
             device_feature_select: 0,
             driver_feature_select: 0,
             driver_features: 0,
-            status: 0,
+            status: Status::empty(),
             config_generation: 0,
             queue_select: 0,
             config_msix_vector: cc::NO_VECTOR,
@@ -125,7 +125,7 @@ impl Function {
 
     /// Device status register.
     pub fn status(&self) -> u8 {
-        self.status
+        self.status.bits()
     }
 
     /// Features the driver accepted (valid once FEATURES_OK is set).
@@ -135,8 +135,10 @@ impl Function {
 
     /// DRIVER_OK set and neither FAILED nor DEVICE_NEEDS_RESET.
     pub fn is_active(&self) -> bool {
-        self.status & cc::STATUS_DRIVER_OK != 0
-            && self.status & (cc::STATUS_FAILED | cc::STATUS_DEVICE_NEEDS_RESET) == 0
+        self.status.contains(Status::DRIVER_OK)
+            && !self
+                .status
+                .intersects(Status::FAILED | Status::DEVICE_NEEDS_RESET)
     }
 
     /// Active and negotiated shared buffers.
@@ -208,7 +210,7 @@ impl Function {
 
     fn config_changed(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
-        if self.status & cc::STATUS_DRIVER_OK != 0 {
+        if self.status.contains(Status::DRIVER_OK) {
             self.isr |= cc::ISR_CONFIG;
             self.signal(self.config_msix_vector);
         }
@@ -218,7 +220,7 @@ impl Function {
     /// be trusted, and tells the driver.
     #[cold]
     pub fn needs_reset(&mut self, why: QueueError) {
-        if self.status & cc::STATUS_DEVICE_NEEDS_RESET != 0 {
+        if self.status.contains(Status::DEVICE_NEEDS_RESET) {
             return;
         }
         self.counters.needs_reset += 1;
@@ -230,7 +232,7 @@ impl Function {
         } else {
             tracing::debug!(side = self.side, times = n, "device needs reset: {why}");
         }
-        self.status |= cc::STATUS_DEVICE_NEEDS_RESET;
+        self.status.insert(Status::DEVICE_NEEDS_RESET);
         for q in &mut self.queues {
             q.queue = None;
         }
@@ -245,7 +247,7 @@ impl Function {
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.driver_features = 0;
-        self.status = 0;
+        self.status = Status::empty();
         self.queue_select = 0;
         self.config_msix_vector = cc::NO_VECTOR;
         // virtio 1.2 §4.1.4.3: queue_size reads the maximum after reset.
@@ -255,7 +257,7 @@ impl Function {
         self.isr = 0;
         self.epoch_ack = 0;
         self.counters.resets += 1;
-        if was != 0 {
+        if !was.is_empty() {
             self.events.push(Event::StatusChanged);
         }
     }
