@@ -55,17 +55,14 @@ fn problem(d: &Desc, nth: usize, writable: bool) -> Option<ChainError> {
 }
 
 /// The expected outcome of `Chain::parse`, found another way: follow the
-/// links over distinct descriptors; a link back to one already visited is
-/// a loop (`TooLong`), as is a path past `MAX_SEGS`.
+/// links over distinct descriptors; a link back to one already in the chain
+/// is a `Loop` (checked after the descriptor's own checks, as the walker
+/// does), a path past `MAX_SEGS` is `TooLong`.
 fn reference(table: &[Desc], head: u16, writable: bool) -> Result<Vec<(u64, u32)>, ChainError> {
     let mut visited = vec![false; table.len()];
     let mut path = Vec::new();
     let mut at = usize::from(head);
     loop {
-        if visited[at] {
-            return Err(ChainError::TooLong);
-        }
-        visited[at] = true;
         let d = &table[at];
         if let Some(e) = problem(d, path.len(), writable) {
             return Err(e);
@@ -73,10 +70,16 @@ fn reference(table: &[Desc], head: u16, writable: bool) -> Result<Vec<(u64, u32)
         if path.len() == MAX_SEGS {
             return Err(ChainError::TooLong);
         }
+        visited[at] = true;
         path.push((d.addr, d.len));
         match (d.flags & DESC_F_NEXT != 0, table.get(usize::from(d.next))) {
             (false, _) => return Ok(path),
             (true, None) => return Err(ChainError::NextOutOfRange(d.next)),
+            // A link back to a descriptor already in the chain is a loop,
+            // refused as soon as it is seen.
+            (true, Some(_)) if visited[usize::from(d.next)] => {
+                return Err(ChainError::Loop(d.next))
+            }
             (true, Some(_)) => at = usize::from(d.next),
         }
     }
