@@ -1,6 +1,6 @@
 //! The pairing switch: moves packets from one side's TX queue to the other
 //! side's RX queue, zero-copy for Shared Buffers slots and with one copy for
-//! everything else (DESIGN §4 rules 3-8, `docs/abi.md` §6).
+//! everything else (`docs/abi.md` §5-§6).
 //!
 //! The switch knows nothing of vfio-user nor of the function's registers.
 //! It works on a narrow [`SideView`] of each side (queues, guest memory,
