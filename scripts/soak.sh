@@ -39,7 +39,13 @@ case "$MINUTES" in
 '' | *[!0-9.]*) echo "soak: --minutes takes a number" >&2; exit 2 ;;
 esac
 for tool in cargo jq; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "soak: $tool not found" >&2; exit 2; }
+    command -v "$tool" >/dev/null 2>&1 || {
+        case "$tool" in
+        jq) echo "soak: jq not found: install it (Debian: apt-get install jq) and retry" >&2 ;;
+        *) echo "soak: cargo not found: install Rust with rustup (https://rustup.rs) and retry" >&2 ;;
+        esac
+        exit 2
+    }
 done
 
 echo "soak: building release binaries..." >&2
