@@ -62,6 +62,7 @@ proptest! {
             max_queue_size: 256,
             switch: SwitchConfig { burst: 16, tx_wait: Duration::ZERO },
             huge_pages: false,
+            queue_pairs: 1,
         })
         .unwrap();
         let mut bad = Drv::up(&mut p, 0, sb);
