@@ -36,6 +36,10 @@ pub mod view;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod mq_model_tests;
+#[cfg(test)]
+mod mq_tests;
+#[cfg(test)]
 mod switch_tests;
 #[cfg(any(test, feature = "test-utils"))]
 #[allow(missing_docs, clippy::missing_panics_doc)]

@@ -171,8 +171,8 @@ mod tests {
             for s in 0..256u32 {
                 n[slot_pair(s, q) as usize][initial_owner_mq(s, q) as usize] += 1;
             }
-            for p in 0..q as usize {
-                assert_eq!(n[p], [256 / q as u32 / 2; 2], "q {q} pair {p}");
+            for (p, counts) in n.iter().take(q as usize).enumerate() {
+                assert_eq!(*counts, [256 / q as u32 / 2; 2], "q {q} pair {p}");
             }
         }
         assert_eq!(initial_owner_mq(5, 4), 1);

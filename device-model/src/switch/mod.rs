@@ -335,7 +335,7 @@ impl Switch {
         let zc = self.mode == Mode::ZeroCopy;
         let mut work = 0;
         for from in 0..2 {
-            work += self.direction(sides, shm, from, 0, 0, zc);
+            work += self.direction::<false>(sides, shm, from, 0, 0, zc);
         }
         work
     }
@@ -359,7 +359,7 @@ impl Switch {
             return 0;
         }
         let zc = zero_copy && self.mode == Mode::ZeroCopy && pair == rx_pair;
-        self.direction(sides, shm, from, pair as usize, rx_pair as usize, zc)
+        self.direction::<true>(sides, shm, from, pair as usize, rx_pair as usize, zc)
     }
 
     /// The peer's receive queue pair for a classic frame sent on
@@ -386,7 +386,7 @@ impl Switch {
     /// One direction: sub-pair `q` sends, the receiver's queue pair `j`
     /// takes classic frames (`j == q` unless the receiver uses fewer
     /// pairs; then sub-pair `q` does not move slots).
-    fn direction(
+    fn direction<const MQ: bool>(
         &mut self,
         sides: &mut [SideView<'_>; 2],
         shm: &ShmRegion,
@@ -409,7 +409,7 @@ impl Switch {
         let mask = u32::from(self.q_pairs) - 1;
         if rx_ready {
             let Sub { owner, sides } = &mut self.subs[j];
-            let mut ctx = Ctx {
+            let mut ctx = Ctx::<MQ> {
                 cfg: &self.cfg,
                 g: &self.geometry,
                 mode: self.mode,
@@ -436,7 +436,7 @@ impl Switch {
             };
             (&mut a.owner, &mut a.sides[y], &mut b.sides[x])
         };
-        let mut ctx = Ctx {
+        let mut ctx = Ctx::<MQ> {
             cfg: &self.cfg,
             g: &self.geometry,
             mode: if zc { Mode::ZeroCopy } else { Mode::Copy },

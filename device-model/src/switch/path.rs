@@ -18,8 +18,10 @@ use std::time::Instant;
 
 /// Split borrows for one direction of one sub-pair: sender `y`, receiver
 /// `x`, queue pair `pair` (slots `s` with `s & mask == pair`, at local
-/// index `s >> shift` in the sub-pair's tables and ledger share).
-pub(super) struct Ctx<'a> {
+/// index `s >> shift` in the sub-pair's tables and ledger share). `MQ` is
+/// false on a link with one queue pair: every slot is local, at its own
+/// index, and the one-pair path costs what it did before sub-pairs.
+pub(super) struct Ctx<'a, const MQ: bool> {
     pub(super) cfg: &'a SwitchConfig,
     pub(super) g: &'a SlotGeometry,
     /// The mode slots move in on this sub-pair: the link's, or copy when
@@ -40,11 +42,14 @@ enum Source<'a> {
     Chain(&'a Chain, &'a GuestMemory),
 }
 
-impl Ctx<'_> {
+impl<const MQ: bool> Ctx<'_, MQ> {
     /// The local index of slot `s`, or None for a slot of another sub-pair
     /// (a foreign slot: refused like a slot of the wrong owner).
     #[inline(always)]
     fn local(&self, s: u32) -> Option<usize> {
+        if !MQ {
+            return Some(s as usize);
+        }
         (s & self.mask == self.pair).then_some((s >> self.shift) as usize)
     }
 
