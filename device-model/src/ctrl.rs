@@ -1,6 +1,6 @@
 //! The control virtqueue (virtio 1.2 §5.1.6.5) of a link with more than one
 //! queue pair: only `VIRTIO_NET_CTRL_MQ` / `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`
-//! is carried out (`docs/abi.md` §9). Every chain is hostile input:
+//! is carried out (`docs/abi.md` §8). Every chain is hostile input:
 //!
 //! - a chain that is not a command (chain errors, no readable header, no
 //!   device-writable status byte, buffers outside the driver's maps or a

@@ -1,4 +1,4 @@
-//! Multiqueue links (`docs/abi.md` §9): negotiation, the control queue,
+//! Multiqueue links (`docs/abi.md` §8): negotiation, the control queue,
 //! classic spreading over the peer's enabled pairs, and zero-copy
 //! sub-pairs, driven through the registers by the stand-in driver.
 

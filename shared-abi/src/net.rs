@@ -10,10 +10,10 @@ pub const VIRTIO_NET_F_STATUS: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_S
 /// Standard virtio-net feature: MTU in config.
 pub const VIRTIO_NET_F_MTU: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_MTU;
 /// Standard virtio-net feature: a control virtqueue (offered only on a
-/// link with more than one queue pair, `docs/abi.md` §9).
+/// link with more than one queue pair, `docs/abi.md` §8).
 pub const VIRTIO_NET_F_CTRL_VQ: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ;
 /// Standard virtio-net feature: several queue pairs (offered only on a link
-/// with more than one queue pair, `docs/abi.md` §9).
+/// with more than one queue pair, `docs/abi.md` §8).
 pub const VIRTIO_NET_F_MQ: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
 
 /// sbnet feature: the Shared Buffers BAR and the zero-copy protocol.
@@ -187,7 +187,7 @@ pub const TX_QUEUE: u16 = 1;
 /// Number of queues of a link with one queue pair (no control queue).
 pub const NUM_QUEUES: u16 = 2;
 
-/// Most queue pairs a link may have (`docs/abi.md` §9).
+/// Most queue pairs a link may have (`docs/abi.md` §8).
 pub const MAX_QUEUE_PAIRS: u16 = 16;
 
 /// True when `q` is a valid number of queue pairs for a link: a power of

@@ -115,7 +115,7 @@ pub const fn initial_owner(s: u32) -> Side {
 }
 
 /// The queue pair (sub-pair) slot `s` belongs to on a link with `q_pairs`
-/// queue pairs: `s % q_pairs` (`docs/abi.md` §9). `q_pairs` is a power of two.
+/// queue pairs: `s % q_pairs` (`docs/abi.md` §8). `q_pairs` is a power of two.
 #[inline]
 pub const fn slot_pair(s: u32, q_pairs: u16) -> u16 {
     (s & (q_pairs as u32 - 1)) as u16

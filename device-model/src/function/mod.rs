@@ -36,7 +36,7 @@ pub const DEVICE_FEATURES: u64 = bit(cc::VIRTIO_F_VERSION_1)
     | bit(net::VIRTIO_NET_F_SHARED_BUFFERS);
 
 /// Features offered on top of [`DEVICE_FEATURES`] by a function of a link
-/// with more than one queue pair (`docs/abi.md` §9).
+/// with more than one queue pair (`docs/abi.md` §8).
 pub const MQ_FEATURES: u64 = bit(net::VIRTIO_NET_F_MQ) | bit(net::VIRTIO_NET_F_CTRL_VQ);
 
 /// Something the pair must react to after a register access.

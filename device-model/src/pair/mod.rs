@@ -29,7 +29,7 @@ pub struct PairConfig {
     /// Queue pairs of the link (`max_virtqueue_pairs`): a power of two in
     /// `1..=16`, at most half the slots. 1 offers no multiqueue feature;
     /// above 1 the functions offer `VIRTIO_NET_F_MQ` and a control queue,
-    /// and the slots are split into sub-pairs (`docs/abi.md` §9).
+    /// and the slots are split into sub-pairs (`docs/abi.md` §8).
     pub queue_pairs: u16,
 }
 
@@ -209,7 +209,7 @@ impl Pair {
     /// One polling round of a multiqueue link: both sides' control queues,
     /// then every sub-pair in both directions. A classic frame from
     /// transmitq(q) goes to the peer's receiveq(`q % E_peer`); sub-pair q
-    /// moves slots only while both sides use pair q (`docs/abi.md` §9).
+    /// moves slots only while both sides use pair q (`docs/abi.md` §8).
     fn poll_mq(&mut self) -> usize {
         let mut work = self.fns[0].serve_ctrl() + self.fns[1].serve_ctrl();
         let active = [self.fns[0].active_pairs(), self.fns[1].active_pairs()];

@@ -15,7 +15,7 @@
 //! makes a syscall (an interrupt is one eventfd write per burst, and only for
 //! a driver that asked for interrupts).
 //!
-//! On a link with `Q` queue pairs (`docs/abi.md` §9) the switch is `Q`
+//! On a link with `Q` queue pairs (`docs/abi.md` §8) the switch is `Q`
 //! independent sub-pairs: sub-pair `q` owns the slots `s % Q == q`, their
 //! share of the ledger and both sides' tables for them, and switches
 //! transmitq(q) of one side to receiveq(q) of the other. Nothing of one
