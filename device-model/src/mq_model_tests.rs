@@ -6,14 +6,13 @@
 //! both sides use) and moved it from the sender, and every classic frame
 //! must have arrived on the receiver's queue pair `i % E`.
 
-use crate::mq_tests::mq_pair;
+use crate::mq_tests::zc_mq;
 use crate::pair::Pair;
 use crate::testutil::{check_ledger, Drv};
 use proptest::prelude::*;
 use sbnet_abi::net::{self, rx_queue, tx_queue, NET_HDR_LEN};
 use sbnet_abi::shm::{initial_owner_mq, slot_pair};
 use std::collections::HashMap;
-use std::time::Duration;
 
 const SLOTS: u32 = 32;
 /// Tag bit of a classic send's first frame byte (the rest is its pair).
@@ -131,13 +130,7 @@ impl Model {
 }
 
 fn run(q: u16, e1: u16, ops: Vec<Op>) {
-    let mut p = mq_pair(q, SLOTS, Duration::from_secs(3600));
-    let mut d = [
-        Drv::up_mq(&mut p, 0, true, q),
-        Drv::up_mq(&mut p, 1, true, e1),
-    ];
-    d[0].ack(&mut p);
-    d[1].ack(&mut p);
+    let (mut p, mut d) = zc_mq(q, SLOTS, e1);
     let mut m = Model {
         q,
         e: [q, e1],
@@ -223,13 +216,7 @@ fn the_model_sees_every_slot_cross() {
         ops.push(Op::Poll);
     }
     // Through the model: all 32 deliveries are seen and checked.
-    let mut p = mq_pair(4, SLOTS, Duration::from_secs(3600));
-    let mut d = [
-        Drv::up_mq(&mut p, 0, true, 4),
-        Drv::up_mq(&mut p, 1, true, 4),
-    ];
-    d[0].ack(&mut p);
-    d[1].ack(&mut p);
+    let (mut p, mut d) = zc_mq(4, SLOTS, 4);
     let mut m = Model {
         q: 4,
         e: [4, 4],

@@ -23,6 +23,19 @@ pub(crate) fn mq_pair(q: u16, slots: u32, tx_wait: Duration) -> Pair {
     .unwrap()
 }
 
+/// A zero-copy link of `q` queue pairs and `slots` slots (no TX wait
+/// expires): side 0 uses every pair, side 1 `e1`; both acknowledged.
+pub(crate) fn zc_mq(q: u16, slots: u32, e1: u16) -> (Pair, [Drv; 2]) {
+    let mut p = mq_pair(q, slots, Duration::from_secs(3600));
+    let d = [
+        Drv::up_mq(&mut p, 0, true, q),
+        Drv::up_mq(&mut p, 1, true, e1),
+    ];
+    d[0].ack(&mut p);
+    d[1].ack(&mut p);
+    (p, d)
+}
+
 fn common_r(p: &mut Pair, side: usize, o: usize, len: usize) -> u64 {
     let mut b = [0u8; 8];
     p.fns[side].read(0, o as u64, &mut b[..len]).unwrap();
@@ -204,50 +217,28 @@ fn hostile_control_chains() {
         next,
     };
     let st = d.buf_iova(q, 1);
+    // Two-buffer chains: (address, length, flags) of each.
+    let two = |x: (u64, u32, u16), y: (u64, u32, u16)| {
+        vec![(0, desc(x.0, x.1, x.2, 1)), (1, desc(y.0, y.1, y.2, 0))]
+    };
+    let cmd = (a, 4, N);
+    let status = (st, 1, W);
     type Case = (&'static str, Vec<(u16, Desc)>, Option<u32>);
     let mut cases: Vec<Case> = vec![
         ("no status byte", vec![(0, desc(a, 4, 0, 0))], Some(0)),
         ("only a status byte", vec![(0, desc(st, 1, W, 0))], Some(0)),
-        (
-            "header shorter than 2",
-            vec![(0, desc(a, 1, N, 1)), (1, desc(st, 1, W, 0))],
-            Some(0),
-        ),
-        (
-            "read-only status",
-            vec![(0, desc(a, 4, N, 1)), (1, desc(ro_iova, 1, W, 0))],
-            Some(0),
-        ),
-        (
-            "unmapped status",
-            vec![(0, desc(a, 4, N, 1)), (1, desc(unmapped, 1, W, 0))],
-            Some(0),
-        ),
-        (
-            "unmapped command",
-            vec![(0, desc(unmapped, 4, N, 1)), (1, desc(st, 1, W, 0))],
-            Some(0),
-        ),
-        (
-            "loop",
-            vec![(0, desc(a, 4, N, 1)), (1, desc(st, 1, W | N, 0))],
-            Some(0),
-        ),
+        ("header shorter than 2", two((a, 1, N), status), Some(0)),
+        ("read-only status", two(cmd, (ro_iova, 1, W)), Some(0)),
+        ("unmapped status", two(cmd, (unmapped, 1, W)), Some(0)),
+        ("unmapped command", two((unmapped, 4, N), status), Some(0)),
+        ("loop", two(cmd, (st, 1, W | N)), Some(0)),
         (
             "readable after the status",
-            vec![(0, desc(st, 1, W | N, 1)), (1, desc(a, 4, 0, 0))],
+            two((st, 1, W | N), (a, 4, 0)),
             Some(0),
         ),
-        (
-            "a well-formed command",
-            vec![(0, desc(a, 4, N, 1)), (1, desc(st, 1, W, 0))],
-            Some(1),
-        ),
-        (
-            "command and data in one buffer, status in a long one",
-            vec![(0, desc(a, 4, N, 1)), (1, desc(st, 64, W, 0))],
-            Some(1),
-        ),
+        ("a well-formed command", two(cmd, status), Some(1)),
+        ("a long status buffer", two(cmd, (st, 64, W)), Some(1)),
     ];
     // A huge chain: 64 readable buffers (the walk's limit), then more.
     let huge: Vec<(u16, Desc)> = (0..QSIZE_CTRL)
@@ -347,13 +338,7 @@ fn classic_frames_spread_over_the_peers_enabled_pairs() {
 /// gifts; a foreign slot is refused and counted on both TX and RX.
 #[test]
 fn zero_copy_sub_pairs() {
-    let mut p = mq_pair(2, 16, Duration::from_secs(3600));
-    let mut d = [
-        Drv::up_mq(&mut p, 0, true, 2),
-        Drv::up_mq(&mut p, 1, true, 2),
-    ];
-    d[0].ack(&mut p);
-    d[1].ack(&mut p);
+    let (mut p, mut d) = zc_mq(2, 16, 2);
     assert_eq!(p.switch.mode(), Mode::ZeroCopy);
     for s in 0..16 {
         assert_eq!(p.switch.owners()[s as usize], initial_owner_mq(s, 2));
@@ -409,13 +394,7 @@ fn zero_copy_sub_pairs() {
 /// copied to the peer's classic buffer and stays with its sender.
 #[test]
 fn a_sub_pair_not_in_use_on_both_sides_copies() {
-    let mut p = mq_pair(2, 16, Duration::from_secs(3600));
-    let mut d = [
-        Drv::up_mq(&mut p, 0, true, 2),
-        Drv::up_mq(&mut p, 1, true, 2),
-    ];
-    d[0].ack(&mut p);
-    d[1].ack(&mut p);
+    let (mut p, mut d) = zc_mq(2, 16, 2);
     // Side 1 goes down to one pair.
     let one = 1u16.to_le_bytes();
     let set = net::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET;

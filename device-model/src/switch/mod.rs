@@ -216,25 +216,26 @@ impl Switch {
 
     /// Slots side `k` has posted on its RX queues.
     pub fn posted(&self, k: usize) -> impl Iterator<Item = u32> + '_ {
-        self.subs.iter().enumerate().flat_map(move |(q, sub)| {
-            sub.sides[k]
-                .posted
-                .iter()
-                .enumerate()
-                .filter(|(_, h)| **h != NONE)
-                .map(move |(l, _)| self.global(q, l))
-        })
+        self.slots_where(k, |st, l| st.posted[l] != NONE)
     }
 
     /// Slots whose delivery to side `k` is deferred until it posts them.
     pub fn deferred(&self, k: usize) -> impl Iterator<Item = u32> + '_ {
+        self.slots_where(k, |st, l| st.pending[l] != NO_PENDING)
+    }
+
+    /// The slots whose entry in side `k`'s tables passes `f` (given the
+    /// sub-pair's side state and the local index), by slot number.
+    fn slots_where(
+        &self,
+        k: usize,
+        f: impl Fn(&SideState, usize) -> bool + Copy + 'static,
+    ) -> impl Iterator<Item = u32> + '_ {
         self.subs.iter().enumerate().flat_map(move |(q, sub)| {
-            sub.sides[k]
-                .pending
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| **p != NO_PENDING)
-                .map(move |(l, _)| self.global(q, l))
+            let st = &sub.sides[k];
+            (0..st.posted.len())
+                .filter(move |&l| f(st, l))
+                .map(move |l| self.global(q, l))
         })
     }
 

@@ -129,6 +129,18 @@ impl<const MQ: bool> Ctx<'_, MQ> {
         // One load of the avail index per burst (it sits on a cache line the
         // driver writes).
         let mut avail = tx.avail_pending()?;
+        // The receiver's side, borrowed apart for one packet.
+        macro_rules! rx_side {
+            () => {
+                RxSide {
+                    q: rx.as_deref_mut(),
+                    mem: xmem,
+                    c: cx,
+                    st: sx,
+                    active: x_active,
+                }
+            };
+        }
         while done < self.cfg.burst {
             let head = match sy.held {
                 Some(h) => h.head,
@@ -146,30 +158,17 @@ impl<const MQ: bool> Ctx<'_, MQ> {
             let Some(d) = tx.read_desc(head) else { break };
             let outcome = match classify(d.addr, d.len, window, self.g) {
                 Target::Slot(s) if d.flags & (DESC_F_NEXT | DESC_F_WRITE) == 0 && y_sb => {
-                    match self.local(s) {
-                        // A foreign slot, or a delivery of `s` to the sender
-                        // still deferred: the sender has not taken it (its
-                        // RX post of `s` does), so it does not own `s` yet.
-                        // Forwarding it would leave the deferred delivery
-                        // naming a slot the peer then owns.
+                    // A foreign slot, or a delivery of `s` to the sender
+                    // still deferred: the sender has not taken it (its RX
+                    // post of `s` does), so it does not own `s` yet.
+                    // Forwarding it would leave the deferred delivery naming
+                    // a slot the peer then owns.
+                    match self.local(s).filter(|&si| sy.pending[si] == NO_PENDING) {
                         None => {
                             cy.tx_not_owner += 1;
                             Outcome::Done
                         }
-                        Some(si) if sy.pending[si] != NO_PENDING => {
-                            cy.tx_not_owner += 1;
-                            Outcome::Done
-                        }
-                        Some(si) => {
-                            let rx_out = RxSide {
-                                q: rx.as_deref_mut(),
-                                mem: xmem,
-                                c: cx,
-                                st: sx,
-                                active: x_active,
-                            };
-                            self.tx_slot(s, si, d.len, shm, cy, rx_out, expired)
-                        }
+                        Some(si) => self.tx_slot(s, si, d.len, shm, cy, rx_side!(), expired),
                     }
                 }
                 Target::Classic => match Chain::parse(tx, head, false) {
@@ -182,14 +181,7 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                             cy.bad_chain += 1;
                             Outcome::Done
                         } else {
-                            let rx_out = RxSide {
-                                q: rx.as_deref_mut(),
-                                mem: xmem,
-                                c: cx,
-                                st: sx,
-                                active: x_active,
-                            };
-                            self.tx_copy(Source::Chain(&chain, ymem), cy, rx_out, expired)
+                            self.tx_copy(Source::Chain(&chain, ymem), cy, rx_side!(), expired)
                         }
                     }
                     Ok(_) => {
