@@ -19,6 +19,9 @@ pub struct Interrupts {
     intx: Option<IrqFd>,
     /// Vectors the function has (the MSI-X table size).
     n: usize,
+    /// Some vector has an eventfd (kept with `fds`, so that a signal does
+    /// not scan the table).
+    any_fd: bool,
 }
 
 impl Default for Interrupts {
@@ -32,6 +35,7 @@ impl Interrupts {
     pub fn with_vectors(n: u16) -> Self {
         Self {
             n: (n as usize).clamp(1, N),
+            any_fd: false,
             table: [0; N * 16],
             fds: std::array::from_fn(|_| None),
             masked: [false; N],
@@ -49,7 +53,7 @@ impl Interrupts {
     /// Returns true when an eventfd was written.
     #[inline]
     pub fn signal(&mut self, v: u16) -> bool {
-        if self.fds[..self.n].iter().any(Option::is_some) {
+        if self.any_fd {
             let i = v as usize;
             if i >= self.n {
                 return false;
@@ -76,6 +80,7 @@ impl Interrupts {
         match self.fds[..self.n].get_mut(v as usize) {
             Some(slot) => {
                 *slot = fd;
+                self.any_fd = self.fds.iter().any(Option::is_some);
                 true
             }
             None => false,
@@ -85,6 +90,7 @@ impl Interrupts {
     /// Clears every vector's eventfd.
     pub fn clear_vector_fds(&mut self) {
         self.fds = std::array::from_fn(|_| None);
+        self.any_fd = false;
     }
 
     /// Masks or unmasks vector `v`. Unmasking returns true when an
@@ -106,6 +112,7 @@ impl Interrupts {
     /// The VMM went away: its eventfds, masks and pending bits go too.
     pub fn disconnect(&mut self) {
         self.fds = std::array::from_fn(|_| None);
+        self.any_fd = false;
         self.intx = None;
         self.masked = [false; N];
         self.pending = [false; N];

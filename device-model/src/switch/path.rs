@@ -54,6 +54,7 @@ impl<const MQ: bool> Ctx<'_, MQ> {
     }
 
     /// Takes the receiver's new RX posts into the slot and classic tables.
+    #[inline(always)]
     pub(super) fn harvest_rx(
         &mut self,
         fx: &mut SideView<'_>,
@@ -107,6 +108,7 @@ impl<const MQ: bool> Ctx<'_, MQ> {
 
     /// Walks the sender's TX queue.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     pub(super) fn forward_tx(
         &mut self,
         fy: &mut SideView<'_>,
