@@ -479,16 +479,6 @@ impl Drv {
         self.avail(1, head);
     }
 
-    /// A descriptor of driver buffer `i` of queue `q` (for raw chains).
-    pub fn buf_desc(&self, q: u16, i: u16, len: u32, flags: u16, next: u16) -> Desc {
-        Desc {
-            addr: self.buf_iova(q, i),
-            len,
-            flags,
-            next,
-        }
-    }
-
     /// The memfd behind the driver's memory.
     pub fn file(&self) -> &File {
         &self.file
