@@ -115,6 +115,10 @@ counters! {
         dma_unmaps,
         /// Most DMA maps held at once (see `mem::MAX_MAPS`).
         dma_maps_peak,
+        /// Control-queue commands carried out (`VIRTIO_NET_OK`).
+        ctrl_ok,
+        /// Control-queue commands answered `VIRTIO_NET_ERR`.
+        ctrl_err,
     }
 }
 
