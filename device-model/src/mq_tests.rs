@@ -330,6 +330,25 @@ fn classic_frames_spread_over_the_peers_enabled_pairs() {
             want.sort();
             assert_eq!(got, want, "E = {e:?}, from side {from}");
         }
+        // Per-pair counters: one frame sent on each pair a side uses, and
+        // received on the peer's pair i % E_peer.
+        for k in 0..2 {
+            let qc = p.fns[k].queue_counters();
+            assert_eq!(qc.len(), 4);
+            for (i, c) in qc.iter().enumerate() {
+                let i = i as u16;
+                assert_eq!(
+                    c.tx_packets,
+                    u64::from(i < e[k]),
+                    "E = {e:?}, side {k} pair {i}"
+                );
+                assert_eq!(c.tx_bytes, 100 * u64::from(i < e[k]));
+                let rx = (0..e[1 - k]).filter(|s| s % e[k] == i).count() as u64;
+                assert_eq!(c.rx_packets, rx, "E = {e:?}, side {k} pair {i}");
+            }
+            let sum: u64 = qc.iter().map(|c| c.rx_packets).sum();
+            assert_eq!(sum, p.fns[k].counters.rx_packets);
+        }
         check_ledger(&p);
     }
 }

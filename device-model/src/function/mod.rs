@@ -14,7 +14,7 @@ mod net_cfg;
 pub use msix::Interrupts;
 pub use net_cfg::MTU;
 
-use crate::counters::SideCounters;
+use crate::counters::{QueueCounters, SideCounters};
 use crate::irq::IrqFd;
 use crate::mem::{GuestMemory, MemError, Prot};
 use crate::pci_config::PciConfig;
@@ -93,6 +93,9 @@ pub struct Function {
     mem: GuestMemory,
     /// Counters of this side.
     pub counters: SideCounters,
+    /// Per queue pair, on a multiqueue link (kept by `Pair::poll`; see
+    /// [`Self::queue_counters`]).
+    pair_counters: Vec<QueueCounters>,
     events: Vec<Event>,
 }
 
@@ -138,6 +141,7 @@ impl Function {
             irqs: Interrupts::with_vectors(l::msix_vectors(q_pairs)),
             mem: GuestMemory::default(),
             counters: SideCounters::default(),
+            pair_counters: vec![QueueCounters::default(); q_pairs as usize],
             events: Vec::with_capacity(8),
         }
     }
@@ -145,6 +149,31 @@ impl Function {
     /// This side's index.
     pub fn side(&self) -> u8 {
         self.side
+    }
+
+    /// The counters of each queue pair, pair 0 first. On a one-pair link
+    /// they are the side's totals.
+    pub fn queue_counters(&self) -> Vec<QueueCounters> {
+        if self.q_pairs == 1 {
+            vec![QueueCounters::of_side(&self.counters)]
+        } else {
+            self.pair_counters.clone()
+        }
+    }
+
+    /// Adds what moved through this side's pair `tx_pair` (sent) and
+    /// `rx_pair` (received) since `before` (the side's counters then).
+    #[inline]
+    pub(crate) fn count_pairs(&mut self, before: &QueueCounters, tx_pair: u16, rx_pair: u16) {
+        let now = QueueCounters::of_side(&self.counters);
+        if let Some(t) = self.pair_counters.get_mut(tx_pair as usize) {
+            t.tx_packets += now.tx_packets - before.tx_packets;
+            t.tx_bytes += now.tx_bytes - before.tx_bytes;
+        }
+        if let Some(r) = self.pair_counters.get_mut(rx_pair as usize) {
+            r.rx_packets += now.rx_packets - before.rx_packets;
+            r.rx_bytes += now.rx_bytes - before.rx_bytes;
+        }
     }
 
     /// The slot geometry this function advertises.

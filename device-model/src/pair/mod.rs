@@ -9,6 +9,7 @@ mod runner;
 pub use crate::backend::SideHandle;
 pub use runner::{run_switch, sleep_unless_stopped, PollMode, Shared};
 
+use crate::counters::QueueCounters;
 use crate::function::Function;
 use crate::mem::ShmRegion;
 use crate::switch::{Switch, SwitchConfig};
@@ -217,6 +218,10 @@ impl Pair {
             let zc = self.switch.sub_pair_moves(q, active);
             for from in 0..2 {
                 let j = Switch::rx_pair(q, active[1 - from]);
+                let before = self
+                    .fns
+                    .each_ref()
+                    .map(|f| QueueCounters::of_side(&f.counters));
                 let [f0, f1] = &mut self.fns;
                 let mut views = if from == 0 {
                     [f0.view_pair(q), f1.view_pair(j)]
@@ -228,6 +233,9 @@ impl Pair {
                     .poll_direction(&mut views, &self.shm, from, q, j, zc);
                 let broken = views.map(|v| v.broken());
                 self.apply_broken(broken);
+                // The sender's transmitq(q) and the receiver's receiveq(j).
+                self.fns[from].count_pairs(&before[from], q, u16::MAX);
+                self.fns[1 - from].count_pairs(&before[1 - from], u16::MAX, j);
             }
         }
         work
