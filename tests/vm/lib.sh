@@ -35,12 +35,13 @@ vm_preflight() {
     case "$ACCEL" in tcg|kvm) ;; *) setup_error "SBNET_VM_ACCEL must be tcg or kvm, got '$ACCEL'";; esac
 }
 
-# Builds or checks the kit and loads its kit.env. $1: what the log line says first.
+# Builds or checks the kit and loads its kit.env. $1: what the log line says
+# first; further arguments go to build-kit.sh (--dpdk).
 vm_kit() {
     say "${1:+$1: }building/checking the VM kit in $VM_DIR"
     local kit_t0
     kit_t0=$(now)
-    "$LIB_DIR/build-kit.sh" || vm_unavailable "no VM kit: tests/vm/build-kit.sh failed (see above)"
+    "$LIB_DIR/build-kit.sh" "${@:2}" || vm_unavailable "no VM kit: tests/vm/build-kit.sh failed (see above)"
     say "kit ready ($(awk -v a="$kit_t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s)"
     # shellcheck disable=SC1091
     . "$ROOT/sbnet/kit/kit.env"
