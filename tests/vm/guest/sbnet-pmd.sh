@@ -4,7 +4,8 @@
 #   1.-2. sbnet-vfio.sh: loads the VFIO modules, checks that the guest has
 #      an IOMMU, finds the sbnet function (1af4:1041, PCI) and its IOMMU
 #      group (GROUP),
-#   3. reserves HUGEPAGES 2 MiB huge pages (the PMD's DMA memory),
+#   3. reserves HUGEPAGES 2 MiB huge pages (the PMD's DMA memory; none with
+#      sbnet.hugepages=0, for steps run with --small-pages),
 #   4. runs sbnet-testpmd once per step of sbnet.pmd=STEP,STEP,... on the
 #      function (`--pci`: sbnet-testpmd binds it to vfio-pci itself).
 #
@@ -26,10 +27,15 @@ now() { cut -d' ' -f1 /proc/uptime; }
 
 . /sbnet/sbnet-vfio.sh
 
-echo "$HUGEPAGES" >/proc/sys/vm/nr_hugepages
-got=$(cat /proc/sys/vm/nr_hugepages)
-[ "$got" -ge 4 ] || fail "only $got of $HUGEPAGES 2 MiB huge pages could be reserved"
-echo "SBNET-INFO: $got huge pages of 2 MiB reserved"
+if [ "$HUGEPAGES" = 0 ]; then
+    # sbnet.hugepages=0: the steps run sbnet-testpmd --small-pages.
+    echo "SBNET-INFO: no huge pages reserved (4 KiB DMA pages)"
+else
+    echo "$HUGEPAGES" >/proc/sys/vm/nr_hugepages
+    got=$(cat /proc/sys/vm/nr_hugepages)
+    [ "$got" -ge 4 ] || fail "only $got of $HUGEPAGES 2 MiB huge pages could be reserved"
+    echo "SBNET-INFO: $got huge pages of 2 MiB reserved"
+fi
 
 [ -x "$TESTPMD" ] || fail "no $TESTPMD in the initramfs (the harness appends it as a second cpio archive)"
 "$TESTPMD" --version >/tmp/v 2>&1 || fail "$TESTPMD does not run: $(head -3 /tmp/v | tr '\n' ' ')"
