@@ -19,7 +19,9 @@
 #   $KIT/dpdk.cpio.gz     a cpio archive the DPDK harness appends to the
 #                         initramfs: dpdk-testpmd, the ldd closure of it and
 #                         of the drivers net_virtio, mempool_ring and bus_pci
-#                         (resolved inside the root) and libstdbuf.so
+#                         (resolved inside the root), libstdbuf.so and
+#                         libgcc_s.so.1 (glibc loads it for pthread_cancel,
+#                         which the EAL calls at exit outside --in-memory)
 # It is rebuilt only when its recipe (DPDK_RECIPE) or the candidate dpdk-dev
 # version changes; the other parts of the kit do not depend on it.
 #
@@ -64,7 +66,7 @@ done
 # The DPDK drivers the guests load with -d (librte_<name>.so.*), and the
 # version of the recipe below: change it to rebuild the DPDK part.
 DPDK_DRIVERS="net_virtio mempool_ring bus_pci"
-DPDK_RECIPE="1 $DPDK_DRIVERS"
+DPDK_RECIPE="2 $DPDK_DRIVERS"
 
 T0=$(date +%s.%N)
 log() { printf 'build-kit: %s\n' "$*" >&2; }
@@ -366,7 +368,7 @@ if [ "$WANT_DPDK" = 1 ] && { [ ! -f "$KIT/dpdk.cpio.gz" ] || [ "$(cat "$KIT/dpdk
     mkdir -p "$DD/ov/usr/bin" "$DD/ov/sbnet/dpdk"
     cp "$DD/x/usr/bin/dpdk-testpmd" "$DD/ov/usr/bin/"
     for f in $objs $(printf '%s\n' "$closure" | awk '/=> \// {print $3} /^[[:space:]]*\/[^ ]+ \(/ {print $1}' | sort -u) \
-             /usr/libexec/coreutils/libstdbuf.so; do
+             /usr/libexec/coreutils/libstdbuf.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1; do
         case "$f" in
             /sbnet/kit/dpdk/x/*) dst=${f#/sbnet/kit/dpdk/x} ;;
             /sbnet/*) continue ;;

@@ -55,7 +55,10 @@ if [ "$HUGEPAGES" -gt 0 ]; then
     MEM="--in-memory"
     echo "SBNET-INFO: $got huge pages of 2 MiB reserved"
 else
-    MEM="--in-memory --no-huge -m $DPDK_MEM --iova-mode=va"
+    # (--no-huge implies --legacy-mem, which --in-memory refuses: the EAL
+    # keeps its runtime files in /var/run/dpdk.)
+    mkdir -p /var/run
+    MEM="--no-huge -m $DPDK_MEM --iova-mode=va"
     echo "SBNET-INFO: no huge pages: $DPDK_MEM MiB of 4 KiB pages, IOVA as VA"
 fi
 
