@@ -263,8 +263,8 @@ if [ "$SCENARIO" = pmd ]; then
     want=$((PINGS + PACKETS))
     [ "$(c 0 tx_zero_copy)" -ge "$want" ] || fail "host-pair counters: side 0 tx_zero_copy=$(c 0 tx_zero_copy), expected >= $want"
     [ "$(c 1 tx_zero_copy)" -ge $((PINGS + BACK)) ] || fail "host-pair counters: side 1 tx_zero_copy=$(c 1 tx_zero_copy), expected >= $((PINGS + BACK))"
-    say "PASS"
     vm_show_counters dma_maps dma_unmaps dma_maps_peak
+    say "PASS"
     echo "SBNET-VM-TEST: PASS $VARIANT dma_maps_peak=$(c 0 dma_maps_peak)/$(c 1 dma_maps_peak) pingpong=$PINGS a_to_b=$PACKETS b_to_a=$BACK side0_tx_zero_copy=$(c 0 tx_zero_copy) side1_tx_zero_copy=$(c 1 tx_zero_copy) copied_bytes=0 seconds=$(now)"
 else
     [ "$(c 0 tx_packets)" = "$EXPECT" ] || fail "host-pair counters: side 0 (PMD) tx_packets=$(c 0 tx_packets), expected $EXPECT"

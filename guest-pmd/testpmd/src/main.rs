@@ -33,7 +33,7 @@ struct Args {
     /// vfio-user socket of the function to drive (one side of `host-pair serve`).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU and 2 MiB huge pages).
+    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU, and 2 MiB huge pages unless --small-pages).
     #[arg(long, value_name = "DDDD:BB:DD.F")]
     pci: Option<String>,
     /// With --pci: back DMA memory with ordinary 4 KiB pages instead of 2 MiB huge pages (no reserved huge pages needed; behind a vIOMMU each page reaches the device as its own DMA map).
