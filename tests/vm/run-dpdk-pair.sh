@@ -51,31 +51,14 @@ SIDE0_MAC=52:54:00:5b:00:00
 
 vm_preflight
 case "$SCENARIO" in dpdk|stock|nohuge) ;; *) setup_error "scenario must be dpdk, stock or nohuge, got '$SCENARIO'";; esac
-for v in SECONDS_TX HUGEPAGES DPDK_MEM; do
-    case "${!v}" in ''|*[!0-9]*) setup_error "$v must be a number, got '${!v}'";; esac
-done
+vm_check_numbers SECONDS_TX HUGEPAGES DPDK_MEM
 
 vm_kit "scenario $SCENARIO" --dpdk
 [ -n "${SBNET_VM_DPDK_CPIO:-}" ] && [ -s "$ROOT$SBNET_VM_DPDK_CPIO" ] || setup_error "the kit has no DPDK archive (build-kit.sh --dpdk)"
 vm_host_pair
 vm_run_dir "dpdk-$SCENARIO"
 
-fail() {
-    KEEP_RUN=1
-    echo
-    say "FAIL: $*"
-    local f
-    for f in "$RUN"/a.console "$RUN"/b.console; do
-        [ -f "$f" ] || continue
-        echo "----- ${f##*/} (serial console): every SBNET- line -----"
-        grep -a '^SBNET-' "$f" | tr -d '\r'
-        echo "----- ${f##*/}: last 15 lines -----"
-        tail -n 15 "$f" | tr -d '\r'
-    done
-    vm_fail_tails
-    echo "SBNET-VM-TEST: FAIL $SCENARIO: $*"
-    exit 1
-}
+fail() { vm_fail "$SCENARIO" "$@"; }
 
 # The kit's initramfs plus the DPDK archive (the kernel unpacks both).
 cat "$ROOT/sbnet/kit/initrd.img" "$ROOT$SBNET_VM_DPDK_CPIO" >"$RUN/initrd-dpdk.img" || setup_error "cannot build the DPDK initramfs"
@@ -108,18 +91,8 @@ else
 fi
 start_dpdk a tx "$PAGES"
 
-declare -A shown=()
-# Progress: each SBNET-INFO line once.
-show_info() {
-    local g l
-    for g in a b; do
-        while IFS= read -r l; do
-            [ -n "${shown[$g$l]:-}" ] && continue
-            shown[$g$l]=1
-            say "guest $g: ${l#SBNET-INFO: }"
-        done < <(grep -a '^SBNET-INFO: \(dpdk-testpmd up\|handshake\|count-rx\|no huge\|[0-9]* huge\)' "$RUN/$g.console" 2>/dev/null | tr -d '\r')
-    done
-}
+# Progress: the guests' main steps, each once.
+show_info() { vm_show_new '^SBNET-INFO: \(dpdk-testpmd up\|handshake\|count-rx\|no huge\|[0-9]* huge\)' 'SBNET-INFO: '; }
 vm_wait_guests show_info
 vm_stop_host_pair
 

@@ -71,9 +71,7 @@ case "$SCENARIO" in pmd|pmd-small|mixed) ;; *) setup_error "scenario must be pmd
 # pmd-small is pmd on 4 KiB pages: VARIANT names the run, SCENARIO the steps.
 VARIANT=$SCENARIO SMALL=0
 [ "$SCENARIO" = pmd-small ] && { SCENARIO=pmd SMALL=1; }
-for v in PINGS PACKETS FRAME BACK; do
-    case "${!v}" in ''|*[!0-9]*) setup_error "$v must be a number, got '${!v}'";; esac
-done
+vm_check_numbers PINGS PACKETS FRAME BACK
 
 # ------------------------------------------------------------ kit + binaries
 vm_kit "scenario $VARIANT"
@@ -97,22 +95,7 @@ fi
 
 vm_run_dir "$VARIANT"
 
-fail() {
-    KEEP_RUN=1
-    echo
-    say "FAIL: $*"
-    local f
-    for f in "$RUN"/a.console "$RUN"/b.console; do
-        [ -f "$f" ] || continue
-        echo "----- ${f##*/} (serial console): every SBNET- line but the JSON -----"
-        grep -a '^SBNET-' "$f" | grep -av '^SBNET-JSON' | tr -d '\r'
-        echo "----- ${f##*/}: last 25 lines -----"
-        tail -n 25 "$f" | tr -d '\r'
-    done
-    vm_fail_tails
-    echo "SBNET-VM-TEST: FAIL $VARIANT: $*"
-    exit 1
-}
+fail() { vm_fail "$VARIANT" "$@"; }
 
 # ------------------------------------------------------------ guest initramfs
 # The kit's initramfs plus a second cpio archive with sbnet-testpmd and the
@@ -192,18 +175,8 @@ else
 fi
 
 # ------------------------------------------------------------ wait
-declare -A shown=()
 # Progress: each finished step once.
-show_steps() {
-    local g l
-    for g in a b; do
-        while IFS= read -r l; do
-            [ -n "${shown[$g$l]:-}" ] && continue
-            shown[$g$l]=1
-            say "guest $g: ${l#SBNET-STEP: }"
-        done < <(grep -a '^SBNET-STEP: .* rc=' "$RUN/$g.console" 2>/dev/null | tr -d '\r')
-    done
-}
+show_steps() { vm_show_new '^SBNET-STEP: .* rc=' 'SBNET-STEP: '; }
 vm_wait_guests show_steps
 vm_stop_host_pair
 
