@@ -391,17 +391,22 @@ if [ "$WANT_DPDK" = 1 ] && { [ ! -f "$KIT/dpdk.cpio.gz" ] || [ "$(cat "$KIT/dpdk
     rm -rf "$DD/x" "$DD/ov"
 fi
 
-cat >"$KIT/kit.env" <<EOF
+# The same kit.env whoever asks (with or without --dpdk), replaced at once:
+# harnesses running in parallel read it after this script returns.
+{
+    cat <<EOF
 SBNET_VM_ROOT=$ROOT
 SBNET_VM_KERNEL=/sbnet/kit/vmlinuz
 SBNET_VM_INITRD=/sbnet/kit/initrd.img
 SBNET_VM_KERNEL_VERSION=$KVER
 SBNET_VM_QEMU_VERSION=$QEMU_VERSION
 EOF
-[ "$WANT_DPDK" = 1 ] && cat >>"$KIT/kit.env" <<EOF
-SBNET_VM_DPDK_CPIO=/sbnet/kit/dpdk.cpio.gz
-SBNET_VM_DPDK_VERSION=$DPDK_VERSION
-EOF
+    if [ -s "$KIT/dpdk.cpio.gz" ] && [ -s "$KIT/dpdk.key" ]; then
+        echo "SBNET_VM_DPDK_CPIO=/sbnet/kit/dpdk.cpio.gz"
+        echo "SBNET_VM_DPDK_VERSION=$(awk '{print $NF}' "$KIT/dpdk.key")"
+    fi
+} >"$KIT/kit.env.tmp"
+mv "$KIT/kit.env.tmp" "$KIT/kit.env"
 log "kit ready in $(elapsed) s: root $ROOT, QEMU $QEMU_VERSION, kernel $KVER"
 [ "$PRINT_ENV" = 1 ] && cat "$KIT/kit.env"
 exit 0
