@@ -45,7 +45,9 @@ drv=$(readlink "/sys/bus/pci/devices/$PCI/driver"); drv=${drv##*/}
 [ -e "/dev/vfio/$GROUP" ] || fail "no /dev/vfio/$GROUP after binding $PCI to vfio-pci"
 echo "SBNET-INFO: $PCI bound to vfio-pci, /dev/vfio/$GROUP"
 
-# 3. memory
+# 3. memory (/var/run: the EAL's runtime directory, which it wants even
+# with --in-memory)
+mkdir -p /var/run
 if [ "$HUGEPAGES" -gt 0 ]; then
     echo "$HUGEPAGES" >/proc/sys/vm/nr_hugepages
     got=$(cat /proc/sys/vm/nr_hugepages)
@@ -57,7 +59,6 @@ if [ "$HUGEPAGES" -gt 0 ]; then
 else
     # (--no-huge implies --legacy-mem, which --in-memory refuses: the EAL
     # keeps its runtime files in /var/run/dpdk.)
-    mkdir -p /var/run
     MEM="--no-huge -m $DPDK_MEM --iova-mode=va"
     echo "SBNET-INFO: no huge pages: $DPDK_MEM MiB of 4 KiB pages, IOVA as VA"
 fi
