@@ -156,7 +156,7 @@ fi
 MIRROR=$(cat "$ROOT/.sbnet-mirror")
 
 # ---------------------------------------------------------------- 2. packages in the root
-ROOT_PKGS="busybox-static cpio kmod xz-utils zstd gzip"
+ROOT_PKGS="busybox-static cpio kmod xz-utils zstd gzip ethtool"
 if [ ! -f "$ROOT/.sbnet-packages-done" ] || [ "$(cat "$ROOT/.sbnet-packages-done")" != "$ROOT_PKGS" ]; then
     log "installing qemu-system-x86 (trixie-backports) and $ROOT_PKGS in the root (log: $VM_DIR/apt-root.log)"
     cat >"$ROOT/etc/apt/sources.list" <<EOF
@@ -286,6 +286,13 @@ if [ ! -f "$KIT/initrd.img" ] || [ "$(cat "$KIT/initrd.hash" 2>/dev/null)" != "$
     stage_modules load-order $GUEST_MODULES
     # shellcheck disable=SC2086
     stage_modules load-order-vfio $VFIO_MODULES
+    # ethtool (the multiqueue test's `ethtool -L`) with its ldd closure, at
+    # the paths the guest's loader looks at (the guest has no usr-merge).
+    for f in /usr/sbin/ethtool $(in_root ldd /usr/sbin/ethtool | awk '/=> \// {print $3} /^[[:space:]]*\/[^ ]+ \(/ {print $1}'); do
+        mkdir -p "$STAGE$(dirname "$f")"
+        cp -L "$ROOT$f" "$STAGE$f" || die "cannot copy $f (ethtool's closure) into the initramfs"
+    done
+    [ -x "$STAGE/usr/sbin/ethtool" ] || die "ethtool is missing from the root (ROOT_PKGS)"
     install -m 0755 "$HERE/guest/init" "$STAGE/init"
     for f in "$HERE"/guest/sbnet-*.sh; do
         install -m 0755 "$f" "$STAGE/sbnet/${f##*/}"

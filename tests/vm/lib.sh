@@ -103,7 +103,7 @@ vm_run_dir() {
 # The QEMU and host-pair tails of a failure report.
 vm_fail_tails() {
     local f
-    for f in "$RUN"/qemu-a.log "$RUN"/qemu-b.log; do
+    for f in "$RUN"/qemu-*.log; do
         [ -s "$f" ] || continue
         echo "----- last 15 lines of ${f##*/} (QEMU stderr) -----"
         tail -n 15 "$f"
@@ -125,7 +125,7 @@ vm_fail() {
     KEEP_RUN=1
     echo
     say "FAIL: $*"
-    for f in "$RUN"/a.console "$RUN"/b.console; do
+    for f in "$RUN"/*.console; do
         [ -f "$f" ] || continue
         echo "----- ${f##*/} (serial console): every SBNET- line but the JSON -----"
         grep -a '^SBNET-' "$f" | grep -av '^SBNET-JSON' | tr -d '\r'
