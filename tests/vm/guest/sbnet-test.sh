@@ -21,7 +21,8 @@
 #           pinned to CPU f % 2, to ports 5001.. of the server; the server
 #           checks each stream's size and SHA-256 against the sums the
 #           client announced on the serial console (the harness compares
-#           them) and both report their per-queue counters (ethtool -S).
+#           them) and both report the interrupts of each receive queue and the kicks
+#           of each transmit queue.
 #   router: the middle guest of the three-VM chain (two sbnet NICs, IF and
 #           IF2, on two links). Forwards IPv4 between them (ip_forward=1)
 #           until at least BYTES bytes came in on IF and then both NICs were
@@ -120,13 +121,19 @@ mq-server|mq-client)
     cur=$(ethtool -l "$IF" | awk '/Current hardware settings/ {c=1} c && /^Combined:/ {print $2; exit}')
     [ "$cur" = "$Q" ] || res "FAIL ethtool -l $IF shows $cur combined channels, not $Q"
     echo "SBNET-INFO: $IF has $Q combined channels (max $(ethtool -l "$IF" | awk '/^Combined:/ {print $2; exit}')), $(nproc) CPUs"
-    # per_queue: "rx0=.. rx1=.. tx0=.. tx1=.." from ethtool -S.
+    # per_queue: "rx_irqs0=.. rx_irqs1=.. tx_kicks0=.. tx_kicks1=..": the
+    # interrupts of each receive queue (/proc/interrupts, virtioN-input.Q,
+    # all CPUs) and the notifications of each transmit queue (ethtool -S
+    # txQ_kicks, or tx_queue_Q_kicks before Linux 6.10). Since 6.10
+    # ethtool -S no longer counts packets per queue; host-pair does.
     per_queue() {
-        ethtool -S "$IF" | awk -v q="$Q" '
-            { gsub(/^[ \t]+/, "") }
-            /^rx_queue_[0-9]+_packets:/ { split($1, a, "_"); rx[a[3]] = $2 }
-            /^tx_queue_[0-9]+_packets:/ { split($1, a, "_"); tx[a[3]] = $2 }
-            END { for (i = 0; i < q; i++) printf "rx%d=%s ", i, rx[i] + 0; for (i = 0; i < q; i++) printf "tx%d=%s ", i, tx[i] + 0 }'
+        { ethtool -S "$IF" 2>/dev/null; cat /proc/interrupts; } | awk -v q="$Q" '
+            $1 ~ /^tx(_queue_)?[0-9]+_kicks:$/ { k = $1; sub(/^tx(_queue_)?/, "", k); sub(/_kicks:$/, "", k); kicks[k] = $2 }
+            $NF ~ /^virtio[0-9]+-input\.[0-9]+$/ {
+                k = $NF; sub(/^.*\./, "", k)
+                for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) irqs[k] += $i
+            }
+            END { for (i = 0; i < q; i++) printf "rx_irqs%d=%s ", i, irqs[i] + 0; for (i = 0; i < q; i++) printf "tx_kicks%d=%s ", i, kicks[i] + 0 }'
     }
     per=$(( BYTES / F ))
     if [ "$ROLE" = mq-server ]; then
