@@ -7,7 +7,7 @@ mod epochs;
 mod runner;
 
 pub use crate::backend::SideHandle;
-pub use runner::{run_switch, sleep_unless_stopped, PollMode, Shared};
+pub use runner::{run_links, run_switch, sleep_unless_stopped, LinkSet, PollMode, Shared};
 
 use crate::function::Function;
 use crate::mem::ShmRegion;
