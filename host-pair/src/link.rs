@@ -71,9 +71,11 @@ impl Link {
             let t = std::thread::Builder::new()
                 .name(format!("vfio-user-{side}"))
                 .spawn(move || {
+                    // Every log line of this side names its link.
+                    let _span = tracing::info_span!("link", name = %name).entered();
                     let mut handle = SideHandle::new(sh.clone(), side);
                     if let Err(e) = server.serve(&mut handle, &sh.stop) {
-                        tracing::error!(link = %name, side, "vfio-user server stopped: {e}");
+                        tracing::error!(side, "vfio-user server stopped: {e}");
                         fail.store(true, Ordering::Relaxed);
                     }
                 });

@@ -244,6 +244,11 @@ fn drive<S: Links>(src: &mut S, mode: PollMode) {
     let mut idle: u32 = 0;
     while src.running() {
         src.refresh();
+        if src.links().is_empty() {
+            // Nothing to poll, whatever the mode: wait for a link.
+            sleep(src, 100);
+            continue;
+        }
         let (work, waiting) = round(src.links(), true);
         if work > 0 {
             idle = 0;
@@ -315,5 +320,74 @@ pub fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
         let s = left.min(step);
         std::thread::sleep(s);
         left -= s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pair::PairConfig;
+    use crate::switch::SwitchConfig;
+    use sbnet_abi::shm::SlotGeometry;
+    use std::time::Instant;
+
+    fn link() -> Arc<Shared> {
+        let cfg = PairConfig {
+            geometry: SlotGeometry::new(2048, 16).unwrap(),
+            max_queue_size: 256,
+            switch: SwitchConfig::default(),
+            huge_pages: false,
+        };
+        Shared::new(Pair::new(&cfg).unwrap()).unwrap()
+    }
+
+    /// The thread's copy of the set after one refresh.
+    fn seen(set: &LinkSet, o: &mut Owned<'_>) -> usize {
+        assert!(std::ptr::eq(o.set, set));
+        o.refresh();
+        o.links().len()
+    }
+
+    #[test]
+    fn a_thread_sees_links_come_and_go() {
+        let set = LinkSet::new().unwrap();
+        let (a, b) = (link(), link());
+        let mut o = Owned {
+            set: &set,
+            seen: u64::MAX,
+            links: Vec::new(),
+        };
+        assert_eq!(seen(&set, &mut o), 0);
+        set.add(a.clone());
+        set.add(b.clone());
+        assert_eq!((seen(&set, &mut o), set.len()), (2, 2));
+        assert!(set.remove(&a));
+        assert!(!set.remove(&a), "removed once");
+        assert_eq!(seen(&set, &mut o), 1);
+        assert!(Arc::ptr_eq(&o.links()[0], &b));
+        // The thread's copy holds the last reference it needs: none of a.
+        assert_eq!(Arc::strong_count(&a), 1);
+    }
+
+    #[test]
+    fn run_links_stops_promptly_asleep_or_busy() {
+        for mode in [PollMode::Adaptive { spin: 4 }, PollMode::Busy] {
+            let set = LinkSet::new().unwrap();
+            set.add(link());
+            let s = set.clone();
+            let t = std::thread::spawn(move || run_links(&s, mode));
+            std::thread::sleep(Duration::from_millis(50));
+            let l = link();
+            set.add(l.clone());
+            std::thread::sleep(Duration::from_millis(20));
+            // A stopped link is skipped, then dropped by the thread.
+            l.stop.store(true, Ordering::Relaxed);
+            assert!(set.remove(&l));
+            let t0 = Instant::now();
+            set.stop();
+            t.join().unwrap();
+            assert!(t0.elapsed() < Duration::from_secs(5), "{mode:?}");
+            assert_eq!(Arc::strong_count(&l), 1, "{mode:?}");
+        }
     }
 }
