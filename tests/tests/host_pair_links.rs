@@ -13,11 +13,10 @@
 
 use sbnet_tests::{bin, temp_dir};
 use serde_json::Value;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// A child with its stderr in a file, killed if still running when dropped.
@@ -28,15 +27,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(dir: &Path, name: &str, program: &str, args: &[String]) -> Self {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(bin(program))
-            .args(args)
-            .env("SBNET_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let (child, stderr) = sbnet_tests::spawn_logged(name, dir, &bin(program), args);
         Self { child, stderr }
     }
 
@@ -169,16 +160,11 @@ fn link_stats(control: &Path, link: &str) -> Value {
     v["links"][0].clone()
 }
 
-fn n(v: &Value, path: &str) -> u64 {
-    let mut x = v;
-    for k in path.split('.') {
-        x = match k.parse::<usize>() {
-            Ok(i) => &x[i],
-            Err(_) => &x[k],
-        };
-    }
-    x.as_u64()
-        .unwrap_or_else(|| panic!("no number at {path} in {v}"))
+/// The number at JSON pointer `at` (`/sides/0/tx_packets`).
+fn n(v: &Value, at: &str) -> u64 {
+    v.pointer(at)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no number at {at} in {v}"))
 }
 
 /// A txonly → rxonly pair of testpmds on `link`, `count` frames.
@@ -223,9 +209,9 @@ fn finish(flow: &mut [(Proc, PathBuf); 2], count: u64, deadline: Instant) {
     let read =
         |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
     let (tx, rx) = (read(&flow[0].1), read(&flow[1].1));
-    assert_eq!(n(&tx, "tx_packets"), count, "{tx}");
-    assert_eq!(n(&rx, "rx_packets"), count, "{rx}");
-    assert_eq!(n(&rx, "integrity_errors"), 0, "{rx}");
+    assert_eq!(n(&tx, "/tx_packets"), count, "{tx}");
+    assert_eq!(n(&rx, "/rx_packets"), count, "{rx}");
+    assert_eq!(n(&rx, "/integrity_errors"), 0, "{rx}");
 }
 
 /// Parses the Prometheus text format: every sample's family has a TYPE
@@ -337,7 +323,7 @@ fn two_links_two_threads_traffic_on_both_counters_per_link() {
     let (mut hp, control) = serve(&d, &["ab", "cd"], &["--threads", "2"]);
     let list = ctl(&control, r#"{"cmd":"list"}"#);
     let threads: Vec<u64> = (0..2)
-        .map(|i| n(&list, &format!("links.{i}.thread")))
+        .map(|i| n(&list, &format!("/links/{i}/thread")))
         .collect();
     assert_eq!(threads, [0, 1], "one link per switch thread: {list}");
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -347,7 +333,7 @@ fn two_links_two_threads_traffic_on_both_counters_per_link() {
     wait_for("both links moving", deadline, || {
         ["ab", "cd"]
             .iter()
-            .all(|l| n(&link_stats(&control, l), "sides.1.rx_packets") > 0)
+            .all(|l| n(&link_stats(&control, l), "/sides/1/rx_packets") > 0)
     });
     assert!(flows[0][0].0.running() || flows[1][0].0.running());
     finish(&mut flows[0], COUNT, deadline);
@@ -359,9 +345,9 @@ fn two_links_two_threads_traffic_on_both_counters_per_link() {
     for (i, (name, count)) in [("ab", COUNT), ("cd", 2 * COUNT)].iter().enumerate() {
         let l = &doc["links"][i];
         assert_eq!(l["name"], *name, "{doc}");
-        assert_eq!(n(l, "sides.0.tx_packets"), *count, "{l}");
-        assert_eq!(n(l, "sides.1.rx_packets"), *count, "{l}");
-        assert_eq!(n(l, "sides.0.tx_zero_copy"), *count, "{l}");
+        assert_eq!(n(l, "/sides/0/tx_packets"), *count, "{l}");
+        assert_eq!(n(l, "/sides/1/rx_packets"), *count, "{l}");
+        assert_eq!(n(l, "/sides/0/tx_zero_copy"), *count, "{l}");
         assert_eq!(l["ledger"]["whole"], true, "{l}");
     }
     // The metrics file parses and says what the JSON says.
@@ -372,41 +358,43 @@ fn two_links_two_threads_traffic_on_both_counters_per_link() {
         let name = l["name"].as_str().unwrap();
         for side in 0..2 {
             let c = &l["sides"][side];
-            let get = |series: String| -> u64 {
-                *samples
-                    .get(&series)
-                    .unwrap_or_else(|| panic!("no {series}\n{text}")) as u64
-            };
             let ls = format!("link=\"{name}\",side=\"{side}\"");
-            assert_eq!(
-                get(format!("sbnet_packets_total{{{ls},dir=\"tx\"}}")),
-                n(c, "tx_packets")
-            );
-            assert_eq!(
-                get(format!("sbnet_packets_total{{{ls},dir=\"rx\"}}")),
-                n(c, "rx_packets")
-            );
-            assert_eq!(
-                get(format!("sbnet_bytes_total{{{ls},dir=\"rx\"}}")),
-                n(c, "rx_bytes")
-            );
-            assert_eq!(
-                get(format!("sbnet_tx_path_total{{{ls},path=\"zero_copy\"}}")),
-                n(c, "tx_zero_copy")
-            );
-            assert_eq!(
-                get(format!("sbnet_gifts_sent_total{{{ls}}}")),
-                n(c, "gifts_sent")
-            );
-            assert_eq!(get(format!("sbnet_kicks_total{{{ls}}}")), n(c, "kicks"));
-            assert_eq!(
-                get(format!("sbnet_ledger_owned{{{ls}}}")),
-                n(l, &format!("ledger.sides.{side}.owned"))
-            );
+            for (series, json) in [
+                (
+                    format!("sbnet_packets_total{{{ls},dir=\"tx\"}}"),
+                    n(c, "/tx_packets"),
+                ),
+                (
+                    format!("sbnet_packets_total{{{ls},dir=\"rx\"}}"),
+                    n(c, "/rx_packets"),
+                ),
+                (
+                    format!("sbnet_bytes_total{{{ls},dir=\"rx\"}}"),
+                    n(c, "/rx_bytes"),
+                ),
+                (
+                    format!("sbnet_tx_path_total{{{ls},path=\"zero_copy\"}}"),
+                    n(c, "/tx_zero_copy"),
+                ),
+                (
+                    format!("sbnet_gifts_sent_total{{{ls}}}"),
+                    n(c, "/gifts_sent"),
+                ),
+                (format!("sbnet_kicks_total{{{ls}}}"), n(c, "/kicks")),
+                (
+                    format!("sbnet_ledger_owned{{{ls}}}"),
+                    n(l, &format!("/ledger/sides/{side}/owned")),
+                ),
+            ] {
+                let got = samples
+                    .get(&series)
+                    .unwrap_or_else(|| panic!("no {series}\n{text}"));
+                assert_eq!(*got as u64, json, "{series}");
+            }
         }
         assert_eq!(
             samples[&format!("sbnet_epoch{{link=\"{name}\"}}")] as u64,
-            n(l, "epoch")
+            n(l, "/epoch")
         );
         assert_eq!(
             samples[&format!("sbnet_ledger_whole{{link=\"{name}\"}}")],
@@ -470,7 +458,7 @@ fn control_list_stats_add_remove_and_hostile_clients() {
     assert_eq!(list["links"][1]["params"]["slots"], 64, "{list}");
     let (st, ok) = ctl_cli(&control, &["stats", "b"]);
     assert!(ok, "{st}");
-    assert_eq!(n(&st, "links.0.ledger.slots"), 64, "{st}");
+    assert_eq!(n(&st, "/links/0/ledger/slots"), 64, "{st}");
     assert!(!ctl_cli(&control, &["stats", "nope"]).1);
 
     // remove behaves like an unplug: a connected client sees EOF.
@@ -529,7 +517,7 @@ fn links_added_and_removed_under_traffic_on_another_link() {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut f = flow(&d, "main", COUNT);
     wait_for("traffic on main", deadline, || {
-        n(&link_stats(&control, "main"), "sides.1.rx_packets") > 0
+        n(&link_stats(&control, "main"), "/sides/1/rx_packets") > 0
     });
     let before = link_stats(&control, "main");
     let mut cycles = 0;
@@ -563,18 +551,18 @@ fn links_added_and_removed_under_traffic_on_another_link() {
         "only {cycles} add/remove cycles while main's traffic ran"
     );
     assert_eq!(
-        n(&during, "epoch"),
-        n(&before, "epoch"),
+        n(&during, "/epoch"),
+        n(&before, "/epoch"),
         "main's epoch moved\n{before}\n{during}"
     );
-    assert!(n(&during, "sides.0.tx_packets") >= n(&before, "sides.0.tx_packets"));
+    assert!(n(&during, "/sides/0/tx_packets") >= n(&before, "/sides/0/tx_packets"));
     finish(&mut f, COUNT, deadline);
     let end = link_stats(&control, "main");
-    assert_eq!(n(&end, "sides.0.tx_packets"), COUNT, "{end}");
-    assert_eq!(n(&end, "sides.1.rx_packets"), COUNT, "{end}");
+    assert_eq!(n(&end, "/sides/0/tx_packets"), COUNT, "{end}");
+    assert_eq!(n(&end, "/sides/1/rx_packets"), COUNT, "{end}");
     assert_eq!(end["ledger"]["whole"], true, "{end}");
     for side in 0..2 {
-        assert_eq!(n(&end, &format!("sides.{side}.refusals")), 0, "{end}");
+        assert_eq!(n(&end, &format!("/sides/{side}/refusals")), 0, "{end}");
     }
     assert!(hp.term(), "{}", hp.log());
     // One link left: the JSON file keeps the one-pair fields on top.
