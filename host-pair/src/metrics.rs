@@ -116,6 +116,16 @@ pub fn render(links: &[Value]) -> String {
     for (ll, l) in &named {
         sample(&mut out, "sbnet_epoch", &[ll], num(&l["epoch"]));
     }
+    header(
+        &mut out,
+        "sbnet_zero_copy",
+        "gauge",
+        "1 when both sides negotiated Shared Buffers (mode ZeroCopy), 0 in copy mode.",
+    );
+    for (ll, l) in &named {
+        let zc = l["mode"].as_str() == Some("ZeroCopy");
+        sample(&mut out, "sbnet_zero_copy", &[ll], u64::from(zc));
+    }
     for f in SHAPED {
         header(&mut out, f.name, f.kind, f.help);
         for (ll, l) in &named {
@@ -208,6 +218,7 @@ mod tests {
         let link = serde_json::json!({
             "name": "a\"b",
             "epoch": 7,
+            "mode": "ZeroCopy",
             "sides": [
                 {"tx_packets": 5, "rx_packets": 1, "tx_bytes": 300, "rx_bytes": 60, "tx_zero_copy": 5,
                  "tx_copied": 0, "dma_maps_peak": 2, "kicks": 9, "refusals": 0},
@@ -232,6 +243,7 @@ mod tests {
         );
         assert!(t.contains("sbnet_ledger_whole{link=\"a\\\"b\"} 1"), "{t}");
         assert!(t.contains("sbnet_epoch{link=\"a\\\"b\"} 7"), "{t}");
+        assert!(t.contains("sbnet_zero_copy{link=\"a\\\"b\"} 1"), "{t}");
         assert!(t.contains("# TYPE sbnet_dma_maps_peak gauge"), "{t}");
         assert!(!t.contains("dma_maps_peak_total"), "{t}");
     }

@@ -10,13 +10,16 @@ use crate::stats;
 use anyhow::{anyhow, bail, Context, Result};
 use sbnet_device::pair::{run_links, LinkSet, PollMode};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 /// Links and switch threads.
 #[derive(Debug)]
 pub struct Service {
-    links: Mutex<Vec<Link>>,
+    /// The links; `None` once the service shut down (no more adds).
+    links: Mutex<Option<Vec<Link>>>,
+    /// The links as they were at shutdown, for the last report.
+    stopped: OnceLock<Vec<Link>>,
     sets: Vec<Arc<LinkSet>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -41,14 +44,22 @@ impl Service {
             sets.push(set);
         }
         Ok(Self {
-            links: Mutex::new(Vec::new()),
+            links: Mutex::new(Some(Vec::new())),
+            stopped: OnceLock::new(),
             sets,
             threads: Mutex::new(handles),
         })
     }
 
-    fn links(&self) -> MutexGuard<'_, Vec<Link>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<Link>>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the links (after shutdown: as they were then).
+    fn with_links<R>(&self, f: impl FnOnce(&[Link]) -> R) -> R {
+        let guard = self.lock();
+        let stopped = self.stopped.get().map(Vec::as_slice);
+        f(guard.as_deref().or(stopped).unwrap_or_default())
     }
 
     /// Checks `spec` (its rules, and no name or socket shared with a
@@ -58,7 +69,10 @@ impl Service {
         let cfg = spec
             .check()
             .map_err(|e| anyhow!("link {:?}: {e}", spec.name))?;
-        let mut links = self.links();
+        let mut guard = self.lock();
+        let Some(links) = guard.as_mut() else {
+            bail!("host-pair is shutting down");
+        };
         check_unique(&spec, links.iter().map(|l| &l.spec))
             .map_err(|e| anyhow!("link {:?}: {e}", spec.name))?;
         let thread = (0..self.sets.len())
@@ -74,7 +88,10 @@ impl Service {
     /// servers stop (a connected client sees its socket close).
     pub fn remove(&self, name: &str) -> Result<()> {
         let mut link = {
-            let mut links = self.links();
+            let mut guard = self.lock();
+            let links = guard
+                .as_mut()
+                .ok_or_else(|| anyhow!("host-pair is shutting down"))?;
             let i = links
                 .iter()
                 .position(|l| l.spec.name == name)
@@ -89,48 +106,53 @@ impl Service {
 
     /// Names of links whose server failed.
     pub fn failed(&self) -> Vec<String> {
-        self.links()
-            .iter()
-            .filter(|l| l.failed.load(Ordering::Relaxed))
-            .map(|l| l.spec.name.clone())
-            .collect()
+        self.with_links(|links| {
+            links
+                .iter()
+                .filter(|l| l.failed.load(Ordering::Relaxed))
+                .map(|l| l.spec.name.clone())
+                .collect()
+        })
     }
 
     /// How many links are served.
     pub fn len(&self) -> usize {
-        self.links().len()
+        self.with_links(|l| l.len())
     }
 
     /// Each link's name, sockets, switch thread and parameters.
     pub fn list(&self) -> Vec<serde_json::Value> {
-        self.links()
-            .iter()
-            .map(|l| {
-                serde_json::json!({
-                    "name": l.spec.name,
-                    "sockets": l.spec.sockets,
-                    "thread": l.thread,
-                    "params": l.spec.params,
+        self.with_links(|links| {
+            links
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "name": l.spec.name,
+                        "sockets": l.spec.sockets,
+                        "thread": l.thread,
+                        "params": l.spec.params,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Counter objects ([`stats::link_json`]) of every link, or of `name`
     /// only; `print` also prints their lines to stderr.
     pub fn stats(&self, name: Option<&str>, print: bool) -> Result<Vec<serde_json::Value>> {
-        let links = self.links();
-        let mut out = Vec::new();
-        for l in links
-            .iter()
-            .filter(|l| name.is_none_or(|n| n == l.spec.name))
-        {
-            let p = l.shared.lock();
-            if print {
-                stats::print(&l.spec.name, &p);
-            }
-            out.push(stats::link_json(&l.spec.name, &p));
-        }
+        let out: Vec<serde_json::Value> = self.with_links(|links| {
+            links
+                .iter()
+                .filter(|l| name.is_none_or(|n| n == l.spec.name))
+                .map(|l| {
+                    let p = l.shared.lock();
+                    if print {
+                        stats::print(&l.spec.name, &p);
+                    }
+                    stats::link_json(&l.spec.name, &p)
+                })
+                .collect()
+        });
         if let (Some(n), true) = (name, out.is_empty()) {
             bail!("no link named {n:?}");
         }
@@ -140,7 +162,9 @@ impl Service {
     /// Stops every link's servers, then the switch threads. The links'
     /// counters stay readable ([`Self::stats`]).
     pub fn shutdown(&self) {
-        let mut links = self.links();
+        let Some(mut links) = self.lock().take() else {
+            return;
+        };
         // Every server is told first, so they wind down together.
         for l in links.iter() {
             l.shared.stop.store(true, Ordering::Relaxed);
@@ -149,7 +173,8 @@ impl Service {
             self.sets[l.thread].remove(&l.shared);
             l.stop();
         }
-        drop(links);
+        // Kept for the last report.
+        let _ = self.stopped.set(links);
         for s in &self.sets {
             s.stop();
         }
