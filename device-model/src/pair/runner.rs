@@ -237,9 +237,10 @@ fn round<L: std::ops::Deref<Target = Shared>>(links: &[L], polling: bool) -> (us
 }
 
 fn drive<S: Links>(src: &mut S, mode: PollMode) {
+    // Busy never sleeps, however long it idles.
     let spin = match mode {
-        PollMode::Busy => u32::MAX,
-        PollMode::Adaptive { spin } => spin,
+        PollMode::Busy => None,
+        PollMode::Adaptive { spin } => Some(spin),
     };
     let mut idle: u32 = 0;
     while src.running() {
@@ -255,7 +256,7 @@ fn drive<S: Links>(src: &mut S, mode: PollMode) {
             continue;
         }
         idle = idle.saturating_add(1);
-        if idle < spin {
+        if spin.is_none_or(|spin| idle < spin) {
             if idle.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
