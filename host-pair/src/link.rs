@@ -18,7 +18,8 @@ pub struct Link {
     pub spec: LinkSpec,
     /// The pair and what its threads share.
     pub shared: Arc<Shared>,
-    /// The switch thread that polls it (index into the service's threads).
+    /// The switch thread that polls it (index into the service's threads;
+    /// set when the service hands it over).
     pub thread: usize,
     /// Set when a server failed (its listening socket broke): the link no
     /// longer serves that side.
@@ -30,7 +31,7 @@ impl Link {
     /// Creates the pair, binds both sockets (so a bad path fails before
     /// anything is served), then starts a server thread per side. `cfg` is
     /// `spec.check()`'s answer.
-    pub fn start(spec: LinkSpec, cfg: &PairConfig, thread: usize) -> Result<Self> {
+    pub fn start(spec: LinkSpec, cfg: &PairConfig) -> Result<Self> {
         let pair = Pair::new(cfg).with_context(|| {
             let bytes = cfg.geometry.region_size();
             if cfg.huge_pages {
@@ -58,7 +59,6 @@ impl Link {
             slot_size = spec.params.slot_size,
             region_bytes = cfg.geometry.region_size(),
             queue_size = spec.params.queue_size,
-            thread,
             "serving side 0 on {} and side 1 on {}",
             spec.sockets[0].display(),
             spec.sockets[1].display()
@@ -85,7 +85,7 @@ impl Link {
                     let mut link = Self {
                         spec,
                         shared,
-                        thread,
+                        thread: 0,
                         failed,
                         servers: threads,
                     };
@@ -97,7 +97,7 @@ impl Link {
         Ok(Self {
             spec,
             shared,
-            thread,
+            thread: 0,
             failed,
             servers: threads,
         })

@@ -64,22 +64,36 @@ impl Service {
 
     /// Checks `spec` (its rules, and no name or socket shared with a
     /// served link), creates the pair, binds both sockets, then hands the
-    /// link to the thread with the fewest links.
+    /// link to the switch thread with the fewest links.
     pub fn add(&self, spec: LinkSpec) -> Result<()> {
-        let cfg = spec
-            .check()
-            .map_err(|e| anyhow!("link {:?}: {e}", spec.name))?;
+        let refused = |e| anyhow!("link {:?}: {e}", spec.name);
+        let cfg = spec.check().map_err(refused)?;
+        self.with_links(|links| check_unique(&spec, links.iter().map(|l| &l.spec)))
+            .map_err(refused)?;
+        // Created and bound without the lock: a slow socket path must not
+        // hold up the other links' reports and removals.
+        let mut link = Link::start(spec, &cfg)?;
         let mut guard = self.lock();
-        let Some(links) = guard.as_mut() else {
-            bail!("host-pair is shutting down");
+        // Checked again: another add may have taken the name meanwhile.
+        let free = match guard.as_mut() {
+            None => Err(anyhow!("host-pair is shutting down")),
+            Some(links) => check_unique(&link.spec, links.iter().map(|l| &l.spec))
+                .map(|()| links)
+                .map_err(|e| anyhow!("link {:?}: {e}", link.spec.name)),
         };
-        check_unique(&spec, links.iter().map(|l| &l.spec))
-            .map_err(|e| anyhow!("link {:?}: {e}", spec.name))?;
-        let thread = (0..self.sets.len())
+        let links = match free {
+            Ok(links) => links,
+            Err(e) => {
+                drop(guard);
+                link.stop();
+                return Err(e);
+            }
+        };
+        link.thread = (0..self.sets.len())
             .min_by_key(|&k| links.iter().filter(|l| l.thread == k).count())
             .unwrap_or(0);
-        let link = Link::start(spec, &cfg, thread)?;
-        self.sets[thread].add(link.shared.clone());
+        tracing::info!(link = %link.spec.name, thread = link.thread, "link live");
+        self.sets[link.thread].add(link.shared.clone());
         links.push(link);
         Ok(())
     }
