@@ -66,6 +66,28 @@ enum Poll {
     Busy,
 }
 
+/// Flags raised by SIGINT/SIGTERM and SIGUSR1.
+struct Signals {
+    term: Arc<AtomicBool>,
+    usr1: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        let s = Self {
+            term: Arc::new(AtomicBool::new(false)),
+            usr1: Arc::new(AtomicBool::new(false)),
+        };
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, s.term.clone())
+                .context("cannot install signal handlers")?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, s.usr1.clone())
+            .context("cannot install signal handlers")?;
+        Ok(s)
+    }
+}
+
 /// The links the flags name and the defaults a `ctl add` starts from.
 fn links_of(a: &ServeArgs) -> Result<(Params, Vec<LinkSpec>)> {
     if let Some(dir) = &a.hugetlbfs {
@@ -102,13 +124,15 @@ fn links_of(a: &ServeArgs) -> Result<(Params, Vec<LinkSpec>)> {
 /// its server fails, as before links existed).
 pub fn serve(a: ServeArgs) -> Result<()> {
     let (defaults, specs) = links_of(&a)?;
+    // Before any socket exists: a signal that finds a socket finds the handlers.
+    let sig = Signals::install()?;
     let shorthand = a.config.is_none() && !specs.is_empty();
     let mode = match a.poll {
         Poll::Busy => PollMode::Busy,
         Poll::Adaptive => PollMode::Adaptive { spin: a.spin },
     };
     let service = Arc::new(Service::new(a.threads, mode)?);
-    let res = run(&a, &service, defaults, specs, shorthand);
+    let res = run(&a, &service, &sig, defaults, specs, shorthand);
     service.shutdown();
     // The last counters, unless the service never came up.
     res.and_then(|()| report(&a, &service, true))
@@ -117,6 +141,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
 fn run(
     a: &ServeArgs,
     service: &Arc<Service>,
+    sig: &Signals,
     defaults: Params,
     specs: Vec<LinkSpec>,
     shorthand: bool,
@@ -130,13 +155,6 @@ fn run(
         .map(|p| Control::start(p, service.clone(), defaults))
         .transpose()?;
 
-    let term = Arc::new(AtomicBool::new(false));
-    let usr1 = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, term.clone()).context("cannot install signal handlers")?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())
-        .context("cannot install signal handlers")?;
     tracing::info!(
         links = service.len(),
         threads = a.threads,
@@ -147,7 +165,7 @@ fn run(
     let stats_every = (a.stats_interval > 0).then(|| Duration::from_secs(a.stats_interval));
     let metrics_every = stats_every.unwrap_or(METRICS_INTERVAL);
     let (mut last_stats, mut last_metrics) = (Instant::now(), Instant::now());
-    while !term.load(Ordering::Relaxed) {
+    while !sig.term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         let failed = service.failed();
         if shorthand && !failed.is_empty() {
@@ -157,7 +175,7 @@ fn run(
             tracing::error!(link = %name, "a server of the link failed: removing the link");
             let _ = service.remove(&name);
         }
-        if usr1.swap(false, Ordering::Relaxed)
+        if sig.usr1.swap(false, Ordering::Relaxed)
             || stats_every.is_some_and(|d| last_stats.elapsed() >= d)
         {
             last_stats = Instant::now();
