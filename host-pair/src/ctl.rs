@@ -126,6 +126,23 @@ impl Drop for Control {
     }
 }
 
+/// One of the [`MAX_CLIENTS`] client places, given back when dropped
+/// (whatever ends the client's thread).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::Relaxed);
+        Self(busy.clone())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn accept_loop(
     listener: &UnixListener,
     service: &Arc<Service>,
@@ -141,8 +158,15 @@ fn accept_loop(
         if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)).unwrap_or(0) <= 0 {
             continue;
         }
-        let Ok((mut stream, _)) = listener.accept() else {
-            continue;
+        let mut stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // EMFILE and the like: back off rather than spin.
+                tracing::warn!("control socket: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
         };
         if busy.load(Ordering::Relaxed) >= MAX_CLIENTS {
             let _ = stream.set_nonblocking(true);
@@ -152,17 +176,15 @@ fn accept_loop(
             );
             continue;
         }
-        busy.fetch_add(1, Ordering::Relaxed);
-        let (service, done) = (service.clone(), busy.clone());
-        let spawned = std::thread::Builder::new()
+        let slot = Slot::take(&busy);
+        let service = service.clone();
+        // A failed spawn drops the closure, and the slot with it.
+        let _ = std::thread::Builder::new()
             .name("control-client".into())
             .spawn(move || {
+                let _slot = slot;
                 serve_client(stream, &service, defaults);
-                done.fetch_sub(1, Ordering::Relaxed);
             });
-        if spawned.is_err() {
-            busy.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 

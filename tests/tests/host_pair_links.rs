@@ -520,6 +520,27 @@ fn control_list_stats_add_remove_and_hostile_clients() {
     let mut answer = String::new();
     let _ = silent.read_to_string(&mut answer);
     assert!(answer.contains("no complete request"), "{answer:?}");
+    // At most 16 clients at once: the 17th is told so and closed; the
+    // places come back when the clients leave.
+    let idle: Vec<UnixStream> = (0..16)
+        .map(|_| UnixStream::connect(&control).unwrap())
+        .collect();
+    let full_deadline = Instant::now() + Duration::from_secs(4);
+    wait_for("the 17th client refused", full_deadline, || {
+        let mut extra = UnixStream::connect(&control).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = extra.read_to_string(&mut answer);
+        answer.contains("too many control clients")
+    });
+    drop(idle);
+    wait_for(
+        "places back",
+        Instant::now() + Duration::from_secs(20),
+        || ctl(&control, r#"{"cmd":"list"}"#)["ok"] == true,
+    );
     assert_eq!(link_stats(&control, "a")["ledger"]["whole"], true);
     assert!(hp.term(), "{}", hp.log());
     assert!(!control.exists(), "control socket removed at exit");
