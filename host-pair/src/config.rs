@@ -4,6 +4,7 @@
 //! checked by the same rules ([`LinkSpec::check`]); a file's errors name the
 //! line and the field.
 
+use sbnet_abi::net::MAX_QUEUE_PAIRS;
 use sbnet_abi::shm::{GeometryError, SlotGeometry};
 use sbnet_device::pair::{ConfigError as PairRule, PairConfig};
 use sbnet_device::switch::SwitchConfig;
@@ -105,7 +106,9 @@ params! {
     /// Largest virtqueue size a driver may choose (power of two, 2..=32768, at least
     /// slots/2 + 128; default 1024).
     queue_size: u16 = 1024 => [value_name = "N"],
-    /// Queue pairs per function (power of two, 1..=16; default 1).
+    /// Queue pairs per function (power of two, 1..=16, at most slots/2; default 1). Above 1 the
+    /// functions offer VIRTIO_NET_F_MQ with a control queue (`ethtool -L eth0 combined N`) and the
+    /// slots are split into sub-pairs: the queue size must then be at least slots/N/2 + 128.
     queue_pairs: u16 = 1 => [value_name = "N"],
     /// Back the Shared Buffers region with huge pages (a hugetlb memfd): the region size
     /// (slots x slot size) must be a multiple of the huge page size, and enough pages must be
@@ -117,9 +120,6 @@ params! {
     /// "Zero-copy mode": Wait; default 20000).
     tx_wait_us: u64 = 20_000 => [value_name = "US"],
 }
-
-/// Most queue pairs a link may ask for.
-pub const MAX_QUEUE_PAIRS: u16 = 16;
 
 /// One link as the service runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,24 +214,6 @@ impl LinkSpec {
             };
             field_err(field, e.to_string())
         })?;
-        if !p.queue_pairs.is_power_of_two() || p.queue_pairs > MAX_QUEUE_PAIRS {
-            return Err(field_err(
-                "queue_pairs",
-                format!(
-                    "{} is not a power of two between 1 and {MAX_QUEUE_PAIRS}",
-                    p.queue_pairs
-                ),
-            ));
-        }
-        if p.queue_pairs > 1 {
-            return Err(field_err(
-                "queue_pairs",
-                format!(
-                    "{} queue pairs asked, but this build of host-pair serves one queue pair per link",
-                    p.queue_pairs
-                ),
-            ));
-        }
         if p.burst == 0 {
             return Err(field_err("burst", "must be at least 1"));
         }
@@ -243,6 +225,7 @@ impl LinkSpec {
                 tx_wait: Duration::from_micros(p.tx_wait_us),
             },
             huge_pages: p.huge_pages,
+            queue_pairs: p.queue_pairs,
         };
         cfg.validate().map_err(|e| match e {
             PairRule::QueueSizeNotPowerOfTwo(q) => field_err(
@@ -252,12 +235,22 @@ impl LinkSpec {
             PairRule::QueueTooSmall {
                 queue_size,
                 slots,
+                queue_pairs,
                 need,
             } => field_err(
                 "queue_size",
                 format!(
-                    "{queue_size} is too small for {slots} slots: each side's receive queue must hold the slots its \
-                     peer may own plus classic buffers (at least slots/2 + 128 = {need}); raise `queue_size` or lower `slots`"
+                    "{queue_size} is too small for {slots} slots in {queue_pairs} queue pair(s): each side's receive \
+                     queue must hold the slots its peer may own plus classic buffers (at least \
+                     slots/queue_pairs/2 + 128 = {need}); raise `queue_size` or lower `slots`"
+                ),
+            ),
+            PairRule::QueuePairs { queue_pairs, slots } => field_err(
+                "queue_pairs",
+                format!(
+                    "{queue_pairs} queue pairs: must be a power of two between 1 and {MAX_QUEUE_PAIRS}, and at \
+                     most half the {slots} slots ({})",
+                    slots / 2
                 ),
             ),
         })?;

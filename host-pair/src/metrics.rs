@@ -145,9 +145,9 @@ pub fn render(links: &[Value]) -> String {
         .first()
         .and_then(|l| l["sides"][0].as_object())
         .map(|o| {
-            o.keys()
-                .filter(|k| !shaped.contains(&k.as_str()))
-                .cloned()
+            o.iter()
+                .filter(|(k, v)| v.is_u64() && !shaped.contains(&k.as_str()))
+                .map(|(k, _)| k.clone())
                 .collect()
         })
         .unwrap_or_default();
@@ -162,6 +162,32 @@ pub fn render(links: &[Value]) -> String {
         for (ll, l) in &named {
             for (sl, s) in sides(l) {
                 sample(&mut out, &name, &[ll, &sl], num(&s[&key]));
+            }
+        }
+    }
+    // Per queue pair: `queues` of each side.
+    for (name, key, help) in [
+        (
+            "sbnet_queue_packets_total",
+            "packets",
+            "Frames per queue pair: sent from its transmitq (dir=tx) or delivered on its receiveq (dir=rx).",
+        ),
+        (
+            "sbnet_queue_bytes_total",
+            "bytes",
+            "Frame bytes per queue pair, as sbnet_queue_packets_total.",
+        ),
+    ] {
+        header(&mut out, name, "counter", help);
+        for (ll, l) in &named {
+            for (sl, s) in sides(l) {
+                for (q, c) in s["queues"].as_array().into_iter().flatten().enumerate() {
+                    let ql = format!("queue=\"{q}\"");
+                    for dir in ["tx", "rx"] {
+                        let v = num(&c[format!("{dir}_{key}")]);
+                        sample(&mut out, name, &[ll, &sl, &ql, &format!("dir=\"{dir}\"")], v);
+                    }
+                }
             }
         }
     }
@@ -221,7 +247,8 @@ mod tests {
             "mode": "ZeroCopy",
             "sides": [
                 {"tx_packets": 5, "rx_packets": 1, "tx_bytes": 300, "rx_bytes": 60, "tx_zero_copy": 5,
-                 "tx_copied": 0, "dma_maps_peak": 2, "kicks": 9, "refusals": 0},
+                 "tx_copied": 0, "dma_maps_peak": 2, "kicks": 9, "refusals": 0,
+                 "queues": [{"tx_packets": 2, "rx_packets": 1}, {"tx_packets": 3, "rx_packets": 0}]},
                 {"tx_packets": 1, "rx_packets": 5, "tx_bytes": 60, "rx_bytes": 300, "tx_zero_copy": 0,
                  "tx_copied": 1, "dma_maps_peak": 1, "kicks": 3, "refusals": 0}
             ],
@@ -246,6 +273,13 @@ mod tests {
         assert!(t.contains("sbnet_zero_copy{link=\"a\\\"b\"} 1"), "{t}");
         assert!(t.contains("# TYPE sbnet_dma_maps_peak gauge"), "{t}");
         assert!(!t.contains("dma_maps_peak_total"), "{t}");
+        assert!(!t.contains("sbnet_queues_total"), "{t}");
+        assert!(
+            t.contains(
+                "sbnet_queue_packets_total{link=\"a\\\"b\",side=\"0\",queue=\"1\",dir=\"tx\"} 3"
+            ),
+            "{t}"
+        );
     }
 
     #[test]

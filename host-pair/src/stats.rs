@@ -165,7 +165,8 @@ pub fn document(links: Vec<serde_json::Value>) -> serde_json::Value {
 }
 
 /// Every counter of both sides as JSON, plus each side's `refusals`: the
-/// sum of the refusal counters (`SideCounters::REFUSALS`), and the host
+/// sum of the refusal counters (`SideCounters::REFUSALS`) and `queues`:
+/// frames and bytes per queue pair (`QueueCounters`), and the host
 /// ledger summary (`ledger`: per side `owned` = `with_driver` +
 /// `on_peer_rx` + `deferred`; `total` = owned by both + `nobody`, `whole`
 /// when it equals `slots` and every post and deferral is consistent).
@@ -175,12 +176,25 @@ fn json(p: &Pair) -> serde_json::Value {
         .iter()
         .map(|f| {
             let c = &f.counters;
-            serde_json::Value::Object(
-                c.fields()
-                    .chain([("refusals", c.refusals())])
-                    .map(|(k, v)| (k.to_string(), v.into()))
-                    .collect(),
-            )
+            let mut side: serde_json::Map<String, serde_json::Value> = c
+                .fields()
+                .chain([("refusals", c.refusals())])
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            let queues: Vec<serde_json::Value> = f
+                .queue_counters()
+                .iter()
+                .map(|q| {
+                    serde_json::Value::Object(
+                        q.fields()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), (*v).into()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            side.insert("queues".into(), queues.into());
+            serde_json::Value::Object(side)
         })
         .collect();
     serde_json::json!({

@@ -466,6 +466,8 @@ fn control_list_stats_add_remove_and_hostile_clients() {
             "64",
             "--queue-size",
             "256",
+            "--queue-pairs",
+            "2",
         ],
     );
     assert!(ok, "{v}");
@@ -477,6 +479,14 @@ fn control_list_stats_add_remove_and_hostile_clients() {
     let (st, ok) = ctl_cli(&control, &["stats", "b"]);
     assert!(ok, "{st}");
     assert_eq!(n(&st, "/links/0/ledger/slots"), 64, "{st}");
+    assert_eq!(list["links"][1]["params"]["queue_pairs"], 2, "{list}");
+    assert_eq!(
+        st.pointer("/links/0/sides/1/queues")
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(2),
+        "a counter object per queue pair: {st}"
+    );
     assert!(!ctl_cli(&control, &["stats", "nope"]).1);
 
     // remove behaves like an unplug: a connected client sees EOF.

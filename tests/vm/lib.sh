@@ -140,6 +140,7 @@ vm_stop_host_pair() {
 # command line RUN/qemu-NAME.cmdline. APPEND is added to the kernel
 # command line after "console=ttyS0 panic=-1 sbnet.timeout=GUEST_TIMEOUT".
 # ARGs come before the vfio-user device (a virtual IOMMU must).
+# VM_SMP=N: N vCPUs (default 1).
 # VM_SOCKETS="x y": one vfio-user device per socket RUN/x.sock, RUN/y.sock
 # instead of RUN/NAME.sock (a guest with two sbnet NICs).
 # Environment: SBNET_VM_TRACE=1 or SBNET_VM_TRACE_EVENTS (QEMU trace
@@ -164,7 +165,7 @@ vm_qemu() {
         -accel "$ACCEL"
         -machine "$machine"
         -object memory-backend-memfd,id=mem,size=256M,share=on
-        -m 256M -smp 1
+        -m 256M -smp "${VM_SMP:-1}"
         -nodefaults -nic none
         -display none -monitor none
         -serial "file:$IN_RUN/$name.console"

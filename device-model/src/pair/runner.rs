@@ -338,6 +338,7 @@ mod tests {
             max_queue_size: 256,
             switch: SwitchConfig::default(),
             huge_pages: false,
+            queue_pairs: 1,
         };
         Shared::new(Pair::new(&cfg).unwrap()).unwrap()
     }

@@ -14,6 +14,14 @@
 #           until the interface has received EXPECT frames in all (the
 #           echoes plus the PMD's own frames) and reports the interface
 #           counters. Booted with ipv6.disable=1, so nothing else is sent.
+#   mq-server / mq-client: multiqueue (issue 12). Both sides first switch
+#           their NIC to QUEUES combined channels with `ethtool -L`. The
+#           client (2 vCPUs: XPS maps CPU i to transmitq i) sends FLOWS TCP
+#           streams of BYTES/FLOWS random bytes each, flow f from a process
+#           pinned to CPU f % 2, to ports 5001.. of the server; the server
+#           checks each stream's size and SHA-256 against the sums the
+#           client announced on the serial console (the harness compares
+#           them) and both report their per-queue counters (ethtool -S).
 #   router: the middle guest of the three-VM chain (two sbnet NICs, IF and
 #           IF2, on two links). Forwards IPv4 between them (ip_forward=1)
 #           until at least BYTES bytes came in on IF and then both NICs were
@@ -99,6 +107,66 @@ mixed-stock)
     rx=$(( $(cat $s/rx_packets) - rx0 )) tx=$(( $(cat $s/tx_packets) - tx0 ))
     echo "SBNET-INFO: mixed-stock: received $rx frames, sent $tx in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
     res "PASS pings=$sent rx_frames=$rx tx_frames=$tx rx_dropped=$(cat $s/rx_dropped) rx_nohandler=$(cat $s/rx_nohandler 2>/dev/null) rx_errors=$(cat $s/rx_errors)"
+    ;;
+mq-server|mq-client)
+    Q=${QUEUES:-2} F=${FLOWS:-4}
+    command -v ethtool >/dev/null || res "FAIL no ethtool in the initramfs"
+    ethtool -L "$IF" combined "$Q" 2>/tmp/ethtool.err || res "FAIL ethtool -L $IF combined $Q: $(cat /tmp/ethtool.err)"
+    cur=$(ethtool -l "$IF" | awk '/Current hardware settings/ {c=1} c && /^Combined:/ {print $2; exit}')
+    [ "$cur" = "$Q" ] || res "FAIL ethtool -l $IF shows $cur combined channels, not $Q"
+    echo "SBNET-INFO: $IF has $Q combined channels (max $(ethtool -l "$IF" | awk '/^Combined:/ {print $2; exit}')), $(nproc) CPUs"
+    # per_queue: "rx0=.. rx1=.. tx0=.. tx1=.." from ethtool -S.
+    per_queue() {
+        ethtool -S "$IF" | awk -v q="$Q" '
+            { gsub(/^[ \t]+/, "") }
+            /^rx_queue_[0-9]+_packets:/ { split($1, a, "_"); rx[a[3]] = $2 }
+            /^tx_queue_[0-9]+_packets:/ { split($1, a, "_"); tx[a[3]] = $2 }
+            END { for (i = 0; i < q; i++) printf "rx%d=%s ", i, rx[i] + 0; for (i = 0; i < q; i++) printf "tx%d=%s ", i, tx[i] + 0 }'
+    }
+    per=$(( BYTES / F ))
+    if [ "$ROLE" = mq-server ]; then
+        printf '#!/bin/sh\nexec cat >"$1"\n' >/tmp/receiver
+        chmod +x /tmp/receiver
+        for f in $(seq 0 $((F - 1))); do
+            : >/tmp/rx$f
+            printf '#!/bin/sh\nexec /tmp/receiver /tmp/rx%s\n' "$f" >/tmp/recv$f
+            chmod +x /tmp/recv$f
+            nc -l -p $((PORT + f)) -e /tmp/recv$f </dev/null &
+            eval "pid$f=\$!"
+        done
+        echo "SBNET-INFO: mq-server listening on ports $PORT..$((PORT + F - 1))"
+        sums=''
+        for f in $(seq 0 $((F - 1))); do
+            eval "wait \$pid$f"
+            n=$(wc -c </tmp/rx$f)
+            [ "$n" = "$per" ] || res "FAIL flow $f: received $n bytes, want $per"
+            sums="$sums rx_sha256_$f=$(sha256sum </tmp/rx$f | cut -d' ' -f1)"
+        done
+        pq=$(per_queue)
+        echo "SBNET-INFO: mq-server per-queue packets: $pq"
+        res "PASS flows=$F bytes=$per $pq$sums"
+    fi
+    [ "$(nproc)" -ge 2 ] || res "FAIL mq-client needs 2 CPUs (one per transmit queue), has $(nproc)"
+    ping -c 3 -W 5 "$PEER" >/dev/null 2>&1 || res "FAIL ping $PEER before the flows"
+    sums=''
+    for f in $(seq 0 $((F - 1))); do
+        dd if=/dev/urandom of=/tmp/tx$f bs=$per count=1 2>/dev/null
+        [ "$(wc -c </tmp/tx$f)" = "$per" ] || res "FAIL cannot create flow $f's data"
+        sums="$sums tx_sha256_$f=$(sha256sum </tmp/tx$f | cut -d' ' -f1)"
+    done
+    for f in $(seq 0 $((F - 1))); do
+        ( tries=0
+          until taskset -c $((f % 2)) nc -w 30 "$PEER" $((PORT + f)) </tmp/tx$f >/dev/null 2>/tmp/nc$f.err; do
+              tries=$((tries + 1)); [ $tries -ge 30 ] && exit 1; sleep 1
+          done ) &
+        eval "pid$f=\$!"
+    done
+    for f in $(seq 0 $((F - 1))); do
+        eval "wait \$pid$f" || res "FAIL flow $f: nc to $PEER:$((PORT + f)) failed: $(cat /tmp/nc$f.err)"
+    done
+    pq=$(per_queue)
+    echo "SBNET-INFO: mq-client per-queue packets: $pq"
+    res "PASS flows=$F bytes=$per $pq$sums"
     ;;
 router)
     [ -n "$IF2" ] || res "FAIL the router role needs two sbnet NICs (sbnet.ip2)"
