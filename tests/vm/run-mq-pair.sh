@@ -34,20 +34,7 @@ vm_kit ""
 vm_host_pair
 vm_run_dir mq
 
-fail() {
-    KEEP_RUN=1
-    echo
-    say "FAIL: $*"
-    local f
-    for f in "$RUN"/a.console "$RUN"/b.console; do
-        [ -f "$f" ] || continue
-        echo "----- last 40 lines of ${f##*/} (serial console) -----"
-        tail -n 40 "$f" | tr -d '\r'
-    done
-    vm_fail_tails
-    echo "SBNET-VM-TEST: FAIL $*"
-    exit 1
-}
+fail() { vm_fail mq "$@"; }
 
 vm_start_host_pair --queue-pairs "$QUEUES"
 

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use frame::Payload;
 use report::{Meter, Summary};
-use sbnet_pmd::bus::vfio::VfioBus;
+use sbnet_pmd::bus::vfio::{DmaPages, VfioBus, VfioOptions};
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::Bus;
 use sbnet_pmd::{Mode, Pkt, Port, PortConfig};
@@ -33,9 +33,12 @@ struct Args {
     /// vfio-user socket of the function to drive (one side of `host-pair serve`).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU and 2 MiB huge pages).
+    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU, and 2 MiB huge pages unless --small-pages).
     #[arg(long, value_name = "DDDD:BB:DD.F")]
     pci: Option<String>,
+    /// With --pci: back DMA memory with ordinary 4 KiB pages instead of 2 MiB huge pages (no reserved huge pages needed; behind a vIOMMU each page reaches the device as its own DMA map).
+    #[arg(long, requires = "pci")]
+    small_pages: bool,
     /// What to do.
     #[arg(long, value_enum)]
     mode: TestMode,
@@ -159,8 +162,18 @@ fn run(a: &Args) -> Result<Summary> {
             )
         })?),
         (None, Some(pci)) => Box::new(
-            VfioBus::open(pci)
-                .with_context(|| format!("cannot open PCI function {pci} through VFIO"))?,
+            VfioBus::open_with(
+                pci,
+                VfioOptions {
+                    dma_pages: if a.small_pages {
+                        DmaPages::Small
+                    } else {
+                        DmaPages::Huge2M
+                    },
+                    ..VfioOptions::default()
+                },
+            )
+            .with_context(|| format!("cannot open PCI function {pci} through VFIO"))?,
         ),
         (None, None) => bail!("give --socket or --pci"),
     };

@@ -26,6 +26,11 @@
 #           IF2, on two links). Forwards IPv4 between them (ip_forward=1)
 #           until at least BYTES bytes came in on IF and then both NICs were
 #           quiet for 3 s; reports how many packets it forwarded each way.
+#   count-rx: the stock receiver of the DPDK test (the peer runs DPDK's
+#           testpmd, rxonly until it gets a frame, then txonly). With a
+#           static ARP entry for PEER (PEERMAC), sends a ping every 0.5 s
+#           until the first frame arrives, then counts received frames
+#           until none came for 5 s. Booted with ipv6.disable=1.
 PORT=5001
 res() { echo "$*" >/tmp/result; exit 0; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -184,6 +189,30 @@ router)
         sleep 0.1
     done
     res "PASS fwd_a_to_c=$(cat $b/tx_packets) fwd_c_to_a=$(cat $a/tx_packets) in_a_bytes=$in"
+    ;;
+count-rx)
+    [ -n "$PEER" ] && [ -n "$PEERMAC" ] || res "FAIL count-rx needs sbnet.peer and sbnet.peermac"
+    s=/sys/class/net/$IF/statistics
+    arp -i "$IF" -s "$PEER" "$PEERMAC" || res "FAIL arp -s $PEER $PEERMAC failed"
+    rx0=$(cat $s/rx_packets)
+    echo "SBNET-INFO: count-rx: pinging $PEER ($PEERMAC) until the first frame arrives (rx_packets=$rx0)"
+    t0=$(now) pings=0
+    while [ "$(cat $s/rx_packets)" = "$rx0" ]; do
+        echo " waiting for the first frame, $pings pings sent" >/tmp/doing
+        ping -c 1 -W 1 "$PEER" >/dev/null 2>&1 &
+        pings=$((pings + 1))
+        sleep 0.5
+    done
+    echo "SBNET-INFO: count-rx: first frame after $pings pings, $(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s"
+    last=-1 quiet=0
+    while [ $quiet -lt 50 ]; do
+        got=$(( $(cat $s/rx_packets) - rx0 ))
+        echo " receiving, $got frames" >/tmp/doing
+        if [ "$got" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$got
+        sleep 0.1
+    done
+    res "PASS rx_packets=$last pings=$pings rx_dropped=$(cat $s/rx_dropped) rx_errors=$(cat $s/rx_errors)"
     ;;
 idle)
     res "PASS idle"
