@@ -123,33 +123,78 @@ impl std::fmt::Display for Ledger {
     }
 }
 
-/// Prints the epoch, the mode, each side's non-zero counters and the
-/// ledger to stderr.
-pub fn print(p: &Pair) {
-    eprintln!("host-pair: epoch {} mode {:?}", p.epoch(), p.switch.mode());
+/// Prints link `name`'s epoch, mode, each side's non-zero counters and
+/// the ledger to stderr, a line each.
+pub fn print(name: &str, p: &Pair) {
+    eprintln!(
+        "host-pair: link {name}: epoch {} mode {:?}",
+        p.epoch(),
+        p.switch.mode()
+    );
     for (k, f) in p.fns.iter().enumerate() {
-        eprintln!("host-pair: side {k}: {}", f.counters);
+        eprintln!("host-pair: link {name}: side {k}: {}", f.counters);
     }
-    eprintln!("host-pair: ledger: {}", Ledger::of(&p.switch));
+    eprintln!("host-pair: link {name}: ledger: {}", Ledger::of(&p.switch));
+}
+
+/// Link `name`'s object: its name, then [`json`]'s fields.
+pub fn link_json(name: &str, p: &Pair) -> serde_json::Value {
+    let mut v = json(p);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("name".into(), name.into());
+    }
+    v
+}
+
+/// The `--stats-json` document: `links`, one [`link_json`] object each;
+/// when exactly one link is served, that link's fields also at the top
+/// level (what scripts read from a one-link host-pair).
+pub fn document(links: Vec<serde_json::Value>) -> serde_json::Value {
+    let mut doc = serde_json::Map::new();
+    if let [one] = links.as_slice() {
+        if let Some(o) = one.as_object() {
+            doc.extend(
+                o.iter()
+                    .filter(|(k, _)| *k != "name")
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
+        }
+    }
+    doc.insert("links".into(), links.into());
+    doc.into()
 }
 
 /// Every counter of both sides as JSON, plus each side's `refusals`: the
-/// sum of the refusal counters (`SideCounters::REFUSALS`), and the host
+/// sum of the refusal counters (`SideCounters::REFUSALS`) and `queues`:
+/// frames and bytes per queue pair (`QueueCounters`), and the host
 /// ledger summary (`ledger`: per side `owned` = `with_driver` +
 /// `on_peer_rx` + `deferred`; `total` = owned by both + `nobody`, `whole`
 /// when it equals `slots` and every post and deferral is consistent).
-pub fn json(p: &Pair) -> serde_json::Value {
+fn json(p: &Pair) -> serde_json::Value {
     let sides: Vec<serde_json::Value> = p
         .fns
         .iter()
         .map(|f| {
             let c = &f.counters;
-            serde_json::Value::Object(
-                c.fields()
-                    .chain([("refusals", c.refusals())])
-                    .map(|(k, v)| (k.to_string(), v.into()))
-                    .collect(),
-            )
+            let mut side: serde_json::Map<String, serde_json::Value> = c
+                .fields()
+                .chain([("refusals", c.refusals())])
+                .map(|(k, v)| (k.to_string(), v.into()))
+                .collect();
+            let queues: Vec<serde_json::Value> = f
+                .queue_counters()
+                .iter()
+                .map(|q| {
+                    serde_json::Value::Object(
+                        q.fields()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), (*v).into()))
+                            .collect(),
+                    )
+                })
+                .collect();
+            side.insert("queues".into(), queues.into());
+            serde_json::Value::Object(side)
         })
         .collect();
     serde_json::json!({
@@ -181,6 +226,19 @@ mod tests {
         assert_eq!(j["whole"], true);
         assert_eq!(j["slots"], 64);
         assert!(l.to_string().ends_with("total 64 of 64 slots: whole"));
+    }
+
+    #[test]
+    fn one_link_also_at_the_top_level() {
+        let a = serde_json::json!({"name": "a", "epoch": 3});
+        let b = serde_json::json!({"name": "b", "epoch": 4});
+        let one = document(vec![a.clone()]);
+        assert_eq!(one["epoch"], 3);
+        assert!(one.get("name").is_none());
+        assert_eq!(one["links"][0], a);
+        let two = document(vec![a, b]);
+        assert!(two.get("epoch").is_none());
+        assert_eq!(two["links"][1]["name"], "b");
     }
 
     #[test]

@@ -263,3 +263,25 @@ pub fn bin(name: &str) -> PathBuf {
     assert!(path.exists(), "{} missing after the build", path.display());
     path
 }
+
+/// Starts `program` with `args` (log filter `info`, no stdin or stdout),
+/// its stderr in a new file `dir/NAME.stderr`; returns the child and that
+/// path.
+pub fn spawn_logged(
+    name: &str,
+    dir: &Path,
+    program: &Path,
+    args: &[String],
+) -> (std::process::Child, PathBuf) {
+    use std::process::Stdio;
+    let stderr = dir.join(format!("{name}.stderr"));
+    let child = std::process::Command::new(program)
+        .args(args)
+        .env("SBNET_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    (child, stderr)
+}

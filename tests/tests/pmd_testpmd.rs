@@ -19,9 +19,8 @@ use pmd_common::sockets::{pair_cfg, serial};
 use sbnet_device::pair::PollMode;
 use sbnet_tests::{bin, temp_dir, SocketPair};
 use serde_json::Value;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------
@@ -39,15 +38,7 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, dir: &Path, program: &Path, args: &[String]) -> Self {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let child = Command::new(program)
-            .args(args)
-            .env("SBNET_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let (child, stderr) = sbnet_tests::spawn_logged(name, dir, program, args);
         Self {
             name: name.into(),
             child,

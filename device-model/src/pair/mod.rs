@@ -7,7 +7,7 @@ mod epochs;
 mod runner;
 
 pub use crate::backend::SideHandle;
-pub use runner::{run_switch, sleep_unless_stopped, PollMode, Shared};
+pub use runner::{run_links, run_switch, sleep_unless_stopped, LinkSet, PollMode, Shared};
 
 use crate::counters::QueueCounters;
 use crate::function::Function;
