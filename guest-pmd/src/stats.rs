@@ -1,4 +1,4 @@
-//! Per-port counters.
+//! Per-queue-pair and per-port counters.
 
 use crate::mode::Mode;
 
@@ -95,7 +95,69 @@ pub struct Stats {
     pub classic: ClassicCounts,
 }
 
+/// Adds the listed fields of `$b` to `$a`.
+macro_rules! add_fields {
+    ($a:expr, $b:expr, $($f:ident),+ $(,)?) => {
+        $( $a.$f += $b.$f; )+
+    };
+}
+
+impl SlotCounts {
+    /// Adds `o`'s counts (another queue pair's ledger).
+    pub fn add(&mut self, o: &Self) {
+        add_fields!(
+            self,
+            o,
+            free,
+            held,
+            in_flight_tx,
+            peer_posted,
+            peer_unposted
+        );
+    }
+}
+
+impl ClassicCounts {
+    /// Adds `o`'s counts (another queue pair's pool).
+    pub fn add(&mut self, o: &Self) {
+        add_fields!(self, o, free, held, posted_rx, in_flight_tx);
+    }
+}
+
 impl Stats {
+    /// Adds another queue pair's counters and snapshots to these (mode
+    /// and epoch stay these).
+    pub fn add(&mut self, o: &Self) {
+        add_fields!(
+            self,
+            o,
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            rx_zero_copy,
+            rx_copied,
+            tx_zero_copy,
+            tx_copied,
+            gifts_sent,
+            gifts_received,
+            alloc_failed,
+            tx_ring_full,
+            refused_completions,
+            device_misbehaved,
+            resyncs,
+            stale_handles,
+            rx_dropped_resync,
+            rx_runts,
+            notifies,
+            rx_publishes,
+            tx_publishes,
+            epoch_polls,
+        );
+        self.slots.add(&o.slots);
+        self.classic.add(&o.classic);
+    }
+
     /// The counters as a JSON object (for tools and benchmark logs).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
