@@ -254,7 +254,7 @@ impl<B: Bus> Port<B> {
 
     /// Reads the link status bit of the device configuration (a bus access).
     pub fn link_up(&mut self) -> Result<bool, PmdError> {
-        self.link.lock().dev.link_up()
+        self.q0_mut().link_up()
     }
 
     /// The counters of every queue pair added up, with their ledgers'

@@ -309,6 +309,12 @@ impl<B: Bus> PortQueue<B> {
         self.resync_pending
     }
 
+    /// Reads the link status bit of the device configuration (a bus
+    /// access, under the port's device lock).
+    pub fn link_up(&mut self) -> Result<bool, PmdError> {
+        self.link.lock().dev.link_up()
+    }
+
     /// This queue pair's counters, with a snapshot of its ledger.
     pub fn stats(&self) -> Stats {
         Stats {
