@@ -31,6 +31,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With several queue pairs, one thread per queue pair, DPDK-style:
+//!
+//! ```no_run
+//! # fn demo<B: sbnet_pmd::bus::Bus>(bus: B) -> Result<(), sbnet_pmd::PmdError> {
+//! use sbnet_pmd::{Port, PortConfig};
+//! let mut port = Port::open_queue_pairs(bus, PortConfig::default(), 2)?;
+//! std::thread::scope(|s| {
+//!     for q in port.queues_mut() {
+//!         s.spawn(move || {
+//!             let mut rx: [Option<sbnet_pmd::Pkt>; 32] = Default::default();
+//!             let n = q.rx_burst(&mut rx)?;
+//!             for p in rx[..n].iter_mut().filter_map(Option::take) {
+//!                 q.free(p);
+//!             }
+//!             Ok::<_, sbnet_pmd::PmdError>(())
+//!         });
+//!     }
+//! });
+//! let per_queue = port.queue_stats(1);
+//! let whole_port = port.stats();
+//! # let _ = (per_queue, whole_port);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Pieces
 //!
 //! | module | job |

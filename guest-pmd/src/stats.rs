@@ -201,3 +201,42 @@ impl Stats {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sums_counters_and_snapshots_and_keeps_mode_and_epoch() {
+        let a = Stats {
+            rx_packets: 3,
+            tx_zero_copy: 5,
+            epoch_polls: 1,
+            mode: Mode::ZeroCopy,
+            epoch: 7,
+            slots: SlotCounts {
+                free: 2,
+                peer_unposted: 1,
+                ..SlotCounts::default()
+            },
+            classic: ClassicCounts {
+                posted_rx: 4,
+                ..ClassicCounts::default()
+            },
+            ..Stats::default()
+        };
+        let mut sum = a;
+        sum.add(&Stats {
+            mode: Mode::Copy,
+            epoch: 9,
+            ..a
+        });
+        assert_eq!(
+            (sum.rx_packets, sum.tx_zero_copy, sum.epoch_polls),
+            (6, 10, 2)
+        );
+        assert_eq!((sum.slots.free, sum.slots.peer_unposted), (4, 2));
+        assert_eq!(sum.classic.posted_rx, 8);
+        assert_eq!((sum.mode, sum.epoch), (Mode::ZeroCopy, 7));
+    }
+}
