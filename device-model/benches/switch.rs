@@ -21,6 +21,7 @@ fn pair(slot_size: u32) -> Pair {
             tx_wait: Duration::from_secs(3600),
         },
         huge_pages: false,
+        queue_pairs: 1,
     })
     .unwrap()
 }

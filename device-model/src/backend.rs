@@ -71,13 +71,14 @@ pub fn regions(f: &Function, shm_fd: RawFd) -> Vec<RegionDesc> {
         .collect()
 }
 
-/// IRQ descriptions: INTx (one) and MSI-X (`MSIX_VECTORS`), eventfd-based.
-pub fn irqs() -> Vec<IrqDesc> {
+/// IRQ descriptions of a function: INTx (one) and MSI-X (its table size,
+/// [`l::msix_vectors`] of the link's queue pairs), eventfd-based.
+pub fn irqs(f: &Function) -> Vec<IrqDesc> {
     (0..l::NUM_IRQS)
         .map(|index| {
             let count = match index {
                 l::IRQ_INTX => 1,
-                l::IRQ_MSIX => l::MSIX_VECTORS as u32,
+                l::IRQ_MSIX => f.msix_vectors() as u32,
                 _ => 0,
             };
             IrqDesc {
@@ -118,7 +119,7 @@ pub fn set_irqs(
         }
     };
     let n = match index {
-        l::IRQ_MSIX => l::MSIX_VECTORS as u32,
+        l::IRQ_MSIX => f.msix_vectors() as u32,
         l::IRQ_INTX => 1,
         _ => return count == 0,
     };
@@ -127,7 +128,7 @@ pub fn set_irqs(
     };
     let action = flags.action();
     let data = flags.data();
-    // end <= MSIX_VECTORS: every vector below fits a u16.
+    // end <= the function's vectors: every vector below fits a u16.
     let vectors = (start..end).map(|v| v as u16);
     match (index, action, data) {
         (l::IRQ_MSIX, IrqSetFlags::ACTION_TRIGGER, IrqSetFlags::DATA_EVENTFD) if fds.is_empty() => {
@@ -193,7 +194,7 @@ impl Backend for SideHandle {
     }
 
     fn irqs(&self) -> Vec<IrqDesc> {
-        irqs()
+        self.with(|p, k| irqs(&p.fns[k]))
     }
 
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
@@ -339,6 +340,7 @@ mod tests {
             max_queue_size: 256,
             switch: Default::default(),
             huge_pages: false,
+            queue_pairs: 1,
         })
         .unwrap();
         let f = IrqSetFlags::DATA_EVENTFD | IrqSetFlags::ACTION_TRIGGER;

@@ -76,6 +76,25 @@ impl Chain {
     /// buffer device-readable).
     #[inline]
     pub fn parse(q: &Queue, head: u16, writable: bool) -> Result<Self, ChainError> {
+        Self::walk::<false>(q, head, writable).map(|(c, _)| c)
+    }
+
+    /// Walks a command chain (the control queue): readable buffers, then
+    /// writable ones (virtio 1.2 §2.7.4.1). Returns the chain and how many
+    /// of its first buffers are readable.
+    pub fn parse_command(q: &Queue, head: u16) -> Result<(Self, usize), ChainError> {
+        Self::walk::<true>(q, head, false)
+    }
+
+    /// The walk: with `MIXED`, readable buffers may be followed by writable
+    /// ones (the count of readable ones is returned); otherwise every buffer
+    /// has the direction `writable` says.
+    #[inline(always)]
+    fn walk<const MIXED: bool>(
+        q: &Queue,
+        head: u16,
+        mut writable: bool,
+    ) -> Result<(Self, usize), ChainError> {
         let mut chain = Chain {
             head,
             segs: [Seg::default(); MAX_SEGS],
@@ -86,6 +105,7 @@ impl Chain {
         // (virtio 1.2 §2.7.5.1: a chain is never longer than the queue).
         let mut seen = [0u16; MAX_SEGS];
         let mut idx = head;
+        let mut readable = 0;
         loop {
             // `head` came from Queue::pop_head (< size) and every `next` is
             // checked below, so the read cannot fail; treat it as range error anyway.
@@ -97,6 +117,11 @@ impl Chain {
                 return Err(ChainError::Indirect);
             }
             let is_write = d.flags & DESC_F_WRITE != 0;
+            if MIXED && is_write && !writable {
+                // The first writable buffer: the readable part ends here.
+                writable = true;
+                readable = chain.n as usize;
+            }
             if is_write != writable {
                 // Spec: readable before writable. On a single-direction queue
                 // a mismatch is either order or direction.
@@ -124,7 +149,10 @@ impl Chain {
             // Cannot overflow: at most 64 lengths of at most 2^32 each.
             chain.total += d.len as u64;
             if d.flags & DESC_F_NEXT == 0 {
-                return Ok(chain);
+                if !writable {
+                    readable = chain.n as usize;
+                }
+                return Ok((chain, readable));
             }
             if d.next >= q.size() {
                 return Err(ChainError::NextOutOfRange(d.next));

@@ -115,6 +115,10 @@ counters! {
         dma_unmaps,
         /// Most DMA maps held at once (see `mem::MAX_MAPS`).
         dma_maps_peak,
+        /// Control-queue commands carried out (`VIRTIO_NET_OK`).
+        ctrl_ok,
+        /// Control-queue commands answered `VIRTIO_NET_ERR`.
+        ctrl_err,
     }
 }
 
@@ -132,6 +136,43 @@ impl fmt::Display for SideCounters {
             f.write_str("(all zero)")?;
         }
         Ok(())
+    }
+}
+
+/// Frames and bytes through one queue pair of one side: what its
+/// transmitq sent that reached the peer and what its receiveq got.
+/// On a one-pair link these equal the side's totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Frames taken from this pair's transmitq that reached the peer.
+    pub tx_packets: u64,
+    /// Their frame bytes (header excluded).
+    pub tx_bytes: u64,
+    /// Frames delivered on this pair's receiveq.
+    pub rx_packets: u64,
+    /// Their frame bytes (header excluded).
+    pub rx_bytes: u64,
+}
+
+impl QueueCounters {
+    /// A side's totals as the counters of its only queue pair.
+    pub fn of_side(c: &SideCounters) -> Self {
+        Self {
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+        }
+    }
+
+    /// Every counter as (name, value).
+    pub fn fields(&self) -> [(&'static str, u64); 4] {
+        [
+            ("tx_packets", self.tx_packets),
+            ("tx_bytes", self.tx_bytes),
+            ("rx_packets", self.rx_packets),
+            ("rx_bytes", self.rx_bytes),
+        ]
     }
 }
 

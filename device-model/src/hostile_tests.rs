@@ -23,6 +23,8 @@ enum Act {
     Reg { off: u64, len: usize, v: u64 },
     /// A config-space write.
     Cfg { off: u64, v: u32 },
+    /// Write bytes at the start of the driver's first classic buffer.
+    Bytes([u8; 4]),
     /// Run the switch.
     Poll,
 }
@@ -39,12 +41,13 @@ fn addr() -> impl Strategy<Value = u64> {
     ]
 }
 
-fn act() -> impl Strategy<Value = Act> {
+/// Actions on a driver with `nq` queues.
+fn act_on(nq: u16) -> impl Strategy<Value = Act> {
     prop_oneof![
-        4 => (0..2u16, 0..70u16, addr(), prop_oneof![0..5000u32, any::<u32>()], 0..8u16, 0..70u16)
+        4 => (0..nq, 0..70u16, addr(), prop_oneof![0..5000u32, any::<u32>()], 0..8u16, 0..70u16)
             .prop_map(|(q, i, addr, len, flags, next)| Act::Desc { q, i: i % 64, d: Desc { addr, len, flags, next } }),
-        4 => (0..2u16, 0..80u16).prop_map(|(q, h)| Act::Avail { q, h }),
-        1 => (0..2u16, any::<u16>()).prop_map(|(q, idx)| Act::AvailIdx { q, idx }),
+        4 => (0..nq, 0..80u16).prop_map(|(q, h)| Act::Avail { q, h }),
+        1 => (0..nq, any::<u16>()).prop_map(|(q, idx)| Act::AvailIdx { q, idx }),
         1 => (0..0x4100u64, prop_oneof![Just(1usize), Just(2), Just(4), Just(8), Just(3)], any::<u64>())
             .prop_map(|(off, len, v)| Act::Reg { off, len, v }),
         1 => (0..300u64, any::<u32>()).prop_map(|(off, v)| Act::Cfg { off, v }),
@@ -52,19 +55,57 @@ fn act() -> impl Strategy<Value = Act> {
     ]
 }
 
+fn act() -> impl Strategy<Value = Act> {
+    act_on(2)
+}
+
+/// A control-command header and data, written into the driver's memory
+/// where hostile descriptors may point (`IOVA + 0x10000`, the first
+/// classic buffer).
+fn ctrl_bytes() -> impl Strategy<Value = Act> {
+    (0..8u8, 0..3u8, any::<u16>()).prop_map(|(class, cmd, v)| {
+        let b = v.to_le_bytes();
+        Act::Bytes([class, cmd, b[0], b[1]])
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn a_hostile_side_cannot_break_the_device_or_its_peer(acts in proptest::collection::vec(act(), 1..120), sb in any::<bool>()) {
+        hostile_run(1, acts, sb)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// The same on a link of two queue pairs: the hostile side has both
+    /// pairs and the control queue (queue 4), and writes command bytes.
+    #[test]
+    fn a_hostile_multiqueue_side_cannot_break_the_device_or_its_peer(
+        acts in proptest::collection::vec(prop_oneof![6 => act_on(5), 1 => ctrl_bytes()], 1..120),
+        sb in any::<bool>(),
+    ) {
+        hostile_run(2, acts, sb)?;
+    }
+}
+
+fn hostile_run(queue_pairs: u16, acts: Vec<Act>, sb: bool) -> Result<(), TestCaseError> {
+    {
         let mut p = Pair::new(&PairConfig {
             geometry: SlotGeometry::new(2048, 16).unwrap(),
             max_queue_size: 256,
-            switch: SwitchConfig { burst: 16, tx_wait: Duration::ZERO },
+            switch: SwitchConfig {
+                burst: 16,
+                tx_wait: Duration::ZERO,
+            },
             huge_pages: false,
+            queue_pairs,
         })
         .unwrap();
-        let mut bad = Drv::up(&mut p, 0, sb);
+        let mut bad = Drv::up_mq(&mut p, 0, sb, queue_pairs);
         let mut good = Drv::up(&mut p, 1, true);
         bad.ack(&mut p);
         good.ack(&mut p);
@@ -81,6 +122,7 @@ proptest! {
                     let _ = p.fns[0].write(sbnet_abi::layout::CONFIG_REGION, off, &v.to_le_bytes());
                     p.handle_events(0);
                 }
+                Act::Bytes(b) => bad.write(IOVA + 0x1_0000, &b),
                 Act::Poll => {
                     p.poll();
                     check_ledger(&p);
@@ -102,4 +144,5 @@ proptest! {
         prop_assert_eq!(good.used(1).len(), 1, "the good side's TX did not complete");
         prop_assert!(p.fns[1].is_active());
     }
+    Ok(())
 }

@@ -17,11 +17,13 @@
 //! | [`pair`] | two functions and the switch behind one lock: epoch rules, the data-plane runner |
 //! | [`backend`] | one side served to the vfio-user front end (regions, IRQs, DMA maps) |
 //! | [`counters`] | per-side counters |
+//! | [`ctrl`] | the control virtqueue of a multiqueue link (`VQ_PAIRS_SET`) |
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod chain;
 pub mod counters;
+pub mod ctrl;
 pub mod function;
 pub mod irq;
 pub mod mem;
@@ -33,6 +35,10 @@ pub mod view;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod mq_model_tests;
+#[cfg(test)]
+mod mq_tests;
 #[cfg(test)]
 mod switch_tests;
 #[cfg(any(test, feature = "test-utils"))]

@@ -13,17 +13,27 @@ pub struct PciConfig {
     wmask: [u8; cfg::SIZE],
     bar_size: [u64; NUM_BARS],
     bar_flags: [u32; NUM_BARS],
+    msix_vectors: u16,
 }
 
 impl PciConfig {
     /// Builds the config space for a function whose Shared Buffers BAR is
     /// `shm_size` bytes (a power of two).
     pub fn new(shm_size: u64) -> Self {
+        Self::with_msix(shm_size, l::MSIX_VECTORS)
+    }
+
+    /// As [`Self::new`], with an MSI-X table of `vectors` entries
+    /// (`1..=`[`l::MAX_MSIX_VECTORS`], [`l::msix_vectors`] of the link's
+    /// queue pairs).
+    pub fn with_msix(shm_size: u64, vectors: u16) -> Self {
+        let vectors = vectors.clamp(1, l::MAX_MSIX_VECTORS);
         let mut c = Self {
             bytes: [0; cfg::SIZE],
             wmask: [0; cfg::SIZE],
             bar_size: [0; NUM_BARS],
             bar_flags: [0; NUM_BARS],
+            msix_vectors: vectors,
         };
         c.put16(cfg::VENDOR_ID, pci::VENDOR_ID);
         c.put16(cfg::DEVICE_ID, pci::DEVICE_ID_NET);
@@ -123,7 +133,7 @@ impl PciConfig {
         let msix = pci::MsixCap {
             cap_id: pci::CAP_ID_MSIX,
             cap_next: 0,
-            msg_ctl: l::MSIX_VECTORS - 1,
+            msg_ctl: vectors - 1,
             table: l::MSIX_TABLE_OFFSET | l::MSIX_BAR as u32,
             pba: l::MSIX_PBA_OFFSET | l::MSIX_BAR as u32,
         };
@@ -224,7 +234,7 @@ impl PciConfig {
     /// Resets the writable state (command, BARs, MSI-X control), as a function-level reset does.
     pub fn reset(&mut self) {
         let shm = self.bar_size[l::SHM_BAR as usize];
-        *self = Self::new(shm);
+        *self = Self::with_msix(shm, self.msix_vectors);
     }
 }
 

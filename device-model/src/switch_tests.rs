@@ -16,6 +16,7 @@ pub(crate) fn pair(tx_wait: Duration) -> Pair {
         max_queue_size: 256,
         switch: SwitchConfig { burst: 64, tx_wait },
         huge_pages: false,
+        queue_pairs: 1,
     })
     .unwrap()
 }

@@ -102,7 +102,7 @@ impl<'a> SideView<'a> {
 
     /// Publishes queue `q`'s used entries and signals it when the driver
     /// wants it.
-    #[inline]
+    #[inline(always)]
     pub fn publish(&mut self, q: u16) {
         let Some(queue) = self.queue(q) else { return };
         if queue.publish() && self.irq.signal_queue(q) {

@@ -20,6 +20,7 @@ pub fn pair() -> Pair {
             tx_wait: Duration::ZERO,
         },
         huge_pages: false,
+        queue_pairs: 1,
     })
     .expect("pair")
 }

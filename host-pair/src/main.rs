@@ -53,6 +53,11 @@ struct ServeArgs {
     /// Largest virtqueue size a driver may choose (power of two, 2..=32768, at least --slots/2 + 128).
     #[arg(long, default_value_t = 1024)]
     queue_size: u16,
+    /// Queue pairs per function (power of two, 1..=16; at most --slots/2). Above 1 the functions
+    /// offer VIRTIO_NET_F_MQ with a control queue (`ethtool -L eth0 combined N`), and the slots
+    /// are split into sub-pairs: --queue-size must then be at least --slots/N/2 + 128.
+    #[arg(long, default_value_t = 1)]
+    queue_pairs: u16,
     /// Back the Shared Buffers region with huge pages (a hugetlb memfd): the region size
     /// (--slots x --slot-size) must be a multiple of the huge page size, and enough pages
     /// must be reserved (vm.nr_hugepages).
@@ -129,6 +134,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             tx_wait: Duration::from_micros(a.tx_wait_us),
         },
         huge_pages: a.huge_pages,
+        queue_pairs: a.queue_pairs,
     };
     // The pair enforces the geometry rules; say them in the CLI's words.
     match cfg.validate() {
@@ -139,10 +145,16 @@ fn serve(a: ServeArgs) -> Result<()> {
         Err(ConfigError::QueueTooSmall {
             queue_size,
             slots,
+            queue_pairs,
             need,
         }) => bail!(
-            "--queue-size {queue_size} is too small for --slots {slots}: each side's receive queue must hold the slots its peer may own \
-             plus classic buffers (at least --slots/2 + 128 = {need}); raise --queue-size or lower --slots"
+            "--queue-size {queue_size} is too small for --slots {slots} and --queue-pairs {queue_pairs}: each side's receive queue \
+             must hold the slots its peer may own plus classic buffers (at least --slots/--queue-pairs/2 + 128 = {need}); \
+             raise --queue-size or lower --slots"
+        ),
+        Err(ConfigError::QueuePairs { queue_pairs, slots }) => bail!(
+            "--queue-pairs {queue_pairs} must be a power of two between 1 and 16, and at most --slots/2 ({})",
+            slots / 2
         ),
     }
     if a.burst == 0 {

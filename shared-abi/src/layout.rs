@@ -39,8 +39,23 @@ pub const MSIX_BAR_SIZE: u64 = 0x1000;
 pub const MSIX_TABLE_OFFSET: u32 = 0x000;
 /// Offset of the MSI-X pending-bit array in [`MSIX_BAR`].
 pub const MSIX_PBA_OFFSET: u32 = 0x800;
-/// MSI-X vectors: one for config changes and one per queue.
+/// MSI-X vectors of a link with one queue pair: one for config changes
+/// and one per queue.
 pub const MSIX_VECTORS: u16 = 3;
+/// Most MSI-X vectors a function has ([`msix_vectors`] of
+/// [`crate::net::MAX_QUEUE_PAIRS`]); the table (16 bytes a vector) ends
+/// below the PBA.
+pub const MAX_MSIX_VECTORS: u16 = msix_vectors(crate::net::MAX_QUEUE_PAIRS);
+
+/// MSI-X vectors of a link with `q_pairs` queue pairs: config plus one per
+/// queue ([`crate::net::num_queues`]); [`MSIX_VECTORS`] for one pair.
+pub const fn msix_vectors(q_pairs: u16) -> u16 {
+    crate::net::num_queues(q_pairs) + 1
+}
+
+const _: () = assert!(msix_vectors(1) == MSIX_VECTORS);
+const _: () = assert!(MSIX_TABLE_OFFSET + 16 * MAX_MSIX_VECTORS as u32 <= MSIX_PBA_OFFSET);
+const _: () = assert!(MAX_MSIX_VECTORS <= 64, "the PBA is one 64-bit word");
 
 /// First BAR register of the Shared Buffers BAR (64-bit: uses 2 and 3).
 pub const SHM_BAR: u8 = 2;

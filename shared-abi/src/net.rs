@@ -9,6 +9,12 @@ pub const VIRTIO_NET_F_MAC: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 pub const VIRTIO_NET_F_STATUS: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_STATUS;
 /// Standard virtio-net feature: MTU in config.
 pub const VIRTIO_NET_F_MTU: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_MTU;
+/// Standard virtio-net feature: a control virtqueue (offered only on a
+/// link with more than one queue pair, `docs/abi.md` §8).
+pub const VIRTIO_NET_F_CTRL_VQ: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_CTRL_VQ;
+/// Standard virtio-net feature: several queue pairs (offered only on a link
+/// with more than one queue pair, `docs/abi.md` §8).
+pub const VIRTIO_NET_F_MQ: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_MQ;
 
 /// sbnet feature: the Shared Buffers BAR and the zero-copy protocol.
 ///
@@ -112,7 +118,7 @@ pub struct NetConfig {
     pub mac: [u8; 6],
     /// `VIRTIO_NET_S_*` (`VIRTIO_NET_F_STATUS`).
     pub status: u16,
-    /// Maximum queue pairs (`VIRTIO_NET_F_MQ`; 1 here).
+    /// Maximum queue pairs (`VIRTIO_NET_F_MQ`): the link's `queue_pairs`.
     pub max_virtqueue_pairs: u16,
     /// MTU (`VIRTIO_NET_F_MTU`).
     pub mtu: u16,
@@ -178,8 +184,57 @@ pub mod cfg_off {
 pub const RX_QUEUE: u16 = 0;
 /// Queue index of the (first) transmit queue.
 pub const TX_QUEUE: u16 = 1;
-/// Number of queues the sbnet function has (one pair, no control queue).
+/// Number of queues of a link with one queue pair (no control queue).
 pub const NUM_QUEUES: u16 = 2;
+
+/// Most queue pairs a link may have (`docs/abi.md` §8).
+pub const MAX_QUEUE_PAIRS: u16 = 16;
+
+/// True when `q` is a valid number of queue pairs for a link: a power of
+/// two in `1..=MAX_QUEUE_PAIRS`.
+pub const fn valid_queue_pairs(q: u16) -> bool {
+    q.is_power_of_two() && q <= MAX_QUEUE_PAIRS
+}
+
+/// Queue index of receiveq(`pair`) (virtio 1.2 §5.1.2).
+pub const fn rx_queue(pair: u16) -> u16 {
+    2 * pair
+}
+
+/// Queue index of transmitq(`pair`) (virtio 1.2 §5.1.2).
+pub const fn tx_queue(pair: u16) -> u16 {
+    2 * pair + 1
+}
+
+/// Queue index of the control queue of a link with `q_pairs` > 1 pairs.
+pub const fn ctrl_queue(q_pairs: u16) -> u16 {
+    2 * q_pairs
+}
+
+/// `common_cfg.num_queues` of a link with `q_pairs` queue pairs: 2 for
+/// one pair (no control queue), else `2 * q_pairs + 1`.
+pub const fn num_queues(q_pairs: u16) -> u16 {
+    if q_pairs > 1 {
+        2 * q_pairs + 1
+    } else {
+        NUM_QUEUES
+    }
+}
+
+/// Control command class: multiqueue (`VIRTIO_NET_CTRL_MQ`).
+pub const VIRTIO_NET_CTRL_MQ: u8 = virtio_bindings::virtio_net::VIRTIO_NET_CTRL_MQ as u8;
+/// `VIRTIO_NET_CTRL_MQ` command: set the number of queue pairs in use
+/// (data: le16 `virtqueue_pairs`, in `1..=max_virtqueue_pairs`).
+pub const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: u8 =
+    virtio_bindings::virtio_net::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET as u8;
+/// Control ack: the command was carried out.
+pub const VIRTIO_NET_OK: u8 = virtio_bindings::virtio_net::VIRTIO_NET_OK as u8;
+/// Control ack: the command was refused.
+pub const VIRTIO_NET_ERR: u8 = virtio_bindings::virtio_net::VIRTIO_NET_ERR as u8;
+/// Length of a control command's header (`class`, `command`).
+pub const CTRL_HDR_LEN: usize = 2;
+/// Length of `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`'s data.
+pub const CTRL_MQ_PAIRS_LEN: usize = 2;
 
 #[cfg(test)]
 mod tests {
@@ -235,6 +290,23 @@ mod tests {
         ];
         assert!(!taken.contains(&VIRTIO_NET_F_SHARED_BUFFERS));
         assert!((50..128).contains(&VIRTIO_NET_F_SHARED_BUFFERS));
+    }
+
+    #[test]
+    fn queue_numbering() {
+        assert_eq!((rx_queue(0), tx_queue(0)), (RX_QUEUE, TX_QUEUE));
+        assert_eq!((rx_queue(3), tx_queue(3), ctrl_queue(4)), (6, 7, 8));
+        assert_eq!(num_queues(1), 2);
+        assert_eq!(num_queues(2), 5);
+        assert_eq!(num_queues(MAX_QUEUE_PAIRS), 33);
+        assert!(valid_queue_pairs(1) && valid_queue_pairs(16));
+        assert!(!valid_queue_pairs(0) && !valid_queue_pairs(3) && !valid_queue_pairs(32));
+        assert_eq!((VIRTIO_NET_F_MQ, VIRTIO_NET_F_CTRL_VQ), (22, 17));
+        assert_eq!(
+            (VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET),
+            (4, 0)
+        );
+        assert_eq!((VIRTIO_NET_OK, VIRTIO_NET_ERR), (0, 1));
     }
 
     #[test]

@@ -114,6 +114,21 @@ pub const fn initial_owner(s: u32) -> Side {
     (s % 2) as Side
 }
 
+/// The queue pair (sub-pair) slot `s` belongs to on a link with `q_pairs`
+/// queue pairs: `s % q_pairs` (`docs/abi.md` §8). `q_pairs` is a power of two.
+#[inline]
+pub const fn slot_pair(s: u32, q_pairs: u16) -> u16 {
+    (s & (q_pairs as u32 - 1)) as u16
+}
+
+/// Rule 2 on a link with `q_pairs` queue pairs: side `(s / q_pairs) % 2`
+/// owns slot `s` at the start of a zero-copy epoch, so that each sub-pair's
+/// slots are split evenly between the sides. `initial_owner_mq(s, 1)` is
+/// [`initial_owner`]`(s)`. `q_pairs` is a power of two.
+pub const fn initial_owner_mq(s: u32, q_pairs: u16) -> Side {
+    ((s >> (q_pairs as u32).trailing_zeros()) % 2) as Side
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +157,25 @@ mod tests {
         assert_eq!(g.max_frame(), 4084);
         assert_eq!(initial_owner(3), 1);
         assert_eq!(initial_owner(4), 0);
+    }
+
+    #[test]
+    fn sub_pairs_split_evenly() {
+        for s in 0..64 {
+            assert_eq!(initial_owner_mq(s, 1), initial_owner(s));
+        }
+        // Q = 4: slots 0-3 to side 0, 4-7 to side 1, ...; each sub-pair
+        // has as many slots on each side.
+        for q in [2u16, 4, 8, 16] {
+            let mut n = [[0u32; 2]; 16];
+            for s in 0..256u32 {
+                n[slot_pair(s, q) as usize][initial_owner_mq(s, q) as usize] += 1;
+            }
+            for (p, counts) in n.iter().take(q as usize).enumerate() {
+                assert_eq!(*counts, [256 / q as u32 / 2; 2], "q {q} pair {p}");
+            }
+        }
+        assert_eq!(initial_owner_mq(5, 4), 1);
+        assert_eq!(slot_pair(5, 4), 1);
     }
 }

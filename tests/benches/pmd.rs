@@ -42,6 +42,7 @@ impl Rig {
                     tx_wait: Duration::from_secs(3600),
                 },
                 huge_pages: false,
+                queue_pairs: 1,
             })
             .unwrap(),
         )

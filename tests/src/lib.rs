@@ -218,6 +218,7 @@ pub fn test_pair_config() -> PairConfig {
             tx_wait: std::time::Duration::from_millis(20),
         },
         huge_pages: false,
+        queue_pairs: 1,
     }
 }
 

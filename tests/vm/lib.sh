@@ -140,6 +140,8 @@ vm_stop_host_pair() {
 # command line RUN/qemu-NAME.cmdline. APPEND is added to the kernel
 # command line after "console=ttyS0 panic=-1 sbnet.timeout=GUEST_TIMEOUT".
 # ARGs come before the vfio-user device (a virtual IOMMU must).
+# VM_SOCKETS="x y": one vfio-user device per socket RUN/x.sock, RUN/y.sock
+# instead of RUN/NAME.sock (a guest with two sbnet NICs).
 # Environment: SBNET_VM_TRACE=1 or SBNET_VM_TRACE_EVENTS (QEMU trace
 # events, space-separated; default VM_TRACE_DEFAULT) to RUN/qemu-NAME.trace;
 # SBNET_VM_MONITOR=1 (an HMP monitor socket RUN/NAME.mon); SBNET_VM_QEMU_EXTRA.
@@ -170,9 +172,14 @@ vm_qemu() {
         "$@"
         -kernel "$SBNET_VM_KERNEL" -initrd "$initrd"
         -append "console=ttyS0 panic=-1 sbnet.timeout=$GUEST_TIMEOUT $append"
-        -device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$IN_RUN/$name.sock\"}}"
-        "${tail[@]}"
     )
+    # One vfio-user device per socket: RUN/NAME.sock, or each of
+    # VM_SOCKETS (basenames without .sock, in PCI order) when it is set.
+    local sock
+    for sock in ${VM_SOCKETS:-$name}; do
+        args+=(-device "{\"driver\":\"vfio-user-pci\",\"socket\":{\"type\":\"unix\",\"path\":\"$IN_RUN/$sock.sock\"}}")
+    done
+    args+=("${tail[@]}")
     # shellcheck disable=SC2206
     [ -n "${SBNET_VM_QEMU_EXTRA:-}" ] && args+=(${SBNET_VM_QEMU_EXTRA})
     printf '%q ' chroot "$ROOT" "${args[@]}" >"$RUN/qemu-$name.cmdline"

@@ -113,6 +113,7 @@ proptest! {
             max_queue_size: 256,
             switch: SwitchConfig::default(),
             huge_pages: false,
+            queue_pairs: 1,
         };
         let p = Served::start(&dir, &cfg, PollMode::Adaptive { spin: 100 });
         let mut stream: Option<UnixStream> = None;

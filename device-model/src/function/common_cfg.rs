@@ -2,11 +2,10 @@
 //! status and per-queue setup, up to enabling a queue against the
 //! function's guest memory.
 
-use super::{Event, Function, DEVICE_FEATURES};
+use super::{Event, Function};
 use crate::function::AccessError;
 use crate::queue::{Queue, QueueRegs};
 use sbnet_abi::common_cfg::{self as cc, bit, off, DeviceStatus as Status};
-use sbnet_abi::layout as l;
 use sbnet_abi::net;
 
 /// The per-queue part of common config before the queue is enabled.
@@ -26,8 +25,8 @@ impl Function {
         let v: u64 = match (off, len) {
             (off::DEVICE_FEATURE_SELECT, 4) => self.device_feature_select as u64,
             (off::DEVICE_FEATURE, 4) => match self.device_feature_select {
-                0 => DEVICE_FEATURES & 0xffff_ffff,
-                1 => DEVICE_FEATURES >> 32,
+                0 => self.device_features() & 0xffff_ffff,
+                1 => self.device_features() >> 32,
                 _ => 0,
             },
             (off::DRIVER_FEATURE_SELECT, 4) => self.driver_feature_select as u64,
@@ -37,7 +36,7 @@ impl Function {
                 _ => 0,
             },
             (off::CONFIG_MSIX_VECTOR, 2) => self.config_msix_vector as u64,
-            (off::NUM_QUEUES, 2) => net::NUM_QUEUES as u64,
+            (off::NUM_QUEUES, 2) => net::num_queues(self.q_pairs) as u64,
             (off::DEVICE_STATUS, 1) => self.status.bits() as u64,
             (off::CONFIG_GENERATION, 1) => self.config_generation as u64,
             (off::QUEUE_SELECT, 2) => self.queue_select as u64,
@@ -80,7 +79,9 @@ impl Function {
                     _ => self.counters.ignored_writes += 1,
                 }
             }
-            (off::CONFIG_MSIX_VECTOR, 2) => self.config_msix_vector = msix_vector(v as u16),
+            (off::CONFIG_MSIX_VECTOR, 2) => {
+                self.config_msix_vector = msix_vector(v as u16, self.irqs.vectors())
+            }
             (off::DEVICE_STATUS, 1) => self.write_status(v as u8),
             (off::QUEUE_SELECT, 2) => self.queue_select = v as u16,
             (off::QUEUE_SIZE, 2) | (off::QUEUE_MSIX_VECTOR, 2) | (off::QUEUE_ENABLE, 2) => {
@@ -129,13 +130,20 @@ impl Function {
 
     fn queue_reg_write(&mut self, off: usize, v: u16) {
         let max = self.max_queue_size;
+        let vectors = self.irqs.vectors();
+        if off == off::QUEUE_ENABLE && v == 1 && !self.queue_usable(self.queue_select) {
+            // A queue the negotiated features do not give the driver
+            // (a second pair without MQ, the control queue without CTRL_VQ).
+            self.counters.ignored_writes += 1;
+            return;
+        }
         let Some(slot) = self.queues.get_mut(self.queue_select as usize) else {
             self.counters.ignored_writes += 1;
             return;
         };
         match off {
             off::QUEUE_MSIX_VECTOR => {
-                slot.regs.msix_vector = msix_vector(v);
+                slot.regs.msix_vector = msix_vector(v, vectors);
             }
             _ if slot.queue.is_some() => self.counters.ignored_writes += 1,
             off::QUEUE_SIZE => slot.regs.size = v,
@@ -178,14 +186,19 @@ impl Function {
         let asked = Status::from_bits_truncate(v) - Status::DEVICE_NEEDS_RESET;
         let mut new = old | asked;
         if new.contains(Status::FEATURES_OK) && !old.contains(Status::FEATURES_OK) {
-            let ok = self.driver_features & !DEVICE_FEATURES == 0
-                && self.driver_features & bit(cc::VIRTIO_F_VERSION_1) != 0;
+            let f = self.driver_features;
+            // virtio 1.2 §5.1.3.1: MQ depends on CTRL_VQ.
+            let mq_alone =
+                f & bit(net::VIRTIO_NET_F_MQ) != 0 && f & bit(net::VIRTIO_NET_F_CTRL_VQ) == 0;
+            let ok = f & !self.device_features() == 0
+                && f & bit(cc::VIRTIO_F_VERSION_1) != 0
+                && !mq_alone;
             if !ok {
                 tracing::warn!(
                     side = self.side,
-                    "driver features {:#x} refused (offered {:#x}, VERSION_1 required)",
-                    self.driver_features,
-                    DEVICE_FEATURES
+                    "driver features {:#x} refused (offered {:#x}, VERSION_1 required, MQ needs CTRL_VQ)",
+                    f,
+                    self.device_features()
                 );
                 new.remove(Status::FEATURES_OK);
             }
@@ -204,15 +217,17 @@ impl Function {
     }
 }
 
-pub(super) fn fresh_queues(max: u16) -> [QueueSlot; 2] {
-    [0, 1].map(|_| QueueSlot {
-        regs: QueueRegs {
-            size: max,
-            msix_vector: cc::NO_VECTOR,
-            ..Default::default()
-        },
-        queue: None,
-    })
+pub(super) fn fresh_queues(max: u16, n: u16) -> Vec<QueueSlot> {
+    (0..n)
+        .map(|_| QueueSlot {
+            regs: QueueRegs {
+                size: max,
+                msix_vector: cc::NO_VECTOR,
+                ..Default::default()
+            },
+            queue: None,
+        })
+        .collect()
 }
 
 fn queue_addr_field(o: usize, r: &QueueRegs) -> Option<(usize, u64)> {
@@ -227,9 +242,9 @@ fn queue_addr_field(o: usize, r: &QueueRegs) -> Option<(usize, u64)> {
 
 /// A vector as written to `config_msix_vector` or `queue_msix_vector`, as it
 /// reads back: virtio 1.2 §4.1.5.1.2, NO_VECTOR when the device cannot use
-/// it (past the MSI-X table).
-fn msix_vector(v: u16) -> u16 {
-    if v < l::MSIX_VECTORS {
+/// it (past the MSI-X table of `vectors` entries).
+fn msix_vector(v: u16, vectors: u16) -> u16 {
+    if v < vectors {
         v
     } else {
         cc::NO_VECTOR

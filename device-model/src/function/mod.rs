@@ -14,7 +14,7 @@ mod net_cfg;
 pub use msix::Interrupts;
 pub use net_cfg::MTU;
 
-use crate::counters::SideCounters;
+use crate::counters::{QueueCounters, SideCounters};
 use crate::irq::IrqFd;
 use crate::mem::{GuestMemory, MemError, Prot};
 use crate::pci_config::PciConfig;
@@ -34,6 +34,10 @@ pub const DEVICE_FEATURES: u64 = bit(cc::VIRTIO_F_VERSION_1)
     | bit(net::VIRTIO_NET_F_STATUS)
     | bit(net::VIRTIO_NET_F_MTU)
     | bit(net::VIRTIO_NET_F_SHARED_BUFFERS);
+
+/// Features offered on top of [`DEVICE_FEATURES`] by a function of a link
+/// with more than one queue pair (`docs/abi.md` §8).
+pub const MQ_FEATURES: u64 = bit(net::VIRTIO_NET_F_MQ) | bit(net::VIRTIO_NET_F_CTRL_VQ);
 
 /// Something the pair must react to after a register access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,11 @@ pub struct Function {
     side: u8,
     geometry: SlotGeometry,
     max_queue_size: u16,
+    /// The link's queue pairs (`max_virtqueue_pairs`).
+    q_pairs: u16,
+    /// Queue pairs the driver enabled (`VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`);
+    /// 1 after reset.
+    enabled_pairs: u16,
     mac: [u8; 6],
     /// PCI configuration space.
     pub pci: PciConfig,
@@ -70,7 +79,9 @@ pub struct Function {
     config_generation: u8,
     queue_select: u16,
     config_msix_vector: u16,
-    queues: [QueueSlot; 2],
+    /// Every queue the function has: receiveq/transmitq of each pair, then
+    /// the control queue when there is more than one pair.
+    queues: Vec<QueueSlot>,
     isr: u8,
     pairing_epoch: u32,
     peer_status: u32,
@@ -82,18 +93,39 @@ pub struct Function {
     mem: GuestMemory,
     /// Counters of this side.
     pub counters: SideCounters,
+    /// Per queue pair, on a multiqueue link (kept by `Pair::poll`; see
+    /// [`Self::queue_counters`]).
+    pair_counters: Vec<QueueCounters>,
     events: Vec<Event>,
 }
 
 impl Function {
     /// A function for side `side` (0 or 1) of a pair with this slot geometry.
     pub fn new(side: u8, geometry: SlotGeometry, max_queue_size: u16) -> Self {
+        Self::with_queue_pairs(side, geometry, max_queue_size, 1)
+    }
+
+    /// As [`Self::new`], on a link with `q_pairs` queue pairs (a power of
+    /// two up to [`net::MAX_QUEUE_PAIRS`]; anything else is taken as 1).
+    pub fn with_queue_pairs(
+        side: u8,
+        geometry: SlotGeometry,
+        max_queue_size: u16,
+        q_pairs: u16,
+    ) -> Self {
+        let q_pairs = if net::valid_queue_pairs(q_pairs) {
+            q_pairs
+        } else {
+            1
+        };
         Self {
             side,
             geometry,
             max_queue_size,
+            q_pairs,
+            enabled_pairs: 1,
             mac: [0x52, 0x54, 0x00, 0x5b, 0x00, side],
-            pci: PciConfig::new(geometry.region_size()),
+            pci: PciConfig::with_msix(geometry.region_size(), l::msix_vectors(q_pairs)),
             device_feature_select: 0,
             driver_feature_select: 0,
             driver_features: 0,
@@ -101,14 +133,15 @@ impl Function {
             config_generation: 0,
             queue_select: 0,
             config_msix_vector: cc::NO_VECTOR,
-            queues: fresh_queues(max_queue_size),
+            queues: fresh_queues(max_queue_size, net::num_queues(q_pairs)),
             isr: 0,
             pairing_epoch: 0,
             peer_status: 0,
             epoch_ack: 0,
-            irqs: Interrupts::default(),
+            irqs: Interrupts::with_vectors(l::msix_vectors(q_pairs)),
             mem: GuestMemory::default(),
             counters: SideCounters::default(),
+            pair_counters: vec![QueueCounters::default(); q_pairs as usize],
             events: Vec::with_capacity(8),
         }
     }
@@ -118,9 +151,89 @@ impl Function {
         self.side
     }
 
+    /// The counters of each queue pair, pair 0 first. On a one-pair link
+    /// they are the side's totals.
+    pub fn queue_counters(&self) -> Vec<QueueCounters> {
+        if self.q_pairs == 1 {
+            vec![QueueCounters::of_side(&self.counters)]
+        } else {
+            self.pair_counters.clone()
+        }
+    }
+
+    /// Adds what moved through this side's pair `tx_pair` (sent) and
+    /// `rx_pair` (received) since `before` (the side's counters then).
+    #[inline]
+    pub(crate) fn count_pairs(&mut self, before: &QueueCounters, tx_pair: u16, rx_pair: u16) {
+        let now = QueueCounters::of_side(&self.counters);
+        if let Some(t) = self.pair_counters.get_mut(tx_pair as usize) {
+            t.tx_packets += now.tx_packets - before.tx_packets;
+            t.tx_bytes += now.tx_bytes - before.tx_bytes;
+        }
+        if let Some(r) = self.pair_counters.get_mut(rx_pair as usize) {
+            r.rx_packets += now.rx_packets - before.rx_packets;
+            r.rx_bytes += now.rx_bytes - before.rx_bytes;
+        }
+    }
+
     /// The slot geometry this function advertises.
     pub fn net_geometry(&self) -> SlotGeometry {
         self.geometry
+    }
+
+    /// The link's queue pairs (`max_virtqueue_pairs`).
+    pub fn queue_pairs(&self) -> u16 {
+        self.q_pairs
+    }
+
+    /// MSI-X vectors of the function (config plus one per queue).
+    pub fn msix_vectors(&self) -> u16 {
+        self.irqs.vectors()
+    }
+
+    /// Features the function offers: [`DEVICE_FEATURES`], plus
+    /// [`MQ_FEATURES`] on a link with more than one queue pair.
+    pub fn device_features(&self) -> u64 {
+        if self.q_pairs > 1 {
+            DEVICE_FEATURES | MQ_FEATURES
+        } else {
+            DEVICE_FEATURES
+        }
+    }
+
+    /// True when the driver negotiated `VIRTIO_NET_F_MQ`.
+    pub fn is_mq(&self) -> bool {
+        self.driver_features & bit(net::VIRTIO_NET_F_MQ) != 0
+    }
+
+    /// Queue pairs in use: those the driver enabled with
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` (1 until then), or 1 for a driver
+    /// without `VIRTIO_NET_F_MQ`.
+    #[inline]
+    pub fn active_pairs(&self) -> u16 {
+        if self.is_mq() {
+            self.enabled_pairs
+        } else {
+            1
+        }
+    }
+
+    /// Index of the control queue for the negotiated features (virtio 1.2
+    /// §5.1.2: `2N`, N = 1 without MQ), or None without `VIRTIO_NET_F_CTRL_VQ`.
+    pub fn ctrl_queue(&self) -> Option<u16> {
+        if self.driver_features & bit(net::VIRTIO_NET_F_CTRL_VQ) == 0 {
+            return None;
+        }
+        Some(net::ctrl_queue(if self.is_mq() { self.q_pairs } else { 1 }))
+    }
+
+    /// True when the driver may use queue `q` with the features it
+    /// negotiated: the first pair always, every pair with MQ, and the
+    /// control queue with CTRL_VQ.
+    fn queue_usable(&self, q: u16) -> bool {
+        q < net::NUM_QUEUES
+            || (self.is_mq() && q < 2 * self.q_pairs)
+            || self.ctrl_queue() == Some(q)
     }
 
     /// Device status register.
@@ -178,17 +291,30 @@ impl Function {
     /// apart. Apply [`SideView::broken`] with [`Self::needs_reset`] after it.
     #[inline]
     pub fn view(&mut self) -> SideView<'_> {
+        self.view_pair(0)
+    }
+
+    /// As [`Self::view`], for queue pair `pair` (its receiveq and
+    /// transmitq); a pair past the link's has no queues.
+    #[inline]
+    pub fn view_pair(&mut self, pair: u16) -> SideView<'_> {
         let active = self.is_active();
         let shared_buffers = self.is_shared_buffers();
         // The window is inert (0: every address is an ordinary DMA address)
         // for a driver that did not negotiate shared buffers, and while BAR
         // 2/3 is unprogrammed (address 0): abi.md §5.
         let window = if shared_buffers { self.shm_window() } else { 0 };
-        let [rx, tx] = &mut self.queues;
-        let vectors = [rx.regs.msix_vector, tx.regs.msix_vector];
+        let (rx, tx, vectors) = match self.queues.get_mut(2 * pair as usize..) {
+            Some([rx, tx, ..]) => (
+                rx.queue.as_mut(),
+                tx.queue.as_mut(),
+                [rx.regs.msix_vector, tx.regs.msix_vector],
+            ),
+            _ => (None, None, [cc::NO_VECTOR; 2]),
+        };
         SideView::new(
-            rx.queue.as_mut(),
-            tx.queue.as_mut(),
+            rx,
+            tx,
             &self.mem,
             &mut self.counters,
             window,
@@ -196,6 +322,43 @@ impl Function {
             shared_buffers,
             IrqHook::new(&mut self.isr, vectors, &mut self.irqs),
         )
+    }
+
+    /// Serves the control queue, when the driver negotiated one: carries
+    /// out its commands ([`crate::ctrl`]) and signals the queue. A ring
+    /// that cannot be trusted puts the function in `DEVICE_NEEDS_RESET`.
+    /// Returns the commands completed.
+    pub fn serve_ctrl(&mut self) -> usize {
+        let Some(ci) = self.ctrl_queue() else {
+            return 0;
+        };
+        let Some(slot) = self.queues.get_mut(ci as usize) else {
+            return 0;
+        };
+        let vector = slot.regs.msix_vector;
+        let Some(q) = slot.queue.as_mut() else {
+            return 0;
+        };
+        let r = crate::ctrl::serve(
+            q,
+            &self.mem,
+            self.q_pairs,
+            &mut self.enabled_pairs,
+            &mut self.counters,
+        );
+        match r {
+            Ok(n) => {
+                if q.publish() {
+                    self.isr |= cc::ISR_QUEUE;
+                    self.signal(vector);
+                }
+                n
+            }
+            Err(e) => {
+                self.needs_reset(e);
+                0
+            }
+        }
     }
 
     /// Updates the pairing fields; raises a config interrupt when they changed.
@@ -250,8 +413,9 @@ impl Function {
         self.status = Status::empty();
         self.queue_select = 0;
         self.config_msix_vector = cc::NO_VECTOR;
+        self.enabled_pairs = 1;
         // virtio 1.2 §4.1.4.3: queue_size reads the maximum after reset.
-        self.queues = fresh_queues(self.max_queue_size);
+        self.queues = fresh_queues(self.max_queue_size, net::num_queues(self.q_pairs));
         // No queue is left to point into a stitched ring view.
         self.mem.drop_views();
         self.isr = 0;
@@ -428,7 +592,7 @@ impl Function {
             Area::Device => self.device_cfg_write(off, data.len(), v),
             Area::Notify => {
                 let q = (off / l::NOTIFY_OFF_MULTIPLIER as usize) as u16;
-                if q < net::NUM_QUEUES {
+                if q < net::num_queues(self.q_pairs) {
                     self.counters.kicks += 1;
                     self.events.push(Event::Kick(q));
                 } else {

@@ -6,7 +6,7 @@ use super::AccessError;
 use crate::irq::IrqFd;
 use sbnet_abi::layout as l;
 
-const N: usize = l::MSIX_VECTORS as usize;
+const N: usize = l::MAX_MSIX_VECTORS as usize;
 
 /// Interrupt state of one function: the MSI-X table, the eventfds the VMM
 /// gave for each vector or for INTx, and masking.
@@ -17,28 +17,45 @@ pub struct Interrupts {
     masked: [bool; N],
     pending: [bool; N],
     intx: Option<IrqFd>,
+    /// Vectors the function has (the MSI-X table size).
+    n: usize,
+    /// Some vector has an eventfd (kept with `fds`, so that a signal does
+    /// not scan the table).
+    any_fd: bool,
 }
 
 impl Default for Interrupts {
     fn default() -> Self {
+        Self::with_vectors(l::MSIX_VECTORS)
+    }
+}
+
+impl Interrupts {
+    /// Interrupt state with `n` MSI-X vectors (`1..=MAX_MSIX_VECTORS`).
+    pub fn with_vectors(n: u16) -> Self {
         Self {
+            n: (n as usize).clamp(1, N),
+            any_fd: false,
             table: [0; N * 16],
-            fds: Default::default(),
+            fds: std::array::from_fn(|_| None),
             masked: [false; N],
             pending: [false; N],
             intx: None,
         }
     }
-}
 
-impl Interrupts {
+    /// Number of MSI-X vectors.
+    pub fn vectors(&self) -> u16 {
+        self.n as u16
+    }
+
     /// Signals MSI-X vector `v` (or INTx when the VMM set no MSI-X fds).
     /// Returns true when an eventfd was written.
     #[inline]
     pub fn signal(&mut self, v: u16) -> bool {
-        if self.fds.iter().any(Option::is_some) {
+        if self.any_fd {
             let i = v as usize;
-            if i >= N {
+            if i >= self.n {
                 return false;
             }
             if self.masked[i] {
@@ -60,9 +77,10 @@ impl Interrupts {
 
     /// Sets (or clears) the eventfd of vector `v`; false when out of range.
     pub fn set_vector_fd(&mut self, v: u16, fd: Option<IrqFd>) -> bool {
-        match self.fds.get_mut(v as usize) {
+        match self.fds[..self.n].get_mut(v as usize) {
             Some(slot) => {
                 *slot = fd;
+                self.any_fd = self.fds.iter().any(Option::is_some);
                 true
             }
             None => false,
@@ -71,14 +89,15 @@ impl Interrupts {
 
     /// Clears every vector's eventfd.
     pub fn clear_vector_fds(&mut self) {
-        self.fds = Default::default();
+        self.fds = std::array::from_fn(|_| None);
+        self.any_fd = false;
     }
 
     /// Masks or unmasks vector `v`. Unmasking returns true when an
     /// interrupt was pending (the caller then signals it).
     pub fn set_masked(&mut self, v: u16, masked: bool) -> bool {
         let i = v as usize;
-        if i >= N {
+        if i >= self.n {
             return false;
         }
         self.masked[i] = masked;
@@ -92,7 +111,8 @@ impl Interrupts {
 
     /// The VMM went away: its eventfds, masks and pending bits go too.
     pub fn disconnect(&mut self) {
-        self.fds = Default::default();
+        self.fds = std::array::from_fn(|_| None);
+        self.any_fd = false;
         self.intx = None;
         self.masked = [false; N];
         self.pending = [false; N];
@@ -104,7 +124,8 @@ impl Interrupts {
         data.fill(0);
         let t = l::MSIX_TABLE_OFFSET as usize;
         let p = l::MSIX_PBA_OFFSET as usize;
-        if let Some(src) = self.table.get(off.wrapping_sub(t)..end.wrapping_sub(t)) {
+        let table = &self.table[..self.n * 16];
+        if let Some(src) = table.get(off.wrapping_sub(t)..end.wrapping_sub(t)) {
             data.copy_from_slice(src);
         } else if off >= p && end <= p + 8 {
             let bits: u64 = self
@@ -122,7 +143,8 @@ impl Interrupts {
     pub fn bar_write(&mut self, offset: u64, data: &[u8]) -> Result<bool, AccessError> {
         let (off, end) = bar_range(offset, data.len())?;
         let t = l::MSIX_TABLE_OFFSET as usize;
-        match self.table.get_mut(off.wrapping_sub(t)..end.wrapping_sub(t)) {
+        let table = &mut self.table[..self.n * 16];
+        match table.get_mut(off.wrapping_sub(t)..end.wrapping_sub(t)) {
             Some(dst) => {
                 dst.copy_from_slice(data);
                 Ok(true)

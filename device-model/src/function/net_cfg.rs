@@ -18,7 +18,7 @@ impl Function {
             } else {
                 0
             },
-            max_virtqueue_pairs: 1,
+            max_virtqueue_pairs: self.q_pairs,
             mtu: MTU,
             shared_buffers_offset: self.side,
             slot_size: self.geometry.slot_size(),

@@ -44,8 +44,12 @@ impl Pair {
         }
         self.shape = shape;
         self.epoch = self.epoch.wrapping_add(1).max(1);
-        let [f0, f1] = &mut self.fns;
-        self.switch.new_epoch(&mut [f0.view(), f1.view()]);
+        self.switch.begin_epoch([shape[0].1, shape[1].1]);
+        for q in 0..self.switch.queue_pairs() {
+            let [f0, f1] = &mut self.fns;
+            self.switch
+                .flush_pair(q, &mut [f0.view_pair(q), f1.view_pair(q)]);
+        }
         tracing::info!(
             epoch = self.epoch,
             mode = ?self.switch.mode(),

@@ -9,6 +9,7 @@ mod runner;
 pub use crate::backend::SideHandle;
 pub use runner::{run_switch, sleep_unless_stopped, PollMode, Shared};
 
+use crate::counters::QueueCounters;
 use crate::function::Function;
 use crate::mem::ShmRegion;
 use crate::switch::{Switch, SwitchConfig};
@@ -26,6 +27,11 @@ pub struct PairConfig {
     /// Back the region with huge pages (a `MFD_HUGETLB` memfd) instead of
     /// normal pages; the region size must be a multiple of the huge page size.
     pub huge_pages: bool,
+    /// Queue pairs of the link (`max_virtqueue_pairs`): a power of two in
+    /// `1..=16`, at most half the slots. 1 offers no multiqueue feature;
+    /// above 1 the functions offer `VIRTIO_NET_F_MQ` and a control queue,
+    /// and the slots are split into sub-pairs (`docs/abi.md` §8).
+    pub queue_pairs: u16,
 }
 
 /// Why a [`PairConfig`] is refused.
@@ -40,14 +46,25 @@ pub enum ConfigError {
     /// policy lets a side keep above half (up to 32 free, 64 in flight) and
     /// the PMD's classic buffers (32). Below that a one-way flow can stall
     /// (docs/benchmarks.md, problem 2).
-    #[error("largest queue size {queue_size} is too small for {slots} slots: each side's receive queue must hold the slots its peer may own plus classic buffers (at least slots/2 + 128 = {need})")]
+    #[error("largest queue size {queue_size} is too small for {slots} slots in {queue_pairs} queue pair(s): each side's receive queue must hold the slots its peer may own plus classic buffers (at least slots/queue_pairs/2 + 128 = {need})")]
     QueueTooSmall {
         /// The configured largest queue size.
         queue_size: u16,
         /// Slots in the region.
         slots: u32,
-        /// The least queue size for this many slots.
+        /// Queue pairs of the link.
+        queue_pairs: u16,
+        /// The least queue size for this many slots and queue pairs.
         need: u32,
+    },
+    /// The queue pairs are not a power of two in `1..=16`, or more than
+    /// half the slots (each sub-pair needs a slot on each side).
+    #[error("{queue_pairs} queue pairs: must be a power of two between 1 and 16, and at most half the {slots} slots")]
+    QueuePairs {
+        /// The configured queue pairs.
+        queue_pairs: u16,
+        /// Slots in the region.
+        slots: u32,
     },
 }
 
@@ -66,9 +83,17 @@ impl PairConfig {
     /// Slack a receive queue needs beyond the peer's half of the slots.
     pub const QUEUE_SLACK: u32 = 128;
 
-    /// The least largest-queue-size for `slots` slots: `slots / 2 + 128`.
+    /// The least largest-queue-size for `slots` slots and one queue pair:
+    /// `slots / 2 + 128`.
     pub fn min_queue_size(slots: u32) -> u32 {
-        slots / 2 + Self::QUEUE_SLACK
+        Self::min_queue_size_mq(slots, 1)
+    }
+
+    /// The least largest-queue-size for `slots` slots in `queue_pairs`
+    /// sub-pairs: each receive queue holds the peer's half of its
+    /// sub-pair's slots plus classic buffers, `(slots / queue_pairs) / 2 + 128`.
+    pub fn min_queue_size_mq(slots: u32, queue_pairs: u16) -> u32 {
+        (slots / u32::from(queue_pairs.max(1))) / 2 + Self::QUEUE_SLACK
     }
 
     /// Checks the geometry rules [`Pair::new`] enforces.
@@ -78,11 +103,19 @@ impl PairConfig {
             return Err(ConfigError::QueueSizeNotPowerOfTwo(q));
         }
         let slots = self.geometry.slot_count();
-        let need = Self::min_queue_size(slots);
+        let qp = self.queue_pairs;
+        if !sbnet_abi::net::valid_queue_pairs(qp) || u32::from(qp) * 2 > slots {
+            return Err(ConfigError::QueuePairs {
+                queue_pairs: qp,
+                slots,
+            });
+        }
+        let need = Self::min_queue_size_mq(slots, qp);
         if u32::from(q) < need {
             return Err(ConfigError::QueueTooSmall {
                 queue_size: q,
                 slots,
+                queue_pairs: qp,
                 need,
             });
         }
@@ -114,8 +147,15 @@ impl Pair {
             ShmRegion::memfd(len)?
         };
         let mut p = Self {
-            fns: [0, 1].map(|k| Function::new(k, cfg.geometry, cfg.max_queue_size)),
-            switch: Switch::new(cfg.switch, cfg.geometry, cfg.max_queue_size),
+            fns: [0, 1].map(|k| {
+                Function::with_queue_pairs(k, cfg.geometry, cfg.max_queue_size, cfg.queue_pairs)
+            }),
+            switch: Switch::with_queue_pairs(
+                cfg.switch,
+                cfg.geometry,
+                cfg.max_queue_size,
+                cfg.queue_pairs,
+            ),
             shm,
             epoch: 1,
             shape: [(false, false); 2],
@@ -139,15 +179,16 @@ impl Pair {
     /// learns of it without waiting for the broken side's next message.
     #[inline]
     pub fn poll(&mut self) -> usize {
-        let [f0, f1] = &mut self.fns;
-        let mut views = [f0.view(), f1.view()];
-        let work = self.switch.poll(&mut views, &self.shm);
-        let broken = views.map(|v| v.broken());
-        for (f, why) in self.fns.iter_mut().zip(broken) {
-            if let Some(why) = why {
-                f.needs_reset(why);
-            }
-        }
+        let work = if self.switch.queue_pairs() == 1 {
+            let [f0, f1] = &mut self.fns;
+            let mut views = [f0.view(), f1.view()];
+            let work = self.switch.poll(&mut views, &self.shm);
+            let broken = views.map(|v| v.broken());
+            self.apply_broken(broken);
+            work
+        } else {
+            self.poll_mq()
+        };
         for k in 0..2 {
             if self.fns[k].has_events() {
                 self.handle_events(k);
@@ -156,11 +197,56 @@ impl Pair {
         work
     }
 
+    /// Puts a side whose ring the switch found broken in `DEVICE_NEEDS_RESET`.
+    #[inline]
+    fn apply_broken(&mut self, broken: [Option<crate::queue::QueueError>; 2]) {
+        for (f, why) in self.fns.iter_mut().zip(broken) {
+            if let Some(why) = why {
+                f.needs_reset(why);
+            }
+        }
+    }
+
+    /// One polling round of a multiqueue link: both sides' control queues,
+    /// then every sub-pair in both directions. A classic frame from
+    /// transmitq(q) goes to the peer's receiveq(`q % E_peer`); sub-pair q
+    /// moves slots only while both sides use pair q (`docs/abi.md` §8).
+    fn poll_mq(&mut self) -> usize {
+        let mut work = self.fns[0].serve_ctrl() + self.fns[1].serve_ctrl();
+        let active = [self.fns[0].active_pairs(), self.fns[1].active_pairs()];
+        for q in 0..self.switch.queue_pairs() {
+            let zc = self.switch.sub_pair_moves(q, active);
+            for from in 0..2 {
+                let j = Switch::rx_pair(q, active[1 - from]);
+                let before = self
+                    .fns
+                    .each_ref()
+                    .map(|f| QueueCounters::of_side(&f.counters));
+                let [f0, f1] = &mut self.fns;
+                let mut views = if from == 0 {
+                    [f0.view_pair(q), f1.view_pair(j)]
+                } else {
+                    [f0.view_pair(j), f1.view_pair(q)]
+                };
+                work += self
+                    .switch
+                    .poll_direction(&mut views, &self.shm, from, q, j, zc);
+                let broken = views.map(|v| v.broken());
+                self.apply_broken(broken);
+                // The sender's transmitq(q) and the receiver's receiveq(j).
+                self.fns[from].count_pairs(&before[from], q, u16::MAX);
+                self.fns[1 - from].count_pairs(&before[1 - from], u16::MAX, j);
+            }
+        }
+        work
+    }
+
     /// Sets `USED_F_NO_NOTIFY` on every enabled queue (the host is polling)
     /// or clears it (the host is about to sleep and wants kicks).
     pub fn set_polling(&mut self, on: bool) {
+        let n = sbnet_abi::net::num_queues(self.switch.queue_pairs());
         for f in &mut self.fns {
-            for q in [sbnet_abi::net::RX_QUEUE, sbnet_abi::net::TX_QUEUE] {
+            for q in 0..n {
                 if let Some(q) = f.queue_mut(q) {
                     q.set_no_notify(on);
                 }
@@ -179,6 +265,7 @@ mod tests {
             max_queue_size,
             switch: SwitchConfig::default(),
             huge_pages: false,
+            queue_pairs: 1,
         }
     }
 
@@ -192,6 +279,7 @@ mod tests {
             Err(ConfigError::QueueTooSmall {
                 queue_size: 256,
                 slots: 512,
+                queue_pairs: 1,
                 need: 384
             })
         );

@@ -17,7 +17,7 @@ use sbnet_abi::common_cfg::{self as cc, bit, off};
 use sbnet_abi::layout as l;
 use sbnet_abi::net::{self, NetHdr, NET_HDR_LEN};
 use sbnet_abi::pci::cfg;
-use sbnet_abi::ring::{Desc, DESC_F_WRITE};
+use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
 use std::fs::File;
 
 pub const IOVA: u64 = 0x1000_0000;
@@ -36,9 +36,24 @@ pub struct Drv {
     /// dropped (the rings, which point into it, go with it).
     _map: memmap2::MmapRaw,
     file: File,
-    rings: [DriverRing; 2],
-    free_desc: [Vec<u16>; 2],
-    chained: std::collections::HashMap<u16, u16>,
+    /// Bytes of driver memory mapped at [`IOVA`].
+    mem: u64,
+    /// Queue pairs the driver uses (1 unless brought up by [`Self::up_mq`]).
+    pairs: u16,
+    rings: Vec<DriverRing>,
+    free_desc: Vec<Vec<u16>>,
+    /// Per (queue, head): the other descriptors of a chain, freed with it.
+    chained: std::collections::HashMap<(u16, u16), Vec<u16>>,
+}
+
+/// Where queue `q`'s ring lies in driver memory of a driver with `nq`
+/// queues: the first two where they always were, the others after every
+/// queue's classic buffers.
+fn ring_offset(q: u16, nq: u16) -> u64 {
+    match RING.get(q as usize) {
+        Some(&r) => r,
+        None => BUF + nq as u64 * QSIZE as u64 * BUF_SIZE + (q as u64 - 2) * 0x8000,
+    }
 }
 
 impl Drv {
@@ -52,15 +67,52 @@ impl Drv {
     /// behind a virtual IOMMU maps it: rings and buffers reach the device
     /// as many maps.
     pub fn up_paged(p: &mut Pair, side: usize, shared_buffers: bool, page: u64) -> Self {
-        let file = crate::mem::sealed_memfd(c"drv", MEM).unwrap();
+        Self::up_with(p, side, shared_buffers, page, 1)
+    }
+
+    /// As [`Self::up`], as a multiqueue driver using `pairs` queue pairs:
+    /// with `pairs` > 1 it negotiates `VIRTIO_NET_F_MQ` and
+    /// `VIRTIO_NET_F_CTRL_VQ`, enables every data queue of those pairs and
+    /// the control queue, and sends `VQ_PAIRS_SET pairs` (which must be
+    /// acked OK). The link must have at least `pairs` queue pairs.
+    pub fn up_mq(p: &mut Pair, side: usize, shared_buffers: bool, pairs: u16) -> Self {
+        let mut d = Self::up_with(p, side, shared_buffers, MEM, pairs);
+        if pairs > 1 {
+            let st = d.ctrl(
+                p,
+                net::VIRTIO_NET_CTRL_MQ,
+                net::VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+                &pairs.to_le_bytes(),
+            );
+            assert_eq!(st, Some(net::VIRTIO_NET_OK), "VQ_PAIRS_SET {pairs} refused");
+        }
+        d
+    }
+
+    fn up_with(p: &mut Pair, side: usize, shared_buffers: bool, page: u64, pairs: u16) -> Self {
+        let q_pairs = p.fns[side].queue_pairs();
+        assert!(pairs <= q_pairs, "the link has {q_pairs} queue pairs");
+        // The driver's queues: its pairs, then the control queue (at 2Q).
+        let nq = if pairs > 1 {
+            net::num_queues(q_pairs)
+        } else {
+            2
+        };
+        let mem = if nq > 2 {
+            (ring_offset(nq - 1, nq) + 0x8000).next_multiple_of(MEM)
+        } else {
+            MEM
+        };
+        let page = page.min(mem);
+        let file = crate::mem::sealed_memfd(c"drv", mem).unwrap();
         let map = memmap2::MmapOptions::new()
-            .len(MEM as usize)
+            .len(mem as usize)
             .map_raw(&file)
             .unwrap();
         let base = map.as_mut_ptr();
         // A fresh driver instance: whatever an earlier one mapped is gone.
         p.fns[side].clear_dma();
-        let n = MEM / page;
+        let n = mem / page;
         for i in (0..n).map(|i| (i * 7919) % n) {
             p.fns[side]
                 .map_dma(
@@ -72,31 +124,39 @@ impl Drv {
                 )
                 .unwrap();
         }
-        let rings = RING.map(|r| {
-            let layout = RingLayout {
-                desc: IOVA + r,
-                avail: IOVA + r + 0x2000,
-                used: IOVA + r + 0x4000,
-                size: QSIZE,
-            };
-            // SAFETY: `base` maps MEM bytes at IOVA; the mapping is kept in
-            // `_map` and unmapped only when the driver (and with it the ring)
-            // is dropped; the rings lie inside it, aligned.
-            unsafe { DriverRing::new(base, IOVA, MEM, layout) }
-        });
+        let rings = (0..nq)
+            .map(|q| {
+                let r = ring_offset(q, nq);
+                let layout = RingLayout {
+                    desc: IOVA + r,
+                    avail: IOVA + r + 0x2000,
+                    used: IOVA + r + 0x4000,
+                    size: QSIZE,
+                };
+                // SAFETY: `base` maps `mem` bytes at IOVA; the mapping is
+                // kept in `_map` and unmapped only when the driver (and with
+                // it the ring) is dropped; the rings lie inside it, aligned.
+                unsafe { DriverRing::new(base, IOVA, mem, layout) }
+            })
+            .collect();
         let mut d = Self {
             side,
             base,
             _map: map,
             file,
+            mem,
+            pairs,
             rings,
-            free_desc: [(0..QSIZE).rev().collect(), (0..QSIZE).rev().collect()],
+            free_desc: (0..nq).map(|_| (0..QSIZE).rev().collect()).collect(),
             chained: Default::default(),
         };
         d.status(p, cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER);
         let mut feats = bit(cc::VIRTIO_F_VERSION_1) | bit(net::VIRTIO_NET_F_MAC);
         if shared_buffers {
             feats |= bit(net::VIRTIO_NET_F_SHARED_BUFFERS);
+        }
+        if pairs > 1 {
+            feats |= bit(net::VIRTIO_NET_F_MQ) | bit(net::VIRTIO_NET_F_CTRL_VQ);
         }
         d.common_w(p, off::DRIVER_FEATURE_SELECT, 4, 0);
         d.common_w(p, off::DRIVER_FEATURE, 4, feats & 0xffff_ffff);
@@ -107,7 +167,7 @@ impl Drv {
             cc::STATUS_ACKNOWLEDGE | cc::STATUS_DRIVER | cc::STATUS_FEATURES_OK,
         );
         assert_ne!(p.fns[side].status() & cc::STATUS_FEATURES_OK, 0);
-        for q in 0..2u16 {
+        for q in 0..nq {
             d.common_w(p, off::QUEUE_SELECT, 2, q as u64);
             d.common_w(p, off::QUEUE_SIZE, 2, QSIZE as u64);
             d.common_w(p, off::QUEUE_MSIX_VECTOR, 2, q as u64 + 1);
@@ -183,7 +243,7 @@ impl Drv {
     }
 
     pub fn at(&self, iova: u64) -> *mut u8 {
-        assert!((IOVA..IOVA + MEM).contains(&iova));
+        assert!((IOVA..IOVA + self.mem).contains(&iova));
         // SAFETY: checked to be inside the driver's own mapping.
         unsafe { self.base.add((iova - IOVA) as usize) }
     }
@@ -214,13 +274,16 @@ impl Drv {
         let out = self.rings[q as usize].used();
         for &(id, _) in &out {
             self.free_desc[q as usize].push(id);
-            if q == 1 {
-                if let Some(next) = self.chained.remove(&id) {
-                    self.free_desc[1].push(next);
-                }
+            if let Some(rest) = self.chained.remove(&(q, id)) {
+                self.free_desc[q as usize].extend(rest);
             }
         }
         out
+    }
+
+    /// Queue pairs this driver uses.
+    pub fn pairs(&self) -> u16 {
+        self.pairs
     }
 
     /// Descriptors of queue `q` the driver still has free (the `post_*` and
@@ -237,27 +300,39 @@ impl Drv {
 
     /// Posts a classic RX buffer of `len` bytes; returns its head.
     pub fn post_classic(&mut self, len: u32) -> u16 {
-        let h = self.take_desc(0);
+        self.post_classic_on(0, len)
+    }
+
+    /// Posts a classic RX buffer of `len` bytes on receiveq(`pair`).
+    pub fn post_classic_on(&mut self, pair: u16, len: u32) -> u16 {
+        let q = net::rx_queue(pair);
+        let h = self.take_desc(q);
         self.set_desc(
-            0,
+            q,
             h,
             Desc {
-                addr: self.buf_iova(0, h),
+                addr: self.buf_iova(q, h),
                 len,
                 flags: DESC_F_WRITE,
                 next: 0,
             },
         );
-        self.avail(0, h);
+        self.avail(q, h);
         h
     }
 
     /// Posts slot `s` on RX.
     pub fn post_slot(&mut self, p: &Pair, s: u32) -> u16 {
-        let h = self.take_desc(0);
+        self.post_slot_on(p, 0, s)
+    }
+
+    /// Posts slot `s` on receiveq(`pair`).
+    pub fn post_slot_on(&mut self, p: &Pair, pair: u16, s: u32) -> u16 {
+        let q = net::rx_queue(pair);
+        let h = self.take_desc(q);
         let g = p.fns[0].net_geometry();
         self.set_desc(
-            0,
+            q,
             h,
             Desc {
                 addr: WINDOW + g.slot_offset(s),
@@ -266,23 +341,34 @@ impl Drv {
                 next: 0,
             },
         );
-        self.avail(0, h);
+        self.avail(q, h);
         h
     }
 
     /// Sends `frame` from classic memory, header and frame in two descriptors.
     pub fn send_classic(&mut self, frame: &[u8]) -> u16 {
-        let h = self.take_desc(1);
-        let h2 = self.take_desc(1);
-        let (a, b) = (self.buf_iova(1, h), self.buf_iova(1, h2));
+        self.send_classic_on(0, frame)
+    }
+
+    /// As [`Self::send_classic`], on transmitq(`pair`).
+    pub fn send_classic_on(&mut self, pair: u16, frame: &[u8]) -> u16 {
+        let q = net::tx_queue(pair);
+        let h = self.take_desc(q);
+        let h2 = self.take_desc(q);
+        let (a, b) = (self.buf_iova(q, h), self.buf_iova(q, h2));
         // The second descriptor is reaped with the head.
-        self.chained.insert(h, h2);
-        self.rings[1].send_hdr_and_frame((h, a), (h2, b), frame);
+        self.chained.insert((q, h), vec![h2]);
+        self.rings[q as usize].send_hdr_and_frame((h, a), (h2, b), frame);
         h
     }
 
     /// Sends slot `s` carrying `frame` (written into the region), or a gift.
     pub fn send_slot(&mut self, p: &Pair, s: u32, frame: &[u8], gift: bool) -> u16 {
+        self.send_slot_on(p, 0, s, frame, gift)
+    }
+
+    /// As [`Self::send_slot`], on transmitq(`pair`).
+    pub fn send_slot_on(&mut self, p: &Pair, pair: u16, s: u32, frame: &[u8], gift: bool) -> u16 {
         let g = p.fns[0].net_geometry();
         let hdr = NetHdr {
             flags: if gift {
@@ -301,9 +387,10 @@ impl Drv {
             std::ptr::copy_nonoverlapping(hdr.to_bytes().as_ptr(), dst, NET_HDR_LEN);
             std::ptr::copy_nonoverlapping(frame.as_ptr(), dst.add(NET_HDR_LEN), frame.len());
         }
-        let h = self.take_desc(1);
+        let q = net::tx_queue(pair);
+        let h = self.take_desc(q);
         self.set_desc(
-            1,
+            q,
             h,
             Desc {
                 addr: WINDOW + g.slot_offset(s),
@@ -312,8 +399,57 @@ impl Drv {
                 next: 0,
             },
         );
-        self.avail(1, h);
+        self.avail(q, h);
         h
+    }
+
+    /// Index of the control queue of this driver (it must have one).
+    pub fn ctrl_queue(&self) -> u16 {
+        assert!(self.rings.len() > 2, "no control queue");
+        self.rings.len() as u16 - 1
+    }
+
+    /// Sends a control command (header, `data`, a status byte: three
+    /// descriptors), polls the pair and returns the ack byte, or None when
+    /// the command was not completed with length 1.
+    pub fn ctrl(&mut self, p: &mut Pair, class: u8, cmd: u8, data: &[u8]) -> Option<u8> {
+        let q = self.ctrl_queue();
+        let (h, hd, hs) = (self.take_desc(q), self.take_desc(q), self.take_desc(q));
+        let (a, b, c) = (
+            self.buf_iova(q, h),
+            self.buf_iova(q, hd),
+            self.buf_iova(q, hs),
+        );
+        self.write(a, &[class, cmd]);
+        self.write(b, data);
+        self.write(c, &[0xff]);
+        let desc = |addr, len, flags, next| Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        self.set_desc(q, h, desc(a, 2, DESC_F_NEXT, hd));
+        self.set_desc(q, hd, desc(b, data.len() as u32, DESC_F_NEXT, hs));
+        self.set_desc(q, hs, desc(c, 1, DESC_F_WRITE, 0));
+        self.chained.insert((q, h), vec![hd, hs]);
+        self.avail(q, h);
+        p.poll();
+        let used = self.used(q);
+        assert_eq!(used.len(), 1, "the control command was not completed");
+        (used[0].1 == 1).then(|| self.read(c, 1)[0])
+    }
+
+    /// Sends an arbitrary chain on the control queue, polls the pair and
+    /// returns the used entries (for malformed-input tests).
+    pub fn ctrl_raw(&mut self, p: &mut Pair, descs: &[(u16, Desc)], head: u16) -> Vec<(u16, u32)> {
+        let q = self.ctrl_queue();
+        for (i, d) in descs {
+            self.set_desc(q, *i, *d);
+        }
+        self.avail(q, head);
+        p.poll();
+        self.rings[q as usize].used()
     }
 
     /// Sends slot `s` as it is (no payload written), `len` bytes with the header.

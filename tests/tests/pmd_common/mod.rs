@@ -117,6 +117,7 @@ impl InPair {
                 tx_wait: wait.duration(),
             },
             huge_pages: false,
+            queue_pairs: 1,
         };
         let shared = Shared::new(Pair::new(&cfg).expect("pair")).expect("shared");
         Self {

@@ -21,5 +21,6 @@ pub fn pair_cfg(slot_size: u32, slots: u32) -> PairConfig {
         max_queue_size: 256,
         switch: SwitchConfig::default(),
         huge_pages: false,
+        queue_pairs: 1,
     }
 }

@@ -14,6 +14,10 @@
 #           until the interface has received EXPECT frames in all (the
 #           echoes plus the PMD's own frames) and reports the interface
 #           counters. Booted with ipv6.disable=1, so nothing else is sent.
+#   router: the middle guest of the three-VM chain (two sbnet NICs, IF and
+#           IF2, on two links). Forwards IPv4 between them (ip_forward=1)
+#           until at least BYTES bytes came in on IF and then both NICs were
+#           quiet for 3 s; reports how many packets it forwarded each way.
 PORT=5001
 res() { echo "$*" >/tmp/result; exit 0; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -95,6 +99,23 @@ mixed-stock)
     rx=$(( $(cat $s/rx_packets) - rx0 )) tx=$(( $(cat $s/tx_packets) - tx0 ))
     echo "SBNET-INFO: mixed-stock: received $rx frames, sent $tx in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
     res "PASS pings=$sent rx_frames=$rx tx_frames=$tx rx_dropped=$(cat $s/rx_dropped) rx_nohandler=$(cat $s/rx_nohandler 2>/dev/null) rx_errors=$(cat $s/rx_errors)"
+    ;;
+router)
+    [ -n "$IF2" ] || res "FAIL the router role needs two sbnet NICs (sbnet.ip2)"
+    echo 1 >/proc/sys/net/ipv4/ip_forward || res "FAIL cannot enable ip_forward"
+    a=/sys/class/net/$IF/statistics b=/sys/class/net/$IF2/statistics
+    echo "SBNET-INFO: router: forwarding between $IF and $IF2, waiting for $BYTES bytes on $IF"
+    last='' quiet=0
+    while :; do
+        in=$(cat $a/rx_bytes)
+        cur="$(cat $a/rx_packets) $(cat $b/rx_packets)"
+        echo " router: $in of $BYTES bytes in on $IF" >/tmp/doing
+        if [ "$cur" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$cur
+        [ "$in" -ge "$BYTES" ] && [ $quiet -ge 30 ] && break
+        sleep 0.1
+    done
+    res "PASS fwd_a_to_c=$(cat $b/tx_packets) fwd_c_to_a=$(cat $a/tx_packets) in_a_bytes=$in"
     ;;
 idle)
     res "PASS idle"
