@@ -10,6 +10,10 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use sbnet_abi::common_cfg::STATUS_DEVICE_NEEDS_RESET;
+use sbnet_abi::net::{
+    CTRL_HDR_LEN, CTRL_MQ_PAIRS_LEN, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    VIRTIO_NET_ERR, VIRTIO_NET_OK,
+};
 use sbnet_abi::ring::{
     Desc, UsedElem, AVAIL_F_NO_INTERRUPT, DESC_F_NEXT, DESC_F_WRITE, RING_ENTRIES, RING_FLAGS,
     RING_IDX,
@@ -19,22 +23,6 @@ use crate::bus::{Bus, DmaRegion};
 use crate::device::Device;
 use crate::error::PmdError;
 use crate::vq::RingLayout;
-
-// TODO(lead): use sbnet_abi once h-mqdev lands.
-/// `VIRTIO_NET_F_CTRL_VQ`: the control virtqueue.
-pub const VIRTIO_NET_F_CTRL_VQ: u32 = 17;
-/// `VIRTIO_NET_F_MQ`: several queue pairs.
-pub const VIRTIO_NET_F_MQ: u32 = 22;
-/// Command class of the multiqueue commands.
-const VIRTIO_NET_CTRL_MQ: u8 = 4;
-/// Sets the queue pairs the device uses.
-const VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET: u8 = 0;
-/// Ack byte: done.
-const VIRTIO_NET_OK: u8 = 0;
-/// Ack byte: refused.
-const VIRTIO_NET_ERR: u8 = 1;
-/// The most queue pairs a link has (`docs/abi.md`, multiqueue).
-pub const MAX_LINK_PAIRS: u16 = 16;
 
 /// How long the device may take to answer a command.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -85,7 +73,7 @@ impl CtrlQueue {
         let entries = [
             Desc {
                 addr: self.mem.iova + cmd as u64,
-                len: 4,
+                len: (CTRL_HDR_LEN + CTRL_MQ_PAIRS_LEN) as u32,
                 flags: DESC_F_NEXT,
                 next: 1,
             },
@@ -201,7 +189,8 @@ pub fn set_queue_pairs<B: Bus>(
 mod tests {
     use sbnet_abi::common_cfg::bit;
 
-    use super::*;
+    use sbnet_abi::net::{VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
+
     use crate::config::PortConfig;
     use crate::ledger::SlotState;
     use crate::testing::{FakeDevice, FakeOptions};

@@ -13,8 +13,10 @@ use sbnet_abi::common_cfg::{
     VIRTIO_F_VERSION_1,
 };
 use sbnet_abi::net::{
-    cfg_off, NetConfig, NET_CONFIG_LEN, NUM_QUEUES, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    cfg_off, ctrl_queue, num_queues, rx_queue, tx_queue, valid_queue_pairs, NetConfig,
+    MAX_QUEUE_PAIRS, NET_CONFIG_LEN, NUM_QUEUES, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use sbnet_abi::pci::{self, cfg, COMMAND_BUS_MASTER, COMMAND_MEMORY};
 use sbnet_abi::shm::SlotGeometry;
@@ -22,7 +24,7 @@ use sbnet_abi::shm::SlotGeometry;
 use crate::bus::{Bus, BusError, DmaRegion};
 use crate::caps::{self, VirtioCaps, CONFIG_SPACE_LEN};
 use crate::config::PortConfig;
-use crate::ctrl::{self, CtrlQueue, MAX_LINK_PAIRS, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MQ};
+use crate::ctrl::{self, CtrlQueue};
 use crate::error::PmdError;
 use crate::vq::{RingLayout, SplitQueue};
 
@@ -87,7 +89,7 @@ pub struct Device<B: Bus> {
     bus: B,
     caps: VirtioCaps,
     /// BAR offset of each queue's notify register.
-    notify_at: [u64; 2 * MAX_LINK_PAIRS as usize + 1],
+    notify_at: [u64; num_queues(MAX_QUEUE_PAIRS) as usize],
 }
 
 impl<B: Bus> Device<B> {
@@ -127,7 +129,7 @@ impl<B: Bus> Device<B> {
         Ok(Self {
             bus,
             caps,
-            notify_at: [0; 2 * MAX_LINK_PAIRS as usize + 1],
+            notify_at: [0; num_queues(MAX_QUEUE_PAIRS) as usize],
         })
     }
 
@@ -138,14 +140,14 @@ impl<B: Bus> Device<B> {
         let (features, link_pairs) = self.negotiate(cfg, pairs)?;
         // With multiqueue: 2Q data queues and the control queue.
         let need = if pairs > 1 {
-            2 * link_pairs + 1
+            num_queues(link_pairs)
         } else {
             NUM_QUEUES
         };
-        let num_queues = self.common_read16(off::NUM_QUEUES)?;
-        if num_queues < need {
+        let have = self.common_read16(off::NUM_QUEUES)?;
+        if have < need {
             return Err(PmdError::Queue {
-                queue: num_queues,
+                queue: have,
                 reason: "device has fewer queues than its queue pairs need",
             });
         }
@@ -171,12 +173,12 @@ impl<B: Bus> Device<B> {
         let mut queues = Vec::with_capacity(usize::from(pairs));
         for q in 0..pairs {
             queues.push(QueuePair {
-                rx: self.setup_queue(2 * q, cfg.rx_queue_size)?,
-                tx: self.setup_queue(2 * q + 1, cfg.tx_queue_size)?,
+                rx: self.setup_queue(rx_queue(q), cfg.rx_queue_size)?,
+                tx: self.setup_queue(tx_queue(q), cfg.tx_queue_size)?,
             });
         }
         let ctrl = if pairs > 1 {
-            let q = 2 * link_pairs;
+            let q = ctrl_queue(link_pairs);
             let (size, mem) = self.program_queue(q, 2, CtrlQueue::EXTRA)?;
             let c = CtrlQueue::new(q, size, mem);
             let (desc, driver, device) = c.iovas();
@@ -285,10 +287,10 @@ impl<B: Bus> Device<B> {
         } else {
             1
         };
-        if !(1..=MAX_LINK_PAIRS).contains(&link_pairs) || !link_pairs.is_power_of_two() {
+        if !valid_queue_pairs(link_pairs) {
             return Err(PmdError::MultiQueue(format!(
                 "the device reports max_virtqueue_pairs {link_pairs}, not a power of two \
-                 in 1..={MAX_LINK_PAIRS}"
+                 in 1..={MAX_QUEUE_PAIRS}"
             )));
         }
         if pairs > 1 && (!mq || offered & bit(VIRTIO_NET_F_CTRL_VQ) == 0) {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use crate::bus::Bus;
 use crate::classic::ClassicPool;
 use crate::config::PortConfig;
-use crate::ctrl::MAX_LINK_PAIRS;
 use crate::device::{Device, SharedRegion};
 use crate::error::PmdError;
 use crate::ledger::SlotState;
@@ -20,7 +19,7 @@ use crate::mode::Mode;
 use crate::pkt::Pkt;
 use crate::queue::PortQueue;
 use crate::stats::Stats;
-use sbnet_abi::net::NetHdr;
+use sbnet_abi::net::{valid_queue_pairs, NetHdr};
 
 /// A poll-mode port over one sbnet function.
 ///
@@ -64,7 +63,7 @@ impl<B: Bus> Port<B> {
     /// fewer pairs or refuses is a [`PmdError::MultiQueue`].
     pub fn open_queue_pairs(bus: B, cfg: PortConfig, pairs: u16) -> Result<Self, PmdError> {
         cfg.validate()?;
-        if !pairs.is_power_of_two() || pairs > MAX_LINK_PAIRS {
+        if !valid_queue_pairs(pairs) {
             return Err(PmdError::Config(
                 "queue pairs must be a power of two between 1 and 16",
             ));

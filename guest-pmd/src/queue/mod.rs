@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sbnet_abi::net::{NetHdr, NET_HDR_LEN};
+use sbnet_abi::shm::slot_pair;
 
 use crate::bus::Bus;
 use crate::classic::{ClassicPool, ClassicState};
@@ -270,7 +271,7 @@ impl<B: Bus> PortQueue<B> {
     /// pair's.
     fn local(&self, s: u32) -> Option<u32> {
         let stride = self.slots.stride;
-        (s % stride == u32::from(self.pair)).then_some(s / stride)
+        (slot_pair(s, stride as u16) == self.pair).then_some(s / stride)
     }
 
     /// Where region slot `s` is in this queue pair's ledger (None when it

@@ -209,10 +209,12 @@ impl<B: Bus> PortQueue<B> {
     fn adopt(&mut self, epoch: u32, peer_status: u32) {
         let mode = Mode::of_epoch(self.shared, peer_status);
         let side = self.slots.side;
-        // The ledger counts this queue pair's slots by local index `i`
-        // (slot `i × Q + q`): its initial owner `(s / Q) % 2` is `i % 2`,
-        // the single-queue rule applied to `i`.
-        self.ledger.reset(|i| mode.initially_mine(side, i));
+        // The ledger counts this queue pair's slots by local index `i`:
+        // slot `i × Q + q` of the region.
+        let (stride, pair) = (self.slots.stride, u32::from(self.pair));
+        let q_pairs = stride as u16;
+        self.ledger
+            .reset(|i| mode.initially_mine(side, i * stride + pair, q_pairs));
         // Posting again from here on: the pair is no longer drained.
         self.link.undrained(self.pair);
         debug_assert_eq!(self.ledger.check(), Ok(()));

@@ -17,8 +17,8 @@ use sbnet_abi::layout::{
     VIRTIO_BAR,
 };
 use sbnet_abi::net::{
-    cfg_off, NetConfig, NET_CONFIG_LEN, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
+    cfg_off, NetConfig, NET_CONFIG_LEN, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
 };
 use sbnet_abi::pci::cfg;
 
@@ -418,7 +418,8 @@ impl DeviceState {
             // SAFETY: `translate` checked both ranges lie in arena memory.
             let c = unsafe { std::ptr::read_volatile(cmd.cast::<[u8; 4]>()) };
             let pairs = u16::from_le_bytes([c[2], c[3]]);
-            let ok = c[..2] == [4, 0] && (1..=self.opts.max_pairs).contains(&pairs);
+            let ok = c[..2] == [VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET]
+                && (1..=self.opts.max_pairs).contains(&pairs);
             let answer = match self.opts.ctrl_answer {
                 None => u8::from(!ok),
                 Some(None) => return,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 /// bit: each flow counts its gaps and reordering on its own.
 pub const FLOW_SHIFT: u32 = 48;
 /// Flows told apart (queue pairs of a link, at most 16).
-const FLOWS: usize = 16;
+const FLOWS: usize = sbnet_abi::net::MAX_QUEUE_PAIRS as usize;
 
 /// Counters of a run.
 pub struct Meter {
