@@ -11,8 +11,22 @@
 # QEMU runs as `chroot ROOT qemu-system-x86_64 ...`; the kernel, the initramfs
 # and every socket QEMU opens must therefore live inside ROOT.
 #
-# Usage (as root):  tests/vm/build-kit.sh            # build or verify
-#                   tests/vm/build-kit.sh --print-env # also print KEY=VALUE lines
+# With --dpdk it also holds DPDK's own testpmd (Debian trixie's DPDK 24.11):
+#   $KIT/dpdk/debs/       the downloaded .debs (dpdk-dev and the librte-*
+#                         libraries it links, with their library dependencies
+#                         that the root lacks; dpdk-dev itself cannot be
+#                         installed: it conflicts with the backports QEMU's libelf)
+#   $KIT/dpdk.cpio.gz     a cpio archive the DPDK harness appends to the
+#                         initramfs: dpdk-testpmd, the ldd closure of it and
+#                         of the drivers net_virtio, mempool_ring and bus_pci
+#                         (resolved inside the root), libstdbuf.so and
+#                         libgcc_s.so.1 (glibc loads it for pthread_cancel,
+#                         which the EAL calls at exit outside --in-memory)
+# It is rebuilt only when its recipe (DPDK_RECIPE) or the candidate dpdk-dev
+# version changes; the other parts of the kit do not depend on it.
+#
+# Usage (as root):  tests/vm/build-kit.sh [--dpdk]            # build or verify
+#                   tests/vm/build-kit.sh [--dpdk] --print-env # also print KEY=VALUE lines
 # Environment:
 #   SBNET_VM_DIR          cache directory (default /var/cache/sbnet-vm)
 #   SBNET_DEBIAN_MIRROR   Debian mirror URI (default: read from /etc/apt/sources.list*)
@@ -41,7 +55,18 @@ MIN_QEMU_MINOR=1
 GUEST_MODULES="virtio_pci virtio_net"
 VFIO_MODULES="vfio vfio_iommu_type1 vfio_pci"
 PRINT_ENV=0
-[ "${1:-}" = "--print-env" ] && PRINT_ENV=1
+WANT_DPDK=0
+for arg in "$@"; do
+    case "$arg" in
+        --print-env) PRINT_ENV=1 ;;
+        --dpdk) WANT_DPDK=1 ;;
+        *) printf 'build-kit: ERROR: unknown argument %s (--dpdk, --print-env)\n' "$arg" >&2; exit 2 ;;
+    esac
+done
+# The DPDK drivers the guests load with -d (librte_<name>.so.*), and the
+# version of the recipe below: change it to rebuild the DPDK part.
+DPDK_DRIVERS="net_virtio mempool_ring bus_pci"
+DPDK_RECIPE="2 $DPDK_DRIVERS"
 
 T0=$(date +%s.%N)
 log() { printf 'build-kit: %s\n' "$*" >&2; }
@@ -131,7 +156,7 @@ fi
 MIRROR=$(cat "$ROOT/.sbnet-mirror")
 
 # ---------------------------------------------------------------- 2. packages in the root
-ROOT_PKGS="busybox-static cpio kmod xz-utils zstd gzip"
+ROOT_PKGS="busybox-static cpio kmod xz-utils zstd gzip ethtool"
 if [ ! -f "$ROOT/.sbnet-packages-done" ] || [ "$(cat "$ROOT/.sbnet-packages-done")" != "$ROOT_PKGS" ]; then
     log "installing qemu-system-x86 (trixie-backports) and $ROOT_PKGS in the root (log: $VM_DIR/apt-root.log)"
     cat >"$ROOT/etc/apt/sources.list" <<EOF
@@ -261,9 +286,17 @@ if [ ! -f "$KIT/initrd.img" ] || [ "$(cat "$KIT/initrd.hash" 2>/dev/null)" != "$
     stage_modules load-order $GUEST_MODULES
     # shellcheck disable=SC2086
     stage_modules load-order-vfio $VFIO_MODULES
+    # ethtool (the multiqueue test's `ethtool -L`) with its ldd closure, at
+    # the paths the guest's loader looks at (the guest has no usr-merge).
+    for f in /usr/sbin/ethtool $(in_root ldd /usr/sbin/ethtool | awk '/=> \// {print $3} /^[[:space:]]*\/[^ ]+ \(/ {print $1}'); do
+        mkdir -p "$STAGE$(dirname "$f")"
+        cp -L "$ROOT$f" "$STAGE$f" || die "cannot copy $f (ethtool's closure) into the initramfs"
+    done
+    [ -x "$STAGE/usr/sbin/ethtool" ] || die "ethtool is missing from the root (ROOT_PKGS)"
     install -m 0755 "$HERE/guest/init" "$STAGE/init"
-    install -m 0755 "$HERE/guest/sbnet-test.sh" "$STAGE/sbnet/sbnet-test.sh"
-    install -m 0755 "$HERE/guest/sbnet-pmd.sh" "$STAGE/sbnet/sbnet-pmd.sh"
+    for f in "$HERE"/guest/sbnet-*.sh; do
+        install -m 0755 "$f" "$STAGE/sbnet/${f##*/}"
+    done
     echo "$KVER" >"$STAGE/etc/sbnet-kernel"
     in_root /bin/sh -c 'cd /sbnet/stage && find . | cpio -o -H newc --quiet | gzip -1' >"$KIT/initrd.img.tmp" \
         || die "cpio/gzip of the initramfs failed"
@@ -273,13 +306,114 @@ if [ ! -f "$KIT/initrd.img" ] || [ "$(cat "$KIT/initrd.hash" 2>/dev/null)" != "$
     log "initramfs done (modules: ${all_modules[*]}) at $(elapsed) s"
 fi
 
-cat >"$KIT/kit.env" <<EOF
+# ---------------------------------------------------------------- 5. DPDK (--dpdk)
+# dpdk_closure: the packages to download, dpdk-dev and every package it
+# reaches through Depends of librte-*/lib* packages that the root lacks
+# (non-library packages are taken but not followed: ibverbs-providers holds
+# libmlx5, rdma-core's services are not wanted).
+dpdk_closure() {
+    in_root /bin/sh -c '
+        have() { dpkg-query -W -f="\${Status}" "$1" 2>/dev/null | grep -q "install ok installed"; }
+        seen=" dpdk-dev "; echo dpdk-dev
+        front="$* "$(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances dpdk-dev \
+            | awk "\$1 ~ /Depends:\$/ && \$2 ~ /^librte-/ {print \$2}")
+        while [ -n "$front" ]; do
+            follow=""
+            for p in $front; do
+                case "$seen" in *" $p "*) continue ;; esac
+                seen="$seen$p "
+                have "$p" && continue
+                echo "$p"
+                case "$p" in lib*) follow="$follow $p" ;; esac
+            done
+            [ -n "$follow" ] || break
+            front=$(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances $follow \
+                | awk "\$1 ~ /Depends:\$/ && \$2 !~ /^</ {print \$2}" | sort -u)
+        done' sh $(for d in $DPDK_DRIVERS; do printf 'librte-%s25 ' "${d//_/-}"; done)
+}
+DPDK_KEY=""
+if [ "$WANT_DPDK" = 1 ]; then
+    DPDK_VERSION=$(in_root apt-cache policy dpdk-dev 2>/dev/null | awk '/Candidate:/ {print $2}')
+    [ -n "$DPDK_VERSION" ] && [ "$DPDK_VERSION" != "(none)" ] || die "no dpdk-dev package in $SUITE (apt-cache policy dpdk-dev)"
+    DPDK_KEY="$DPDK_RECIPE $DPDK_VERSION"
+fi
+if [ "$WANT_DPDK" = 1 ] && { [ ! -f "$KIT/dpdk.cpio.gz" ] || [ "$(cat "$KIT/dpdk.key" 2>/dev/null)" != "$DPDK_KEY" ]; }; then
+    DD="$KIT/dpdk"
+    if [ "$(cat "$DD/debs.version" 2>/dev/null)" != "$DPDK_VERSION" ]; then
+        log "downloading DPDK $DPDK_VERSION (dpdk-dev and the libraries it links) (log: $VM_DIR/dpdk.log)"
+        rm -rf "$DD" && mkdir -p "$DD/debs"
+        chmod 777 "$DD/debs"   # apt-get download fetches as _apt
+        pkgs=$(dpdk_closure) || die "cannot resolve dpdk-dev's dependencies"
+        # shellcheck disable=SC2086
+        in_root /bin/sh -c 'cd /sbnet/kit/dpdk/debs && apt-get download "$@"' sh $pkgs >"$VM_DIR/dpdk.log" 2>&1 \
+            || { in_root apt-get update >>"$VM_DIR/dpdk.log" 2>&1 &&
+                 in_root /bin/sh -c 'cd /sbnet/kit/dpdk/debs && apt-get download "$@"' sh $pkgs >>"$VM_DIR/dpdk.log" 2>&1; } \
+            || { tail -20 "$VM_DIR/dpdk.log" >&2; die "apt-get download of DPDK failed (log: $VM_DIR/dpdk.log)"; }
+        echo "$DPDK_VERSION" >"$DD/debs.version"
+        log "DPDK: $(echo "$pkgs" | wc -w) packages, $(du -sh "$DD/debs" | cut -f1) downloaded at $(elapsed) s"
+    fi
+    rm -rf "$DD/x" "$DD/ov" && mkdir -p "$DD/x" "$DD/ov"
+    for deb in "$DD"/debs/*.deb; do
+        in_root dpkg-deb -x "/sbnet/kit/dpdk/debs/${deb##*/}" /sbnet/kit/dpdk/x || die "dpkg-deb -x ${deb##*/} failed"
+    done
+    [ -x "$DD/x/usr/bin/dpdk-testpmd" ] || die "dpdk-dev $DPDK_VERSION has no /usr/bin/dpdk-testpmd"
+    # The closure as the root's loader resolves it, with the extracted
+    # libraries first; every file lands in the archive at the path the
+    # guest's loader looks at (the libraries' own directories).
+    XL=/sbnet/kit/dpdk/x/usr/lib/x86_64-linux-gnu
+    objs="/sbnet/kit/dpdk/x/usr/bin/dpdk-testpmd"
+    for d in $DPDK_DRIVERS; do
+        f=$(cd "$ROOT" && ls ".$XL"/librte_"$d".so.[0-9]* 2>/dev/null | head -1)
+        [ -n "$f" ] || die "DPDK $DPDK_VERSION has no driver librte_$d.so"
+        objs="$objs ${f#.}"
+    done
+    # shellcheck disable=SC2086
+    closure=$(in_root /usr/bin/env LD_LIBRARY_PATH="$XL:$XL/dpdk/pmds-25.0" /bin/sh -c 'for o in "$@"; do ldd "$o"; done' sh $objs) \
+        || die "ldd of dpdk-testpmd inside the root failed"
+    missing=$(printf '%s\n' "$closure" | awk '/not found/ {print $1}' | sort -u | tr '\n' ' ')
+    [ -z "$missing" ] || die "DPDK libraries not found inside the root: $missing"
+    mkdir -p "$DD/ov/usr/bin" "$DD/ov/sbnet/dpdk"
+    cp "$DD/x/usr/bin/dpdk-testpmd" "$DD/ov/usr/bin/"
+    for f in $objs $(printf '%s\n' "$closure" | awk '/=> \// {print $3} /^[[:space:]]*\/[^ ]+ \(/ {print $1}' | sort -u) \
+             /usr/libexec/coreutils/libstdbuf.so /usr/lib/x86_64-linux-gnu/libgcc_s.so.1; do
+        case "$f" in
+            /sbnet/kit/dpdk/x/*) dst=${f#/sbnet/kit/dpdk/x} ;;
+            /sbnet/*) continue ;;
+            *) dst=$f ;;
+        esac
+        # The guest has no usr-merge: keep /lib/... and /usr/lib/... apart, real files.
+        mkdir -p "$DD/ov$(dirname "$dst")"
+        cp -L "$ROOT$f" "$DD/ov$dst" || die "cannot copy $f into the DPDK archive"
+    done
+    # The drivers under fixed names for -d.
+    for d in $DPDK_DRIVERS; do
+        ln -sf "$(cd "$DD/ov" && ls usr/lib/x86_64-linux-gnu/librte_"$d".so.[0-9]* | head -1 | sed 's,^,/,')" "$DD/ov/sbnet/dpdk/librte_$d.so"
+    done
+    echo "$DPDK_VERSION" >"$DD/ov/sbnet/dpdk/version"
+    in_root /bin/sh -c 'cd /sbnet/kit/dpdk/ov && find . | cpio -o -H newc --quiet | gzip -1' >"$KIT/dpdk.cpio.gz.tmp" \
+        || die "cpio/gzip of the DPDK archive failed"
+    mv "$KIT/dpdk.cpio.gz.tmp" "$KIT/dpdk.cpio.gz"
+    echo "$DPDK_KEY" >"$KIT/dpdk.key"
+    log "DPDK archive: $(find "$DD/ov" -type f | wc -l) files, $(du -sk "$DD/ov" | cut -f1) KiB, $(du -k "$KIT/dpdk.cpio.gz" | cut -f1) KiB packed, at $(elapsed) s"
+    rm -rf "$DD/x" "$DD/ov"
+fi
+
+# The same kit.env whoever asks (with or without --dpdk), replaced at once:
+# harnesses running in parallel read it after this script returns.
+{
+    cat <<EOF
 SBNET_VM_ROOT=$ROOT
 SBNET_VM_KERNEL=/sbnet/kit/vmlinuz
 SBNET_VM_INITRD=/sbnet/kit/initrd.img
 SBNET_VM_KERNEL_VERSION=$KVER
 SBNET_VM_QEMU_VERSION=$QEMU_VERSION
 EOF
+    if [ -s "$KIT/dpdk.cpio.gz" ] && [ -s "$KIT/dpdk.key" ]; then
+        echo "SBNET_VM_DPDK_CPIO=/sbnet/kit/dpdk.cpio.gz"
+        echo "SBNET_VM_DPDK_VERSION=$(awk '{print $NF}' "$KIT/dpdk.key")"
+    fi
+} >"$KIT/kit.env.tmp"
+mv "$KIT/kit.env.tmp" "$KIT/kit.env"
 log "kit ready in $(elapsed) s: root $ROOT, QEMU $QEMU_VERSION, kernel $KVER"
 [ "$PRINT_ENV" = 1 ] && cat "$KIT/kit.env"
 exit 0

@@ -1,11 +1,12 @@
 # shellcheck shell=bash
 # Set-up shared by the two-VM harnesses (run-stock-pair.sh, run-pmd-pair.sh).
 # Sourced, not run. Provides: REPO, VM_DIR, ROOT, ACCEL, TOTAL_TIMEOUT,
-# GUEST_TIMEOUT, now, say, setup_error, vm_unavailable, vm_preflight, vm_kit, vm_host_pair
+# GUEST_TIMEOUT, now, say, setup_error, vm_unavailable, vm_preflight,
+# vm_check_numbers, vm_kit, vm_host_pair
 # (sets HP), vm_run_dir NAME (sets RUN and IN_RUN, installs the cleanup
 # trap that stops PIDS and HP_PID), strip_ansi, vm_fail_tails (the QEMU
-# and host-pair parts of a failure report), and for the run itself:
-# vm_start_host_pair, vm_qemu, vm_wait_guests, vm_stop_host_pair,
+# and host-pair parts of a failure report), vm_fail, and for the run itself:
+# vm_start_host_pair, vm_qemu, vm_wait_guests, vm_show_new, vm_stop_host_pair,
 # result_of, result_field, vm_check_result, hp_counter, vm_show_counters,
 # vm_check_no_refusals.
 # The harness defines `fail REASON` (its verdict on a failure, exit 1);
@@ -35,12 +36,21 @@ vm_preflight() {
     case "$ACCEL" in tcg|kvm) ;; *) setup_error "SBNET_VM_ACCEL must be tcg or kvm, got '$ACCEL'";; esac
 }
 
-# Builds or checks the kit and loads its kit.env. $1: what the log line says first.
+# vm_check_numbers VAR...: each VAR holds a decimal number (else a setup error).
+vm_check_numbers() {
+    local v
+    for v in "$@"; do
+        case "${!v}" in ''|*[!0-9]*) setup_error "$v must be a number, got '${!v}'";; esac
+    done
+}
+
+# Builds or checks the kit and loads its kit.env. $1: what the log line says
+# first; further arguments go to build-kit.sh (--dpdk).
 vm_kit() {
     say "${1:+$1: }building/checking the VM kit in $VM_DIR"
     local kit_t0
     kit_t0=$(now)
-    "$LIB_DIR/build-kit.sh" || vm_unavailable "no VM kit: tests/vm/build-kit.sh failed (see above)"
+    "$LIB_DIR/build-kit.sh" "${@:2}" || vm_unavailable "no VM kit: tests/vm/build-kit.sh failed (see above)"
     say "kit ready ($(awk -v a="$kit_t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s)"
     # shellcheck disable=SC1091
     . "$ROOT/sbnet/kit/kit.env"
@@ -93,7 +103,7 @@ vm_run_dir() {
 # The QEMU and host-pair tails of a failure report.
 vm_fail_tails() {
     local f
-    for f in "$RUN"/qemu-a.log "$RUN"/qemu-b.log; do
+    for f in "$RUN"/qemu-*.log; do
         [ -s "$f" ] || continue
         echo "----- last 15 lines of ${f##*/} (QEMU stderr) -----"
         tail -n 15 "$f"
@@ -103,6 +113,28 @@ vm_fail_tails() {
         tail -n 30 "$RUN/host-pair.log" | strip_ansi
     fi
     [ -f "$RUN/stats.json" ] && { echo "----- host-pair stats.json -----"; cat "$RUN/stats.json"; echo; }
+}
+
+# vm_fail LABEL REASON...: the verdict on a failure of a harness whose guests
+# print SBNET- lines (the PMD and DPDK harnesses): the reason, each console's
+# SBNET- lines (but the JSON) and its last lines, the QEMU and host-pair
+# tails, "SBNET-VM-TEST: FAIL LABEL: REASON"; keeps the run directory, exit 1.
+vm_fail() {
+    local label=$1 f
+    shift
+    KEEP_RUN=1
+    echo
+    say "FAIL: $*"
+    for f in "$RUN"/*.console; do
+        [ -f "$f" ] || continue
+        echo "----- ${f##*/} (serial console): every SBNET- line but the JSON -----"
+        grep -a '^SBNET-' "$f" | grep -av '^SBNET-JSON' | tr -d '\r'
+        echo "----- ${f##*/}: last 25 lines -----"
+        tail -n 25 "$f" | tr -d '\r'
+    done
+    vm_fail_tails
+    echo "SBNET-VM-TEST: FAIL $label: $*"
+    exit 1
 }
 
 # ------------------------------------------------------------ host-pair
@@ -140,6 +172,7 @@ vm_stop_host_pair() {
 # command line RUN/qemu-NAME.cmdline. APPEND is added to the kernel
 # command line after "console=ttyS0 panic=-1 sbnet.timeout=GUEST_TIMEOUT".
 # ARGs come before the vfio-user device (a virtual IOMMU must).
+# VM_SMP=N: N vCPUs (default 1).
 # VM_SOCKETS="x y": one vfio-user device per socket RUN/x.sock, RUN/y.sock
 # instead of RUN/NAME.sock (a guest with two sbnet NICs).
 # Environment: SBNET_VM_TRACE=1 or SBNET_VM_TRACE_EVENTS (QEMU trace
@@ -164,7 +197,7 @@ vm_qemu() {
         -accel "$ACCEL"
         -machine "$machine"
         -object memory-backend-memfd,id=mem,size=256M,share=on
-        -m 256M -smp 1
+        -m 256M -smp "${VM_SMP:-1}"
         -nodefaults -nic none
         -display none -monitor none
         -serial "file:$IN_RUN/$name.console"
@@ -230,6 +263,21 @@ vm_wait_guests() {
     done
     say "guests stopped"
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+}
+
+# vm_show_new PATTERN PREFIX: says each line of either guest's console that
+# matches the grep PATTERN, once, without PREFIX (progress lines; a HOOK
+# of vm_wait_guests).
+declare -A VM_SHOWN=()
+vm_show_new() {
+    local g l
+    for g in a b; do
+        while IFS= read -r l; do
+            [ -n "${VM_SHOWN[$g$l]:-}" ] && continue
+            VM_SHOWN[$g$l]=1
+            say "guest $g: ${l#"$2"}"
+        done < <(grep -a "$1" "$RUN/$g.console" 2>/dev/null | tr -d '\r')
+    done
 }
 
 # vm_check_result NAME: guest NAME printed a PASS result (else fail with

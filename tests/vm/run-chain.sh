@@ -36,25 +36,7 @@ vm_kit ""
 vm_host_pair
 vm_run_dir chain
 
-fail() {
-    KEEP_RUN=1
-    echo
-    say "FAIL: $*"
-    local g
-    for g in "${GUESTS[@]}"; do
-        [ -f "$RUN/$g.console" ] || continue
-        echo "----- last 40 lines of $g.console (serial console) -----"
-        tail -n 40 "$RUN/$g.console" | tr -d '\r'
-    done
-    for g in "${GUESTS[@]}"; do
-        [ -s "$RUN/qemu-$g.log" ] || continue
-        echo "----- last 15 lines of qemu-$g.log (QEMU stderr) -----"
-        tail -n 15 "$RUN/qemu-$g.log"
-    done
-    vm_fail_tails
-    echo "SBNET-VM-TEST: FAIL $*"
-    exit 1
-}
+fail() { vm_fail chain "$@"; }
 
 # ------------------------------------------------------------ host-pair: two links, one process
 cat >"$RUN/links.toml" <<EOF

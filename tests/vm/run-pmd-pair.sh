@@ -12,6 +12,11 @@
 #   equal late arrivals), and host-pair's counters show zero copies
 #   (copied_bytes == 0 and tx_copied == 0 on both sides), zero-copy packets
 #   on both sides, and no refusal.
+# Scenario `pmd-small`: `pmd` with the PMD's DMA memory on ordinary 4 KiB
+#   pages (sbnet-testpmd --small-pages, sbnet.hugepages=0: no huge page is
+#   reserved). Behind the vIOMMU every page of the PMD's rings and buffers
+#   reaches host-pair as its own DMA map. Same steps and checks as `pmd`
+#   (zero copy); the verdict reports dma_maps_peak per side.
 # Scenario `mixed`: guest a runs the PMD (it negotiates Shared Buffers),
 #   guest b the stock virtio_net driver (it does not), so host-pair copies:
 #     guest b (stock): static ARP entry for a, K pings (ipv6.disable=1, so
@@ -22,11 +27,11 @@
 #   K + M frames, all copied; side 1 sent K, all copied; nothing dropped or
 #   zero-copied) and nothing was refused.
 #
-# Usage (as root):  tests/vm/run-pmd-pair.sh [pmd|mixed]
+# Usage (as root):  tests/vm/run-pmd-pair.sh [pmd|pmd-small|mixed]
 # Environment (besides those of run-stock-pair.sh: SBNET_VM_DIR,
 # SBNET_HOST_PAIR, SBNET_VM_ACCEL, SBNET_VM_TIMEOUT, SBNET_VM_QEMU_EXTRA,
 # SBNET_VM_TRACE, SBNET_VM_KEEP, SBNET_LOG):
-#   SBNET_VM_SCENARIO   pmd or mixed (the first argument wins)
+#   SBNET_VM_SCENARIO   pmd, pmd-small or mixed (the first argument wins)
 #   SBNET_TESTPMD       sbnet-testpmd binary for the guests (default:
 #                       <repo>/target/release/sbnet-testpmd, built with
 #                       `cargo build --release -p sbnet-testpmd`
@@ -57,18 +62,19 @@ SCENARIO="${1:-${SBNET_VM_SCENARIO:-pmd}}"
 FRAME="${SBNET_VM_FRAME:-64}"
 BACK="${SBNET_VM_BACK:-20000}"
 case "$SCENARIO" in
-    pmd)   PINGS="${SBNET_VM_PINGS:-1000}"; PACKETS="${SBNET_VM_PACKETS:-100000}" ;;
+    pmd|pmd-small) PINGS="${SBNET_VM_PINGS:-1000}"; PACKETS="${SBNET_VM_PACKETS:-100000}" ;;
     mixed) PINGS="${SBNET_VM_PINGS:-20}";  PACKETS="${SBNET_VM_PACKETS:-2000}" ;;
 esac
 
 vm_preflight
-case "$SCENARIO" in pmd|mixed) ;; *) setup_error "scenario must be pmd or mixed, got '$SCENARIO'";; esac
-for v in PINGS PACKETS FRAME BACK; do
-    case "${!v}" in ''|*[!0-9]*) setup_error "$v must be a number, got '${!v}'";; esac
-done
+case "$SCENARIO" in pmd|pmd-small|mixed) ;; *) setup_error "scenario must be pmd, pmd-small or mixed, got '$SCENARIO'";; esac
+# pmd-small is pmd on 4 KiB pages: VARIANT names the run, SCENARIO the steps.
+VARIANT=$SCENARIO SMALL=0
+[ "$SCENARIO" = pmd-small ] && { SCENARIO=pmd SMALL=1; }
+vm_check_numbers PINGS PACKETS FRAME BACK
 
 # ------------------------------------------------------------ kit + binaries
-vm_kit "scenario $SCENARIO"
+vm_kit "scenario $VARIANT"
 
 in_root() {
     unshare --mount --propagation private /bin/sh -c '
@@ -87,24 +93,9 @@ if [ -z "$TESTPMD" ]; then
 fi
 [ -x "$TESTPMD" ] || setup_error "sbnet-testpmd binary $TESTPMD not found or not executable"
 
-vm_run_dir "$SCENARIO"
+vm_run_dir "$VARIANT"
 
-fail() {
-    KEEP_RUN=1
-    echo
-    say "FAIL: $*"
-    local f
-    for f in "$RUN"/a.console "$RUN"/b.console; do
-        [ -f "$f" ] || continue
-        echo "----- ${f##*/} (serial console): every SBNET- line but the JSON -----"
-        grep -a '^SBNET-' "$f" | grep -av '^SBNET-JSON' | tr -d '\r'
-        echo "----- ${f##*/}: last 25 lines -----"
-        tail -n 25 "$f" | tr -d '\r'
-    done
-    vm_fail_tails
-    echo "SBNET-VM-TEST: FAIL $SCENARIO: $*"
-    exit 1
-}
+fail() { vm_fail "$VARIANT" "$@"; }
 
 # ------------------------------------------------------------ guest initramfs
 # The kit's initramfs plus a second cpio archive with sbnet-testpmd and the
@@ -158,17 +149,24 @@ start_guest() {
         # no_timer_check: under TCG on a loaded host the kernel's check of
         # the timer through the remapped IO-APIC can time out and panic at
         # boot ("timer doesn't work through Interrupt-remapped IO-APIC").
-        append="$append intel_iommu=on no_timer_check sbnet.driver=pmd"
+        append="$append intel_iommu=on no_timer_check sbnet.driver=pmd${PMD_APPEND:-}"
         initrd="$IN_RUN/initrd-pmd.img"
     fi
     vm_qemu "$name" "$machine" "$initrd" "$append" "${iommu[@]}"
 }
 
-PMDARGS=":--frame-size=$FRAME"
+# PAGES: the pmd-small argument of every PMD step.
+PAGES=''
+if [ "$SMALL" = 1 ]; then
+    PAGES=":--small-pages"
+    PMD_APPEND=" sbnet.hugepages=0"
+    say "pmd-small: the PMD's DMA memory on 4 KiB pages (--small-pages), no huge pages reserved"
+fi
+PMDARGS=":--frame-size=$FRAME$PAGES"
 if [ "$SCENARIO" = pmd ]; then
     say "booting guest b (side 1, PMD: io $PINGS, rxonly $PACKETS, txonly $BACK) and guest a (side 0, PMD: pingpong $PINGS, txonly $PACKETS, rxonly $BACK), accel $ACCEL, QEMU $SBNET_VM_QEMU_VERSION, kernel $SBNET_VM_KERNEL_VERSION"
-    start_guest b pmd "sbnet.pmd=io:$PINGS$PMDARGS,rxonly:$PACKETS$PMDARGS,sleep:2,txonly:$BACK:--frame-size=1500"
-    start_guest a pmd "sbnet.pmd=pingpong:$PINGS$PMDARGS,sleep:2,txonly:$PACKETS$PMDARGS,rxonly:$BACK:--frame-size=1500"
+    start_guest b pmd "sbnet.pmd=io:$PINGS$PMDARGS,rxonly:$PACKETS$PMDARGS,sleep:2,txonly:$BACK:--frame-size=1500$PAGES"
+    start_guest a pmd "sbnet.pmd=pingpong:$PINGS$PMDARGS,sleep:2,txonly:$PACKETS$PMDARGS,rxonly:$BACK:--frame-size=1500$PAGES"
 else
     EXPECT=$((PINGS + PACKETS))
     say "booting guest b (side 1, stock virtio_net: $PINGS pings, expects $EXPECT frames) and guest a (side 0, PMD: macswap $PINGS, txonly $PACKETS), accel $ACCEL"
@@ -177,18 +175,8 @@ else
 fi
 
 # ------------------------------------------------------------ wait
-declare -A shown=()
 # Progress: each finished step once.
-show_steps() {
-    local g l
-    for g in a b; do
-        while IFS= read -r l; do
-            [ -n "${shown[$g$l]:-}" ] && continue
-            shown[$g$l]=1
-            say "guest $g: ${l#SBNET-STEP: }"
-        done < <(grep -a '^SBNET-STEP: .* rc=' "$RUN/$g.console" 2>/dev/null | tr -d '\r')
-    done
-}
+show_steps() { vm_show_new '^SBNET-STEP: .* rc=' 'SBNET-STEP: '; }
 vm_wait_guests show_steps
 vm_stop_host_pair
 
@@ -248,8 +236,9 @@ if [ "$SCENARIO" = pmd ]; then
     want=$((PINGS + PACKETS))
     [ "$(c 0 tx_zero_copy)" -ge "$want" ] || fail "host-pair counters: side 0 tx_zero_copy=$(c 0 tx_zero_copy), expected >= $want"
     [ "$(c 1 tx_zero_copy)" -ge $((PINGS + BACK)) ] || fail "host-pair counters: side 1 tx_zero_copy=$(c 1 tx_zero_copy), expected >= $((PINGS + BACK))"
+    vm_show_counters dma_maps dma_unmaps dma_maps_peak
     say "PASS"
-    echo "SBNET-VM-TEST: PASS pmd pingpong=$PINGS a_to_b=$PACKETS b_to_a=$BACK side0_tx_zero_copy=$(c 0 tx_zero_copy) side1_tx_zero_copy=$(c 1 tx_zero_copy) copied_bytes=0 seconds=$(now)"
+    echo "SBNET-VM-TEST: PASS $VARIANT dma_maps_peak=$(c 0 dma_maps_peak)/$(c 1 dma_maps_peak) pingpong=$PINGS a_to_b=$PACKETS b_to_a=$BACK side0_tx_zero_copy=$(c 0 tx_zero_copy) side1_tx_zero_copy=$(c 1 tx_zero_copy) copied_bytes=0 seconds=$(now)"
 else
     [ "$(c 0 tx_packets)" = "$EXPECT" ] || fail "host-pair counters: side 0 (PMD) tx_packets=$(c 0 tx_packets), expected $EXPECT"
     [ "$(c 0 tx_copied)" = "$EXPECT" ] || fail "host-pair counters: side 0 (PMD) tx_copied=$(c 0 tx_copied), expected $EXPECT (the stock peer cannot take slots)"

@@ -105,10 +105,11 @@ pub enum DmaPages {
     /// /proc/sys/vm/nr_hugepages`). The default, and what sbnet's device
     /// model needs behind a virtual IOMMU.
     Huge2M,
-    /// Ordinary 4 KiB anonymous pages. Each page reaches the device as a
-    /// separate DMA map, so rings and buffers larger than a page are split
-    /// across maps; sbnet's host-pair refuses such rings. For IOMMUs and
-    /// devices that do not care.
+    /// Ordinary 4 KiB anonymous pages. Behind a virtual IOMMU each page
+    /// reaches the device as a separate DMA map, so rings and buffers
+    /// larger than a page span several maps; host-pair accepts that (maps
+    /// contiguous in IOVA) and the VM test `run-pmd-pair.sh pmd-small`
+    /// runs zero-copy this way (`sbnet-testpmd --small-pages`).
     Small,
 }
 

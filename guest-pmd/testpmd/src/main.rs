@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use forward::FwdCounts;
 use report::{ledger_json, Meter, Summary};
-use sbnet_pmd::bus::vfio::VfioBus;
+use sbnet_pmd::bus::vfio::{DmaPages, VfioBus, VfioOptions};
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::Bus;
 use sbnet_pmd::{Port, PortConfig};
@@ -41,9 +41,12 @@ struct Args {
     /// vfio-user socket of the function to drive (one side of `host-pair serve`); twice for `--mode forward`.
     #[arg(long, value_name = "PATH")]
     socket: Vec<PathBuf>,
-    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU and 2 MiB huge pages); twice for `--mode forward`.
+    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU, and 2 MiB huge pages unless --small-pages); twice for `--mode forward`.
     #[arg(long, value_name = "DDDD:BB:DD.F")]
     pci: Vec<String>,
+    /// With --pci: back DMA memory with ordinary 4 KiB pages instead of 2 MiB huge pages (no reserved huge pages needed; behind a vIOMMU each page reaches the device as its own DMA map).
+    #[arg(long, requires = "pci")]
+    small_pages: bool,
     /// What to do.
     #[arg(long, value_enum)]
     mode: TestMode,
@@ -177,8 +180,17 @@ fn open_port(a: &Args, i: usize) -> Result<Port<Box<dyn Bus>>> {
         })?)
     } else {
         let pci = &a.pci[i - a.socket.len()];
+        let dma_pages = if a.small_pages {
+            DmaPages::Small
+        } else {
+            DmaPages::Huge2M
+        };
+        let opts = VfioOptions {
+            dma_pages,
+            ..VfioOptions::default()
+        };
         Box::new(
-            VfioBus::open(pci)
+            VfioBus::open_with(pci, opts)
                 .with_context(|| format!("cannot open PCI function {pci} through VFIO"))?,
         )
     };

@@ -14,10 +14,23 @@
 #           until the interface has received EXPECT frames in all (the
 #           echoes plus the PMD's own frames) and reports the interface
 #           counters. Booted with ipv6.disable=1, so nothing else is sent.
+#   mq-server / mq-client: multiqueue (issue 12). Both sides first switch
+#           their NIC to QUEUES combined channels with `ethtool -L`. The
+#           client (2 vCPUs: XPS maps CPU i to transmitq i) sends FLOWS TCP
+#           streams of BYTES/FLOWS random bytes each, flow f from a process
+#           pinned to CPU f % 2, to ports 5001.. of the server; the server
+#           checks each stream's size and SHA-256 against the sums the
+#           client announced on the serial console (the harness compares
+#           them) and both report their per-queue counters (ethtool -S).
 #   router: the middle guest of the three-VM chain (two sbnet NICs, IF and
 #           IF2, on two links). Forwards IPv4 between them (ip_forward=1)
 #           until at least BYTES bytes came in on IF and then both NICs were
 #           quiet for 3 s; reports how many packets it forwarded each way.
+#   count-rx: the stock receiver of the DPDK test (the peer runs DPDK's
+#           testpmd, rxonly until it gets a frame, then txonly). With a
+#           static ARP entry for PEER (PEERMAC), sends a ping every 0.5 s
+#           until the first frame arrives, then counts received frames
+#           until none came for 5 s. Booted with ipv6.disable=1.
 PORT=5001
 res() { echo "$*" >/tmp/result; exit 0; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -100,6 +113,66 @@ mixed-stock)
     echo "SBNET-INFO: mixed-stock: received $rx frames, sent $tx in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
     res "PASS pings=$sent rx_frames=$rx tx_frames=$tx rx_dropped=$(cat $s/rx_dropped) rx_nohandler=$(cat $s/rx_nohandler 2>/dev/null) rx_errors=$(cat $s/rx_errors)"
     ;;
+mq-server|mq-client)
+    Q=${QUEUES:-2} F=${FLOWS:-4}
+    command -v ethtool >/dev/null || res "FAIL no ethtool in the initramfs"
+    ethtool -L "$IF" combined "$Q" 2>/tmp/ethtool.err || res "FAIL ethtool -L $IF combined $Q: $(cat /tmp/ethtool.err)"
+    cur=$(ethtool -l "$IF" | awk '/Current hardware settings/ {c=1} c && /^Combined:/ {print $2; exit}')
+    [ "$cur" = "$Q" ] || res "FAIL ethtool -l $IF shows $cur combined channels, not $Q"
+    echo "SBNET-INFO: $IF has $Q combined channels (max $(ethtool -l "$IF" | awk '/^Combined:/ {print $2; exit}')), $(nproc) CPUs"
+    # per_queue: "rx0=.. rx1=.. tx0=.. tx1=.." from ethtool -S.
+    per_queue() {
+        ethtool -S "$IF" | awk -v q="$Q" '
+            { gsub(/^[ \t]+/, "") }
+            /^rx_queue_[0-9]+_packets:/ { split($1, a, "_"); rx[a[3]] = $2 }
+            /^tx_queue_[0-9]+_packets:/ { split($1, a, "_"); tx[a[3]] = $2 }
+            END { for (i = 0; i < q; i++) printf "rx%d=%s ", i, rx[i] + 0; for (i = 0; i < q; i++) printf "tx%d=%s ", i, tx[i] + 0 }'
+    }
+    per=$(( BYTES / F ))
+    if [ "$ROLE" = mq-server ]; then
+        printf '#!/bin/sh\nexec cat >"$1"\n' >/tmp/receiver
+        chmod +x /tmp/receiver
+        for f in $(seq 0 $((F - 1))); do
+            : >/tmp/rx$f
+            printf '#!/bin/sh\nexec /tmp/receiver /tmp/rx%s\n' "$f" >/tmp/recv$f
+            chmod +x /tmp/recv$f
+            nc -l -p $((PORT + f)) -e /tmp/recv$f </dev/null &
+            eval "pid$f=\$!"
+        done
+        echo "SBNET-INFO: mq-server listening on ports $PORT..$((PORT + F - 1))"
+        sums=''
+        for f in $(seq 0 $((F - 1))); do
+            eval "wait \$pid$f"
+            n=$(wc -c </tmp/rx$f)
+            [ "$n" = "$per" ] || res "FAIL flow $f: received $n bytes, want $per"
+            sums="$sums rx_sha256_$f=$(sha256sum </tmp/rx$f | cut -d' ' -f1)"
+        done
+        pq=$(per_queue)
+        echo "SBNET-INFO: mq-server per-queue packets: $pq"
+        res "PASS flows=$F bytes=$per $pq$sums"
+    fi
+    [ "$(nproc)" -ge 2 ] || res "FAIL mq-client needs 2 CPUs (one per transmit queue), has $(nproc)"
+    ping -c 3 -W 5 "$PEER" >/dev/null 2>&1 || res "FAIL ping $PEER before the flows"
+    sums=''
+    for f in $(seq 0 $((F - 1))); do
+        dd if=/dev/urandom of=/tmp/tx$f bs=$per count=1 2>/dev/null
+        [ "$(wc -c </tmp/tx$f)" = "$per" ] || res "FAIL cannot create flow $f's data"
+        sums="$sums tx_sha256_$f=$(sha256sum </tmp/tx$f | cut -d' ' -f1)"
+    done
+    for f in $(seq 0 $((F - 1))); do
+        ( tries=0
+          until taskset -c $((f % 2)) nc -w 30 "$PEER" $((PORT + f)) </tmp/tx$f >/dev/null 2>/tmp/nc$f.err; do
+              tries=$((tries + 1)); [ $tries -ge 30 ] && exit 1; sleep 1
+          done ) &
+        eval "pid$f=\$!"
+    done
+    for f in $(seq 0 $((F - 1))); do
+        eval "wait \$pid$f" || res "FAIL flow $f: nc to $PEER:$((PORT + f)) failed: $(cat /tmp/nc$f.err)"
+    done
+    pq=$(per_queue)
+    echo "SBNET-INFO: mq-client per-queue packets: $pq"
+    res "PASS flows=$F bytes=$per $pq$sums"
+    ;;
 router)
     [ -n "$IF2" ] || res "FAIL the router role needs two sbnet NICs (sbnet.ip2)"
     echo 1 >/proc/sys/net/ipv4/ip_forward || res "FAIL cannot enable ip_forward"
@@ -116,6 +189,30 @@ router)
         sleep 0.1
     done
     res "PASS fwd_a_to_c=$(cat $b/tx_packets) fwd_c_to_a=$(cat $a/tx_packets) in_a_bytes=$in"
+    ;;
+count-rx)
+    [ -n "$PEER" ] && [ -n "$PEERMAC" ] || res "FAIL count-rx needs sbnet.peer and sbnet.peermac"
+    s=/sys/class/net/$IF/statistics
+    arp -i "$IF" -s "$PEER" "$PEERMAC" || res "FAIL arp -s $PEER $PEERMAC failed"
+    rx0=$(cat $s/rx_packets)
+    echo "SBNET-INFO: count-rx: pinging $PEER ($PEERMAC) until the first frame arrives (rx_packets=$rx0)"
+    t0=$(now) pings=0
+    while [ "$(cat $s/rx_packets)" = "$rx0" ]; do
+        echo " waiting for the first frame, $pings pings sent" >/tmp/doing
+        ping -c 1 -W 1 "$PEER" >/dev/null 2>&1 &
+        pings=$((pings + 1))
+        sleep 0.5
+    done
+    echo "SBNET-INFO: count-rx: first frame after $pings pings, $(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s"
+    last=-1 quiet=0
+    while [ $quiet -lt 50 ]; do
+        got=$(( $(cat $s/rx_packets) - rx0 ))
+        echo " receiving, $got frames" >/tmp/doing
+        if [ "$got" = "$last" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        last=$got
+        sleep 0.1
+    done
+    res "PASS rx_packets=$last pings=$pings rx_dropped=$(cat $s/rx_dropped) rx_errors=$(cat $s/rx_errors)"
     ;;
 idle)
     res "PASS idle"
