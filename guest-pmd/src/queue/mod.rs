@@ -64,8 +64,11 @@ struct Slots {
     stride: u32,
 }
 
-// SAFETY: `base` points into the BAR mapping the port's bus owns; the port
-// owns the bus and moves with it.
+// SAFETY: `base` points into the BAR mapping of the port's bus, which the
+// queue pair's `link` (an `Arc` it holds) keeps alive wherever the queue
+// pair goes. Queue pairs of one port run on different threads but touch
+// disjoint slots (`s % Q == q`, docs/abi.md §8), and only through volatile
+// copies and the handle-checked slices of `data`/`data_mut`.
 unsafe impl Send for Slots {}
 
 impl Slots {

@@ -176,8 +176,9 @@ pub struct SplitQueue {
 }
 
 // SAFETY: the raw pointers point into DMA memory owned by the bus, which the
-// port that owns this queue also owns; nothing is shared with other threads
-// of this process, so moving the queue with its port is sound.
+// queue pair owning this queue keeps alive (through the port's shared link);
+// no other queue uses this memory, so moving the queue to another thread
+// with its queue pair is sound.
 unsafe impl Send for SplitQueue {}
 
 impl SplitQueue {
