@@ -13,15 +13,18 @@ use sbnet_abi::common_cfg::{
     VIRTIO_F_VERSION_1,
 };
 use sbnet_abi::net::{
-    cfg_off, NET_CONFIG_LEN, NUM_QUEUES, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
+    cfg_off, ctrl_queue, num_queues, rx_queue, tx_queue, valid_queue_pairs, NetConfig,
+    MAX_QUEUE_PAIRS, NET_CONFIG_LEN, NUM_QUEUES, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
+    VIRTIO_NET_S_LINK_UP,
 };
 use sbnet_abi::pci::{self, cfg, COMMAND_BUS_MASTER, COMMAND_MEMORY};
 use sbnet_abi::shm::SlotGeometry;
 
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, DmaRegion};
 use crate::caps::{self, VirtioCaps, CONFIG_SPACE_LEN};
 use crate::config::PortConfig;
+use crate::ctrl::{self, CtrlQueue};
 use crate::error::PmdError;
 use crate::vq::{RingLayout, SplitQueue};
 
@@ -55,6 +58,14 @@ pub struct SharedRegion {
 // the bus owns this value too and moves with it.
 unsafe impl Send for SharedRegion {}
 
+/// One queue pair's virtqueues.
+pub struct QueuePair {
+    /// `receiveq(q)`, queue `2q`.
+    pub rx: SplitQueue,
+    /// `transmitq(q)`, queue `2q + 1`.
+    pub tx: SplitQueue,
+}
+
 /// What bring-up found out.
 pub struct Setup {
     /// Negotiated feature bits.
@@ -65,10 +76,12 @@ pub struct Setup {
     pub mtu: u16,
     /// The Shared Buffers region, when shared buffers were negotiated.
     pub shm: Option<SharedRegion>,
-    /// Receive queue.
-    pub rxq: SplitQueue,
-    /// Transmit queue.
-    pub txq: SplitQueue,
+    /// The queue pairs opened.
+    pub queues: Vec<QueuePair>,
+    /// The link's queue pairs `Q` (`max_virtqueue_pairs` when the device
+    /// offers `VIRTIO_NET_F_MQ`, else 1): queue pair `q` uses the slots
+    /// `s % Q == q`.
+    pub link_pairs: u16,
 }
 
 /// A virtio-net function behind a bus, with its structures located.
@@ -76,7 +89,7 @@ pub struct Device<B: Bus> {
     bus: B,
     caps: VirtioCaps,
     /// BAR offset of each queue's notify register.
-    notify_at: [u64; NUM_QUEUES as usize],
+    notify_at: [u64; num_queues(MAX_QUEUE_PAIRS) as usize],
 }
 
 impl<B: Bus> Device<B> {
@@ -84,9 +97,11 @@ impl<B: Bus> Device<B> {
     /// its identity, finds its structures, resets it, negotiates features,
     /// maps the Shared Buffers region if negotiated, sets up both queues.
     /// On an error after the reset the device is left `FAILED`.
-    pub fn init(bus: B, cfg: &PortConfig) -> Result<(Self, Setup), PmdError> {
+    /// With `pairs` above 1 it negotiates multiqueue and, after
+    /// `DRIVER_OK`, sets the device to `pairs` queue pairs.
+    pub fn init(bus: B, cfg: &PortConfig, pairs: u16) -> Result<(Self, Setup), PmdError> {
         let mut dev = Self::probe(bus)?;
-        match dev.init_after_probe(cfg) {
+        match dev.init_after_probe(cfg, pairs) {
             Ok(setup) => Ok((dev, setup)),
             Err(e) => {
                 dev.fail();
@@ -114,20 +129,26 @@ impl<B: Bus> Device<B> {
         Ok(Self {
             bus,
             caps,
-            notify_at: [0; NUM_QUEUES as usize],
+            notify_at: [0; num_queues(MAX_QUEUE_PAIRS) as usize],
         })
     }
 
-    fn init_after_probe(&mut self, cfg: &PortConfig) -> Result<Setup, PmdError> {
+    fn init_after_probe(&mut self, cfg: &PortConfig, pairs: u16) -> Result<Setup, PmdError> {
         self.reset()?;
         self.set_status(STATUS_ACKNOWLEDGE)?;
         self.set_status(STATUS_ACKNOWLEDGE | STATUS_DRIVER)?;
-        let features = self.negotiate(!cfg.classic_only)?;
-        let num_queues = self.common_read16(off::NUM_QUEUES)?;
-        if num_queues < NUM_QUEUES {
+        let (features, link_pairs) = self.negotiate(cfg, pairs)?;
+        // With multiqueue: 2Q data queues and the control queue.
+        let need = if pairs > 1 {
+            num_queues(link_pairs)
+        } else {
+            NUM_QUEUES
+        };
+        let have = self.common_read16(off::NUM_QUEUES)?;
+        if have < need {
             return Err(PmdError::Queue {
-                queue: num_queues,
-                reason: "device has fewer than two queues",
+                queue: have,
+                reason: "device has fewer queues than its queue pairs need",
             });
         }
         let mac = if features & bit(VIRTIO_NET_F_MAC) != 0 {
@@ -149,8 +170,23 @@ impl<B: Bus> Device<B> {
         } else {
             None
         };
-        let rxq = self.setup_queue(sbnet_abi::net::RX_QUEUE, cfg.rx_queue_size)?;
-        let txq = self.setup_queue(sbnet_abi::net::TX_QUEUE, cfg.tx_queue_size)?;
+        let mut queues = Vec::with_capacity(usize::from(pairs));
+        for q in 0..pairs {
+            queues.push(QueuePair {
+                rx: self.setup_queue(rx_queue(q), cfg.rx_queue_size)?,
+                tx: self.setup_queue(tx_queue(q), cfg.tx_queue_size)?,
+            });
+        }
+        let ctrl = if pairs > 1 {
+            let q = ctrl_queue(link_pairs);
+            let (size, mem) = self.program_queue(q, 2, CtrlQueue::EXTRA)?;
+            let c = CtrlQueue::new(q, size, mem);
+            let (desc, driver, device) = c.iovas();
+            self.enable_queue(q, desc, driver, device)?;
+            Some(c)
+        } else {
+            None
+        };
         self.common_write16(off::CONFIG_MSIX_VECTOR, NO_VECTOR)?;
         let status = self.status()?;
         if status & STATUS_DEVICE_NEEDS_RESET != 0 {
@@ -159,12 +195,17 @@ impl<B: Bus> Device<B> {
             return Err(PmdError::DeviceNeedsReset { status });
         }
         self.set_status(status | STATUS_DRIVER_OK)?;
+        if let Some(c) = ctrl {
+            ctrl::set_queue_pairs(self, c, pairs)?;
+        }
         tracing::info!(
             features = format_args!("{features:#x}"),
             mtu,
             shared_buffers = shm.is_some(),
-            rx_queue = rxq.size(),
-            tx_queue = txq.size(),
+            queue_pairs = pairs,
+            link_pairs,
+            rx_queue = queues[0].rx.size(),
+            tx_queue = queues[0].tx.size(),
             "sbnet device is up"
         );
         Ok(Setup {
@@ -172,8 +213,8 @@ impl<B: Bus> Device<B> {
             mac,
             mtu,
             shm,
-            rxq,
-            txq,
+            queues,
+            link_pairs,
         })
     }
 
@@ -202,7 +243,8 @@ impl<B: Bus> Device<B> {
         }
     }
 
-    fn negotiate(&mut self, want_shared: bool) -> Result<u64, PmdError> {
+    /// Negotiates features; returns them and the link's queue pairs.
+    fn negotiate(&mut self, cfg: &PortConfig, pairs: u16) -> Result<(u64, u16), PmdError> {
         self.common_write32(off::DEVICE_FEATURE_SELECT, 0)?;
         let lo = self.common_read32(off::DEVICE_FEATURE)?;
         self.common_write32(off::DEVICE_FEATURE_SELECT, 1)?;
@@ -212,8 +254,12 @@ impl<B: Bus> Device<B> {
             return Err(PmdError::NoVersion1 { offered });
         }
         let mut wanted = DRIVER_FEATURES;
-        if want_shared {
+        if !cfg.classic_only {
             wanted |= bit(VIRTIO_NET_F_SHARED_BUFFERS);
+        }
+        let link_pairs = self.link_pairs(offered, pairs)?;
+        if pairs > 1 {
+            wanted |= bit(VIRTIO_NET_F_MQ) | bit(VIRTIO_NET_F_CTRL_VQ);
         }
         let accepted = offered & wanted;
         self.common_write32(off::DRIVER_FEATURE_SELECT, 0)?;
@@ -228,7 +274,37 @@ impl<B: Bus> Device<B> {
         if self.status()? & STATUS_FEATURES_OK == 0 {
             return Err(PmdError::FeaturesRefused { offered, accepted });
         }
-        Ok(accepted)
+        Ok((accepted, link_pairs))
+    }
+
+    /// The link's queue pairs `Q` (virtio 1.2 §5.1.4: the driver may read
+    /// the device configuration before accepting features), checked
+    /// against the `pairs` the port wants.
+    fn link_pairs(&mut self, offered: u64, pairs: u16) -> Result<u16, PmdError> {
+        let mq = offered & bit(VIRTIO_NET_F_MQ) != 0;
+        let link_pairs = if mq {
+            self.device_read16(std::mem::offset_of!(NetConfig, max_virtqueue_pairs))?
+        } else {
+            1
+        };
+        if !valid_queue_pairs(link_pairs) {
+            return Err(PmdError::MultiQueue(format!(
+                "the device reports max_virtqueue_pairs {link_pairs}, not a power of two \
+                 in 1..={MAX_QUEUE_PAIRS}"
+            )));
+        }
+        if pairs > 1 && (!mq || offered & bit(VIRTIO_NET_F_CTRL_VQ) == 0) {
+            return Err(PmdError::MultiQueue(format!(
+                "{pairs} queue pairs asked, but the device does not offer VIRTIO_NET_F_MQ \
+                 with a control queue (start host-pair with more queue pairs)"
+            )));
+        }
+        if pairs > link_pairs {
+            return Err(PmdError::MultiQueue(format!(
+                "{pairs} queue pairs asked, the link has {link_pairs}"
+            )));
+        }
+        Ok(link_pairs)
     }
 
     fn map_shared(&mut self) -> Result<SharedRegion, PmdError> {
@@ -280,6 +356,26 @@ impl<B: Bus> Device<B> {
     }
 
     fn setup_queue(&mut self, q: u16, requested: u16) -> Result<SplitQueue, PmdError> {
+        let (size, mem) = self.program_queue(q, requested, 0)?;
+        // SAFETY: the bus contract makes `mem` valid, zeroed DMA memory for
+        // as long as the bus lives, and the port that will own this queue
+        // owns the bus; `program_queue` checked the length and alignment; the
+        // memory is fresh, so nothing else in this process uses it.
+        let vq = unsafe { SplitQueue::new(q, size, mem) };
+        let (desc, driver, device) = vq.iovas();
+        self.enable_queue(q, desc, driver, device)?;
+        Ok(vq)
+    }
+
+    /// Selects queue `q`, sets its size (`requested`, bounded by the
+    /// device's maximum, rounded down to a power of two) and allocates
+    /// zeroed, 16-byte aligned DMA memory for its rings plus `extra` bytes.
+    pub(crate) fn program_queue(
+        &mut self,
+        q: u16,
+        requested: u16,
+        extra: usize,
+    ) -> Result<(u16, DmaRegion), PmdError> {
         let err = |reason| PmdError::Queue { queue: q, reason };
         self.common_write16(off::QUEUE_SELECT, q)?;
         let max = self.common_read16(off::QUEUE_SIZE)?;
@@ -293,20 +389,30 @@ impl<B: Bus> Device<B> {
             return Err(err("fewer than two entries"));
         }
         self.common_write16(off::QUEUE_SIZE, size)?;
-        let layout = RingLayout::new(size);
-        let mem = self.bus.dma_alloc(layout.total)?;
-        if mem.len < layout.total {
+        let len = RingLayout::new(size).total + extra;
+        let mem = self.bus.dma_alloc(len)?;
+        if mem.len < len {
             return Err(PmdError::BadDma("shorter than asked"));
         }
         if !(mem.ptr as usize).is_multiple_of(16) || !mem.iova.is_multiple_of(16) {
             return Err(PmdError::BadDma("not 16-byte aligned"));
         }
-        // SAFETY: the bus contract makes `mem` valid, zeroed DMA memory for
-        // as long as the bus lives, and the port that will own this queue
-        // owns the bus; the length and alignment were checked above; the
-        // memory is fresh, so nothing else in this process uses it.
-        let vq = unsafe { SplitQueue::new(q, size, mem) };
-        let (desc, driver, device) = vq.iovas();
+        Ok((size, mem))
+    }
+
+    /// Gives the selected queue `q` its ring addresses, finds its notify
+    /// register and enables it.
+    pub(crate) fn enable_queue(
+        &mut self,
+        q: u16,
+        desc: u64,
+        driver: u64,
+        device: u64,
+    ) -> Result<(), PmdError> {
+        let err = |reason| PmdError::Queue { queue: q, reason };
+        if usize::from(q) >= self.notify_at.len() {
+            return Err(err("beyond the queues a driver of 16 queue pairs uses"));
+        }
         self.common_write64(off::QUEUE_DESC, desc)?;
         self.common_write64(off::QUEUE_DRIVER, driver)?;
         self.common_write64(off::QUEUE_DEVICE, device)?;
@@ -318,12 +424,12 @@ impl<B: Bus> Device<B> {
         }
         self.notify_at[q as usize] = u64::from(self.caps.notify.offset) + at;
         self.common_write16(off::QUEUE_ENABLE, 1)?;
-        Ok(vq)
+        Ok(())
     }
 
     /// Tells the device that queue `q` has new buffers.
     pub fn notify(&mut self, q: u16) -> Result<(), BusError> {
-        let at = self.notify_at[q as usize];
+        let at = self.notify_at.get(usize::from(q)).copied().unwrap_or(0);
         self.bus
             .bar_write(self.caps.notify.bar, at, &q.to_le_bytes())
     }
@@ -458,7 +564,7 @@ mod tests {
     use sbnet_abi::common_cfg::STATUS_FEATURES_OK;
 
     fn init(dev: &FakeDevice, cfg: &PortConfig) -> Result<(Device<FakeBus>, Setup), PmdError> {
-        Device::init(dev.bus(), cfg)
+        Device::init(dev.bus(), cfg, 1)
     }
 
     #[test]
@@ -474,15 +580,15 @@ mod tests {
         let shm = setup.shm.unwrap();
         assert_eq!(shm.side, 0);
         assert_eq!(shm.geometry.slot_count(), FakeOptions::default().slot_count);
-        assert_eq!(setup.rxq.size(), FakeOptions::default().queue_size);
+        assert_eq!(setup.queues[0].rx.size(), FakeOptions::default().queue_size);
         let side = fake.regs();
         assert_eq!(side.status & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
         assert!(side
             .queues
             .iter()
             .all(|q| q.enable == 1 && q.msix == NO_VECTOR));
-        assert_eq!(side.queues[0].desc, setup.rxq.iovas().0);
-        assert_eq!(side.queues[1].device, setup.txq.iovas().2);
+        assert_eq!(side.queues[0].desc, setup.queues[0].rx.iovas().0);
+        assert_eq!(side.queues[1].device, setup.queues[0].tx.iovas().2);
         assert_eq!(side.command & (COMMAND_MEMORY | COMMAND_BUS_MASTER), 6);
     }
 
@@ -516,8 +622,8 @@ mod tests {
             ..PortConfig::default()
         };
         let (_dev, setup) = init(&fake, &cfg).unwrap();
-        assert_eq!(setup.rxq.size(), 256);
-        assert_eq!(setup.txq.size(), 64);
+        assert_eq!(setup.queues[0].rx.size(), 256);
+        assert_eq!(setup.queues[0].tx.size(), 64);
     }
 
     #[test]

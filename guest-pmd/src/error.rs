@@ -49,6 +49,11 @@ pub enum PmdError {
         /// The bits the driver accepted.
         accepted: u64,
     },
+    /// Multiqueue cannot be set up as asked: the device does not offer
+    /// it, has fewer queue pairs, or its control queue refused or broke
+    /// the `VQ_PAIRS_SET` command.
+    #[error("multiqueue: {0}")]
+    MultiQueue(String),
     /// A queue cannot be set up.
     #[error("queue {queue}: {reason}")]
     Queue {

@@ -31,6 +31,30 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With several queue pairs, one thread per queue pair, DPDK-style:
+//!
+//! ```no_run
+//! # fn demo<B: sbnet_pmd::bus::Bus>(bus: B) -> Result<(), sbnet_pmd::PmdError> {
+//! use sbnet_pmd::{Port, PortConfig};
+//! let mut port = Port::open_queue_pairs(bus, PortConfig::default(), 2)?;
+//! std::thread::scope(|s| {
+//!     for q in port.queues_mut() {
+//!         s.spawn(move || {
+//!             let mut rx: [Option<sbnet_pmd::Pkt>; 32] = Default::default();
+//!             let n = q.rx_burst(&mut rx)?;
+//!             for p in rx[..n].iter_mut().filter_map(Option::take) {
+//!                 q.free(p);
+//!             }
+//!             Ok::<_, sbnet_pmd::PmdError>(())
+//!         });
+//!     }
+//! });
+//! let per_queue = port.queue_stats(1);
+//! let whole_port = port.stats();
+//! # let _ = (per_queue, whole_port);
+//! # Ok(()) }
+//! ```
+//!
 //! ## Pieces
 //!
 //! | module | job |
@@ -44,7 +68,10 @@
 //! | `pkt` | [`Pkt`], the handle of a buffer the application holds |
 //! | `gift` | when to hand surplus slots back to the peer |
 //! | `mode` | an epoch's [`Mode`]: zero-copy, copy or classic |
-//! | `port` | [`Port`]: open, `alloc`/`free`, `rx_burst`/`tx_burst`, resync |
+//! | `ctrl` | the control queue: `VQ_PAIRS_SET` at start (multiqueue) |
+//! | `link` | what the queue pairs share: the device registers (cold paths), epoch acknowledgement |
+//! | `queue` | [`PortQueue`]: one queue pair's `alloc`/`free`, `rx_burst`/`tx_burst`, resync |
+//! | `port` | [`Port`]: open, the queue pairs, the single-queue API |
 //! | `stats` | [`Stats`] |
 //!
 //! ## Design choices
@@ -60,6 +87,13 @@
 //!   posts the peer's slots on its receive queue, and a zero-copy send
 //!   gives the slot away; the slot is posted back once the host completes
 //!   the send.
+//! - **Queue pairs are sub-pairs.** On a link of `Q` queue pairs, queue
+//!   pair `q` uses the slots `s % Q == q` only, and starts with those of
+//!   them whose `(s / Q) % 2` is its side. Each [`PortQueue`] owns its
+//!   queues, ledger share, gifts, resync and counters, so one thread per
+//!   queue pair shares nothing on the packet path; only cold paths (a
+//!   notification a sleeping host asks for, epoch polls and resyncs) take
+//!   the port's device lock.
 //! - **Gifts.** Free slots above `slot_count / 2 + hysteresis` are gifted
 //!   down to `slot_count / 2`, in bursts ([`PortConfig::gift_hysteresis`],
 //!   [`PortConfig::gift_burst`]).
@@ -76,13 +110,16 @@ pub mod bus;
 mod caps;
 mod classic;
 mod config;
+mod ctrl;
 mod device;
 mod error;
 mod gift;
 mod ledger;
+mod link;
 mod mode;
 mod pkt;
 mod port;
+mod queue;
 mod stats;
 mod vq;
 
@@ -98,6 +135,7 @@ pub use ledger::SlotState;
 pub use mode::Mode;
 pub use pkt::Pkt;
 pub use port::Port;
+pub use queue::PortQueue;
 pub use stats::{ClassicCounts, SlotCounts, Stats};
 pub use vq::VqError;
 /// The split virtqueue's driver side, for the fuzz crate (`fuzz/`, target

@@ -36,9 +36,9 @@ impl Mode {
     }
 
     /// Whether this side owns slot `s` at the start of the epoch (rule 2).
-    pub fn initially_mine(self, side: u8, s: u32) -> bool {
+    pub fn initially_mine(self, side: u8, s: u32, q_pairs: u16) -> bool {
         match self {
-            Self::ZeroCopy => sbnet_abi::shm::initial_owner(s) == side,
+            Self::ZeroCopy => sbnet_abi::shm::initial_owner_mq(s, q_pairs) == side,
             Self::Copy => true,
             Self::Classic => false,
         }
@@ -67,10 +67,13 @@ mod tests {
         // A peer that is gone cannot have shared buffers in this epoch.
         assert_eq!(Mode::of_epoch(true, PEER_SHARED_BUFFERS), Mode::Copy);
         assert_eq!(Mode::of_epoch(false, both), Mode::Classic);
-        assert!(Mode::ZeroCopy.initially_mine(0, 4));
-        assert!(!Mode::ZeroCopy.initially_mine(0, 5));
-        assert!(Mode::ZeroCopy.initially_mine(1, 5));
-        assert!(Mode::Copy.initially_mine(1, 4));
-        assert!(!Mode::Classic.initially_mine(0, 4));
+        assert!(Mode::ZeroCopy.initially_mine(0, 4, 1));
+        assert!(!Mode::ZeroCopy.initially_mine(0, 5, 1));
+        assert!(Mode::ZeroCopy.initially_mine(1, 5, 1));
+        // Two queue pairs: side (s / 2) % 2 starts with slot s.
+        assert!(Mode::ZeroCopy.initially_mine(0, 1, 2));
+        assert!(Mode::ZeroCopy.initially_mine(1, 3, 2));
+        assert!(Mode::Copy.initially_mine(1, 4, 1));
+        assert!(!Mode::Classic.initially_mine(0, 4, 1));
     }
 }

@@ -1,4 +1,4 @@
-//! Per-port counters.
+//! Per-queue-pair and per-port counters.
 
 use crate::mode::Mode;
 
@@ -95,7 +95,69 @@ pub struct Stats {
     pub classic: ClassicCounts,
 }
 
+/// Adds the listed fields of `$b` to `$a`.
+macro_rules! add_fields {
+    ($a:expr, $b:expr, $($f:ident),+ $(,)?) => {
+        $( $a.$f += $b.$f; )+
+    };
+}
+
+impl SlotCounts {
+    /// Adds `o`'s counts (another queue pair's ledger).
+    pub fn add(&mut self, o: &Self) {
+        add_fields!(
+            self,
+            o,
+            free,
+            held,
+            in_flight_tx,
+            peer_posted,
+            peer_unposted
+        );
+    }
+}
+
+impl ClassicCounts {
+    /// Adds `o`'s counts (another queue pair's pool).
+    pub fn add(&mut self, o: &Self) {
+        add_fields!(self, o, free, held, posted_rx, in_flight_tx);
+    }
+}
+
 impl Stats {
+    /// Adds another queue pair's counters and snapshots to these (mode
+    /// and epoch stay these).
+    pub fn add(&mut self, o: &Self) {
+        add_fields!(
+            self,
+            o,
+            rx_packets,
+            rx_bytes,
+            tx_packets,
+            tx_bytes,
+            rx_zero_copy,
+            rx_copied,
+            tx_zero_copy,
+            tx_copied,
+            gifts_sent,
+            gifts_received,
+            alloc_failed,
+            tx_ring_full,
+            refused_completions,
+            device_misbehaved,
+            resyncs,
+            stale_handles,
+            rx_dropped_resync,
+            rx_runts,
+            notifies,
+            rx_publishes,
+            tx_publishes,
+            epoch_polls,
+        );
+        self.slots.add(&o.slots);
+        self.classic.add(&o.classic);
+    }
+
     /// The counters as a JSON object (for tools and benchmark logs).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
@@ -137,5 +199,44 @@ impl Stats {
                 "in_flight_tx": self.classic.in_flight_tx,
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sums_counters_and_snapshots_and_keeps_mode_and_epoch() {
+        let a = Stats {
+            rx_packets: 3,
+            tx_zero_copy: 5,
+            epoch_polls: 1,
+            mode: Mode::ZeroCopy,
+            epoch: 7,
+            slots: SlotCounts {
+                free: 2,
+                peer_unposted: 1,
+                ..SlotCounts::default()
+            },
+            classic: ClassicCounts {
+                posted_rx: 4,
+                ..ClassicCounts::default()
+            },
+            ..Stats::default()
+        };
+        let mut sum = a;
+        sum.add(&Stats {
+            mode: Mode::Copy,
+            epoch: 9,
+            ..a
+        });
+        assert_eq!(
+            (sum.rx_packets, sum.tx_zero_copy, sum.epoch_polls),
+            (6, 10, 2)
+        );
+        assert_eq!((sum.slots.free, sum.slots.peer_unposted), (4, 2));
+        assert_eq!(sum.classic.posted_rx, 8);
+        assert_eq!((sum.mode, sum.epoch), (Mode::ZeroCopy, 7));
     }
 }

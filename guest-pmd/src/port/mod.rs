@@ -1,211 +1,108 @@
-//! The port: one sbnet function driven as a poll-mode Ethernet port.
+//! The port: one sbnet function driven as a poll-mode Ethernet port, with
+//! one or more queue pairs ([`PortQueue`]).
 //!
-//! | file | concern |
-//! |---|---|
-//! | `mod.rs` | opening, buffers and packet handles, accessors, stats |
-//! | `rx.rs` | `rx_burst` and the receive completions |
-//! | `tx.rs` | `tx_burst`, transmit completions, gifts, posting receive buffers |
-//! | `resync.rs` | epochs: noticing a change, drain, acknowledge, new split |
+//! The single-queue calls (`alloc`, `rx_burst`, `tx_burst`, …) act on
+//! queue pair 0; `rx_burst_q`/`tx_burst_q` and [`Port::queue_mut`] reach
+//! the others from one thread, and [`Port::queues_mut`] hands out every
+//! queue pair at once, e.g. one per thread of a `std::thread::scope`.
 
-mod resync;
-mod rx;
-mod tx;
-
-use std::num::NonZeroU32;
-use std::ptr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
-
-use sbnet_abi::net::{NetHdr, NET_HDR_LEN, RX_QUEUE, TX_QUEUE};
+use std::sync::Arc;
 
 use crate::bus::Bus;
-use crate::classic::{ClassicPool, ClassicState};
+use crate::classic::ClassicPool;
 use crate::config::PortConfig;
 use crate::device::{Device, SharedRegion};
-use crate::error::{Failure, PmdError};
-use crate::gift::GiftPolicy;
-use crate::ledger::{Ledger, SlotState};
+use crate::error::PmdError;
+use crate::ledger::SlotState;
+use crate::link::Link;
 use crate::mode::Mode;
-use crate::pkt::{Buf, Pkt};
+use crate::pkt::Pkt;
+use crate::queue::PortQueue;
 use crate::stats::Stats;
-use crate::vq::{SplitQueue, VqError};
-
-/// Header bytes in front of every frame.
-const HDR: u32 = NET_HDR_LEN as u32;
-
-/// Source of port ids (a handle names the port it came from).
-static NEXT_PORT_ID: AtomicU32 = AtomicU32::new(1);
-
-/// A burst function chosen once per epoch.
-type RxFn<B> = fn(&mut Port<B>, &mut [Option<Pkt>]) -> usize;
-/// A burst function chosen once per epoch.
-type TxFn<B> = fn(&mut Port<B>, &mut [Option<Pkt>]) -> usize;
-
-/// The Shared Buffers region as the packet path uses it (all zero on a
-/// classic port).
-#[derive(Clone, Copy)]
-struct Slots {
-    base: *mut u8,
-    window: u64,
-    size: u32,
-    side: u8,
-}
-
-// SAFETY: `base` points into the BAR mapping the port's bus owns; the port
-// owns the bus and moves with it.
-unsafe impl Send for Slots {}
-
-impl Slots {
-    /// Where slot `s`'s header starts in this process (`s` below the slot
-    /// count for the pointer to be inside the mapping).
-    #[inline(always)]
-    fn ptr(self, s: u32) -> *mut u8 {
-        self.base.wrapping_add(s as usize * self.size as usize)
-    }
-
-    /// The bus address a descriptor for slot `s` carries.
-    #[inline(always)]
-    fn addr(self, s: u32) -> u64 {
-        self.window + u64::from(s) * u64::from(self.size)
-    }
-}
+use sbnet_abi::net::{valid_queue_pairs, NetHdr};
 
 /// A poll-mode port over one sbnet function.
 ///
-/// Open it with [`Port::open`]; then, from one thread, call
-/// [`Port::rx_burst`] regularly (it also reaps transmit completions,
-/// reposts receive buffers, gifts surplus slots and notices epoch changes),
-/// [`Port::alloc`] and [`Port::tx_burst`] to send, and [`Port::free`] for
-/// received packets the application does not forward. Dropping the port
-/// resets the device, so the host stops using its memory before the bus
-/// unmaps it.
+/// Open it with [`Port::open`]; then call [`Port::rx_burst`] regularly (it
+/// also reaps transmit completions, reposts receive buffers, gifts surplus
+/// slots and notices epoch changes), [`Port::alloc`] and
+/// [`Port::tx_burst`] to send, and [`Port::free`] for received packets the
+/// application does not forward. With several queue pairs
+/// ([`Port::open_queue_pairs`]) each [`PortQueue`] is such a port of its
+/// own, over its share of the slots. Dropping the port resets the device,
+/// so the host stops using its memory before the bus unmaps it.
 ///
 /// The packet path (`alloc`, `free`, `data`, `data_mut`, `rx_burst`,
 /// `tx_burst`) allocates nothing, takes no lock and makes no system call,
 /// except the queue notification a non-polling host asks for.
 pub struct Port<B: Bus> {
-    id: NonZeroU32,
-    dev: Device<B>,
-    cfg: PortConfig,
+    link: Arc<Link<B>>,
     features: u64,
     mac: [u8; 6],
     mtu: u16,
     shm: Option<SharedRegion>,
-    slots: Slots,
-    rxq: SplitQueue,
-    txq: SplitQueue,
-    ledger: Ledger,
-    classic: ClassicPool,
-    gift: GiftPolicy,
-    /// The current epoch's mode and the burst functions chosen for it.
-    mode: Mode,
-    rx_fn: RxFn<B>,
-    tx_fn: TxFn<B>,
-    /// Bumped at every resync; slot handles carry it.
-    generation: u32,
-    /// The pairing epoch acknowledged.
-    epoch: u32,
-    peer_status: u32,
-    /// Classic receive buffers to keep posted in this mode.
-    classic_rx_target: u32,
-    idle_polls: u32,
-    /// When an idle port next reads the pairing epoch.
-    next_epoch_poll: Instant,
-    /// A resync started and has not finished (drain timed out).
-    resync_pending: bool,
-    /// Receive completions of length 0 seen in this burst.
-    zero_len: u32,
-    failed: Option<Failure>,
-    st: Stats,
+    /// The link's queue pairs `Q` (the slot stride).
+    link_pairs: u16,
+    queues: Vec<PortQueue<B>>,
 }
 
 impl<B: Bus> Port<B> {
     /// Brings the function up (virtio 1.x initialisation, feature
-    /// negotiation, queues), synchronises to the current pairing epoch and
-    /// posts receive buffers.
+    /// negotiation, queues), synchronises to the current pairing epoch
+    /// and posts receive buffers. One queue pair: no multiqueue is
+    /// negotiated (on a multiqueue link the port uses sub-pair 0's slots).
     pub fn open(bus: B, cfg: PortConfig) -> Result<Self, PmdError> {
+        Self::open_queue_pairs(bus, cfg, 1)
+    }
+
+    /// [`Port::open`] with `pairs` queue pairs: a power of two, at most the
+    /// link's `max_virtqueue_pairs`. Above 1 the port negotiates
+    /// `VIRTIO_NET_F_MQ` with the control queue, sends
+    /// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET pairs` after `DRIVER_OK` and waits
+    /// (bounded) for `VIRTIO_NET_OK`; a device that does not offer it, has
+    /// fewer pairs or refuses is a [`PmdError::MultiQueue`].
+    pub fn open_queue_pairs(bus: B, cfg: PortConfig, pairs: u16) -> Result<Self, PmdError> {
         cfg.validate()?;
-        let (mut dev, setup) = Device::init(bus, &cfg)?;
-        let classic_count = u32::from(setup.rxq.size())
-            + if setup.shm.is_none() {
-                u32::from(setup.txq.size())
-            } else {
-                0
-            };
-        let buf_size = cfg.classic_buf_size.next_multiple_of(64);
-        let pool_bytes = classic_count as usize * buf_size as usize;
-        let classic = match dev.bus_mut().dma_alloc(pool_bytes) {
-            Ok(mem) => ClassicPool::new(mem, classic_count, buf_size)
-                .ok_or(PmdError::BadDma("classic pool shorter than asked")),
-            Err(e) => Err(e.into()),
-        };
-        let classic = match classic {
-            Ok(c) => c,
-            Err(e) => {
-                dev.fail();
-                return Err(e);
+        if !valid_queue_pairs(pairs) {
+            return Err(PmdError::Config(
+                "queue pairs must be a power of two between 1 and 16",
+            ));
+        }
+        let (mut dev, setup) = Device::init(bus, &cfg, pairs)?;
+        let mut pools = Vec::with_capacity(setup.queues.len());
+        for qp in &setup.queues {
+            match classic_pool(&mut dev, &cfg, qp.rx.size(), qp.tx.size(), setup.shm) {
+                Ok(p) => pools.push(p),
+                Err(e) => {
+                    dev.fail();
+                    return Err(e);
+                }
             }
-        };
-        let slot_count = setup.shm.map_or(0, |s| s.geometry.slot_count());
-        let slots = setup.shm.map_or(
-            Slots {
-                base: ptr::null_mut(),
-                window: 0,
-                size: 0,
-                side: 0,
-            },
-            |s| Slots {
-                base: s.ptr,
-                window: s.window,
-                size: s.geometry.slot_size(),
-                side: s.side,
-            },
-        );
-        let id = NonZeroU32::new(NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed))
-            .unwrap_or(NonZeroU32::MIN);
+        }
+        let link = Arc::new(Link::new(dev, pairs));
         let mut port = Self {
-            id,
-            dev,
-            gift: GiftPolicy::new(slot_count, cfg.gift_hysteresis, cfg.gift_burst),
-            cfg,
+            link: Arc::clone(&link),
             features: setup.features,
             mac: setup.mac,
             mtu: setup.mtu,
             shm: setup.shm,
-            slots,
-            rxq: setup.rxq,
-            txq: setup.txq,
-            ledger: Ledger::new(slot_count, |_| false),
-            classic,
-            mode: Mode::Classic,
-            rx_fn: Self::rx_impl::<false>,
-            tx_fn: Self::tx_impl::<false>,
-            generation: 0,
-            epoch: 0,
-            peer_status: 0,
-            classic_rx_target: 0,
-            idle_polls: 0,
-            next_epoch_poll: Instant::now(),
-            resync_pending: false,
-            zero_len: 0,
-            failed: None,
-            st: Stats::default(),
+            link_pairs: setup.link_pairs,
+            queues: Vec::with_capacity(setup.queues.len()),
         };
-        let room =
-            u32::from(port.rxq.size()).saturating_sub(u32::from(port.cfg.classic_rx_buffers));
-        if slot_count / 2 > room {
-            tracing::warn!(
-                slot_count,
-                rx_queue = port.rxq.size(),
-                "the receive queue cannot post all of the peer's slots; \
-                 sends of unposted slots will wait in the host"
-            );
+        for (q, (qp, pool)) in setup.queues.into_iter().zip(pools).enumerate() {
+            port.queues.push(PortQueue::new(
+                Arc::clone(&link),
+                cfg.clone(),
+                q as u16,
+                qp,
+                pool,
+                setup.shm,
+                u32::from(setup.link_pairs),
+            ));
         }
         // From here on, dropping `port` resets the device.
-        port.sync_epoch()?;
-        if !port.resync_pending {
-            // Otherwise the first burst finishes the resync and posts.
-            port.refill_rx();
+        for q in &mut port.queues {
+            q.start()?;
         }
         Ok(port)
     }
@@ -225,26 +122,78 @@ impl<B: Bus> Port<B> {
         self.features
     }
 
-    /// The current epoch's mode.
-    pub fn mode(&self) -> Mode {
-        self.mode
+    /// The queue pairs opened.
+    pub fn queue_pairs(&self) -> u16 {
+        self.queues.len() as u16
     }
 
-    /// The pairing epoch the port is synchronised to (on a classic port:
-    /// the last one seen).
+    /// The link's queue pairs (`max_virtqueue_pairs`, 1 without
+    /// multiqueue): queue pair `q` uses the slots `s % link_pairs == q`.
+    pub fn link_pairs(&self) -> u16 {
+        self.link_pairs
+    }
+
+    /// Queue pair `q` (panics if `q >= queue_pairs()`).
+    pub fn queue_mut(&mut self, q: u16) -> &mut PortQueue<B> {
+        &mut self.queues[usize::from(q)]
+    }
+
+    /// Queue pair `q`, read-only (panics if `q >= queue_pairs()`).
+    pub fn queue(&self, q: u16) -> &PortQueue<B> {
+        &self.queues[usize::from(q)]
+    }
+
+    /// Every queue pair, to drive each from its own thread (a
+    /// `&mut PortQueue` is `Send`): the port stays borrowed, and open,
+    /// until they are given back.
+    pub fn queues_mut(&mut self) -> &mut [PortQueue<B>] {
+        &mut self.queues
+    }
+
+    /// `rx_burst` on queue pair `q` (see [`Port::rx_burst`]).
+    #[inline]
+    pub fn rx_burst_q(&mut self, q: u16, out: &mut [Option<Pkt>]) -> Result<usize, PmdError> {
+        self.queue_mut(q).rx_burst(out)
+    }
+
+    /// `tx_burst` on queue pair `q` (see [`Port::tx_burst`]).
+    #[inline]
+    pub fn tx_burst_q(&mut self, q: u16, pkts: &mut [Option<Pkt>]) -> Result<usize, PmdError> {
+        self.queue_mut(q).tx_burst(pkts)
+    }
+
+    /// Queue pair 0.
+    #[inline(always)]
+    fn q0(&self) -> &PortQueue<B> {
+        &self.queues[0]
+    }
+
+    /// Queue pair 0.
+    #[inline(always)]
+    fn q0_mut(&mut self) -> &mut PortQueue<B> {
+        &mut self.queues[0]
+    }
+
+    /// The current epoch's mode (of queue pair 0).
+    pub fn mode(&self) -> Mode {
+        self.q0().mode()
+    }
+
+    /// The pairing epoch queue pair 0 is synchronised to (on a classic
+    /// port: the last one seen).
     pub fn epoch(&self) -> u32 {
-        self.epoch
+        self.q0().epoch()
     }
 
     /// The epoch's `peer_status` word (`PEER_PRESENT`,
     /// `PEER_SHARED_BUFFERS`).
     pub fn peer_status(&self) -> u32 {
-        self.peer_status
+        self.q0().peer_status()
     }
 
-    /// The port's epoch generation (see [`Pkt::generation`]).
+    /// Queue pair 0's epoch generation (see [`Pkt::generation`]).
     pub fn generation(&self) -> u32 {
-        self.generation
+        self.q0().generation()
     }
 
     /// This side's index in the pair, when shared buffers were negotiated.
@@ -257,335 +206,154 @@ impl<B: Bus> Port<B> {
         self.shm.map(|s| s.geometry.slot_size())
     }
 
-    /// Number of slots (0 on a classic port).
+    /// Number of slots in the region (0 on a classic port).
     pub fn slot_count(&self) -> u32 {
-        self.ledger.len()
+        self.shm.map_or(0, |s| s.geometry.slot_count())
     }
 
-    /// Receive and transmit queue sizes.
+    /// Receive and transmit queue sizes (every queue pair has the same).
     pub fn queue_sizes(&self) -> (u16, u16) {
-        (self.rxq.size(), self.txq.size())
+        self.q0().queue_sizes()
     }
 
-    /// Where slot `s` is in this side's ledger.
+    /// Where slot `s` is in this side's ledger (None out of range, or when
+    /// its queue pair `s % link_pairs` is not open).
     pub fn slot_state(&self, s: u32) -> Option<SlotState> {
-        self.ledger.state(s)
+        let q = s % u32::from(self.link_pairs);
+        self.queues.get(q as usize)?.slot_state(s)
     }
 
     /// Whether this side owns slot `s` now (it is free, held by the
     /// application, or — in copy mode — on the transmit queue).
     pub fn owns_slot(&self, s: u32) -> bool {
-        match self.ledger.state(s) {
-            Some(SlotState::Free | SlotState::Held) => true,
-            Some(SlotState::InFlightTx) => self.mode == Mode::Copy,
-            _ => false,
-        }
+        let q = s % u32::from(self.link_pairs);
+        self.queues.get(q as usize).is_some_and(|p| p.owns_slot(s))
     }
 
-    /// Checks the slot ledger's invariants (O(slots); for tests and
+    /// Checks every queue pair's slot ledger (O(slots); for tests and
     /// diagnostics).
     pub fn check_ledger(&self) -> Result<(), String> {
-        self.ledger.check()
+        for q in &self.queues {
+            q.check_ledger()
+                .map_err(|e| format!("queue pair {}: {e}", q.index()))?;
+        }
+        Ok(())
     }
 
-    /// The failure that stopped the port, if any.
+    /// The failure that stopped a queue pair, if any.
     pub fn failure(&self) -> Option<PmdError> {
-        self.failed.map(PmdError::from)
+        self.queues.iter().find_map(PortQueue::failure)
     }
 
-    /// True while a resync waits for the host to give back the buffers
-    /// this port had posted (the drain timed out): bursts move nothing and
-    /// [`Port::alloc`] hands out nothing until a later burst finishes it.
+    /// True while queue pair 0's resync waits for the host (see
+    /// [`PortQueue::resync_pending`]).
     pub fn resync_pending(&self) -> bool {
-        self.resync_pending
+        self.q0().resync_pending()
     }
 
     /// Reads the link status bit of the device configuration (a bus access).
     pub fn link_up(&mut self) -> Result<bool, PmdError> {
-        self.dev.link_up()
+        self.q0_mut().link_up()
     }
 
-    /// The counters, with a snapshot of the ledger.
+    /// The counters of every queue pair added up, with their ledgers'
+    /// snapshots (mode and epoch: queue pair 0's).
     pub fn stats(&self) -> Stats {
-        Stats {
-            mode: self.mode,
-            epoch: self.epoch,
-            slots: self.ledger.counts(),
-            classic: self.classic.counts(),
-            rx_publishes: self.rxq.publishes(),
-            tx_publishes: self.txq.publishes(),
-            ..self.st
+        let mut st = self.q0().stats();
+        for q in &self.queues[1..] {
+            st.add(&q.stats());
         }
+        st
     }
 
-    /// Whether `pkt` is a current handle of this port for a buffer the
-    /// application holds.
-    #[inline]
-    fn owns(&self, pkt: &Pkt) -> bool {
-        if pkt.port() != self.id {
-            return false;
+    /// Queue pair `q`'s counters (None if it is not open).
+    pub fn queue_stats(&self, q: u16) -> Option<Stats> {
+        self.queues.get(usize::from(q)).map(PortQueue::stats)
+    }
+
+    /// Reads the pairing epoch now on every queue pair (see
+    /// [`PortQueue::poll_epoch`]). Returns whether any resynchronised.
+    pub fn poll_epoch(&mut self) -> Result<bool, PmdError> {
+        let mut any = false;
+        for q in &mut self.queues {
+            any |= q.poll_epoch()?;
         }
-        match pkt.buf() {
-            Buf::Slot(s) => {
-                pkt.generation() == self.generation && self.ledger.state(s) == Some(SlotState::Held)
-            }
-            Buf::Classic(i) => self.classic.state(i) == Some(ClassicState::Held),
-        }
+        Ok(any)
     }
 
-    /// Where buffer `b`'s header starts in this process. `b` must be a
-    /// buffer of this port (a slot below the slot count or a classic index
-    /// below the pool size), as every token and checked handle is.
-    #[inline]
-    fn buf_ptr(&self, b: Buf) -> *mut u8 {
-        match b {
-            Buf::Slot(s) => self.slots.ptr(s),
-            Buf::Classic(i) => self.classic.ptr(i),
-        }
-    }
-
-    /// The bus address a descriptor for buffer `b` carries.
-    #[inline]
-    fn buf_addr(&self, b: Buf) -> u64 {
-        match b {
-            Buf::Slot(s) => self.slots.addr(s),
-            Buf::Classic(i) => self.classic.iova(i),
-        }
-    }
-
-    /// Bytes in buffer `b`, header included.
-    #[inline]
-    fn buf_size(&self, b: Buf) -> u32 {
-        match b {
-            Buf::Slot(_) => self.slots.size,
-            Buf::Classic(_) => self.classic.buf_size(),
-        }
-    }
-
-    /// Writes a header with `flags` (others zero) in front of buffer `b`.
-    #[inline]
-    fn write_hdr(&self, b: Buf, flags: u8) {
-        // SAFETY: `b` is this port's buffer (see `buf_ptr`), at least
-        // 64 bytes long, so its 12 header bytes are inside mapped memory;
-        // the port owns it (rule 1), so nobody else writes it.
-        unsafe { put_hdr(self.buf_ptr(b), flags) };
-    }
-
-    /// Reads buffer `b`'s header, once.
-    #[inline]
-    fn read_hdr(&self, b: Buf) -> NetHdr {
-        // SAFETY: as in `write_hdr`; a volatile read of plain bytes, copied
-        // out before use, so a peer that rewrites it cannot change what we
-        // decide on.
-        let bytes = unsafe { ptr::read_volatile(self.buf_ptr(b).cast::<[u8; NET_HDR_LEN]>()) };
-        NetHdr::from_bytes(&bytes)
-    }
-
-    /// A free buffer to build a packet in, its header zeroed and its length
-    /// 0 (use [`Pkt::set_len`], then [`Port::data_mut`]). A slot in
-    /// zero-copy and copy modes, a classic buffer on a classic port. `None`
-    /// when none is free (counted in [`Stats::alloc_failed`]): receive or
-    /// wait for transmit completions and try again.
+    /// A free buffer of queue pair 0 (see [`PortQueue::alloc`]).
     #[inline]
     pub fn alloc(&mut self) -> Option<Pkt> {
-        if self.failed.is_some() || self.resync_pending {
-            return None;
-        }
-        let b = match self.take_free() {
-            Some(b) => b,
-            None => self.alloc_slow()?,
-        };
-        self.write_hdr(b, 0);
-        Some(Pkt::new(self.id, self.generation, b, 0, self.buf_size(b) - HDR).with_clean_hdr())
+        self.q0_mut().alloc()
     }
 
-    #[inline]
-    fn take_free(&mut self) -> Option<Buf> {
-        if self.mode != Mode::Classic {
-            return self.ledger.alloc().map(Buf::Slot);
-        }
-        // Leave what the receive queue is missing for the next refill.
-        let deficit = self
-            .classic_rx_target
-            .saturating_sub(self.classic.count(ClassicState::PostedRx));
-        if self.classic.count(ClassicState::Free) <= deficit {
-            return None;
-        }
-        self.classic.alloc().map(Buf::Classic)
-    }
-
-    /// The pool is empty: reap transmit completions (a copy-mode or classic
-    /// send returns its buffer) and try once more.
-    #[cold]
-    fn alloc_slow(&mut self) -> Option<Buf> {
-        if self.mode == Mode::ZeroCopy {
-            self.reap_tx::<true>();
-        } else {
-            self.reap_tx::<false>();
-        }
-        let b = self.take_free();
-        if b.is_none() {
-            self.st.alloc_failed += 1;
-        }
-        b
-    }
-
-    /// Gives a packet back to the pool. A stale handle (older epoch or
-    /// another port) is ignored and counted.
+    /// Gives a packet of queue pair 0 back (see [`PortQueue::free`]).
     #[inline]
     pub fn free(&mut self, pkt: Pkt) {
-        // The ownership check and the transition are one step: the ledger
-        // (or pool) refuses a buffer that is not held, changing nothing.
-        let freed = pkt.port() == self.id
-            && match pkt.buf() {
-                Buf::Slot(s) => pkt.generation() == self.generation && self.ledger.free(s),
-                Buf::Classic(i) => self.classic.free(i),
-            };
-        if !freed {
-            self.stale();
-        }
+        self.q0_mut().free(pkt)
     }
 
-    #[cold]
-    fn stale(&mut self) {
-        self.st.stale_handles += 1;
-    }
-
-    /// The frame bytes of `pkt` (after the header, `pkt.len()` of them).
-    /// Empty for a stale handle.
+    /// The frame bytes of a packet of queue pair 0 (see
+    /// [`PortQueue::data`]).
     #[inline]
     pub fn data<'a>(&'a self, pkt: &'a Pkt) -> &'a [u8] {
-        if !self.owns(pkt) {
-            return &[];
-        }
-        let p = self.buf_ptr(pkt.buf()).wrapping_add(NET_HDR_LEN);
-        // SAFETY: `owns` checked that the buffer is this port's and held by
-        // the application through this very handle (there is one handle
-        // per held buffer), so `p .. p + len` lies inside mapped memory
-        // (`len <= capacity = buffer size - header`) that stays mapped
-        // while `self` lives. Rule 1 makes this side the only writer of a
-        // buffer it owns; the host writes a receive buffer only before
-        // completing it, which the Acquire in `SplitQueue::poll` ordered
-        // before the handle existed. The slice borrows `self`, so no resync
-        // can reassign the buffer while it lives. A peer that breaks rule 1
-        // and writes anyway can only change these plain bytes (every value
-        // is a valid u8), never the port's own state: the PMD itself reads
-        // shared memory only through volatile copies.
-        unsafe { std::slice::from_raw_parts(p, pkt.len()) }
+        self.q0().data(pkt)
     }
 
-    /// The frame bytes of `pkt`, writable. Empty for a stale handle.
+    /// The frame bytes of a packet of queue pair 0, writable (see
+    /// [`PortQueue::data_mut`]).
     #[inline]
     #[allow(clippy::mut_from_ref)]
     pub fn data_mut<'a>(&'a self, pkt: &'a mut Pkt) -> &'a mut [u8] {
-        if !self.owns(pkt) {
-            return &mut [];
-        }
-        let p = self.buf_ptr(pkt.buf()).wrapping_add(NET_HDR_LEN);
-        // SAFETY: as in `data`; in addition the slice is unique: it borrows
-        // `pkt` mutably and `pkt` is the only handle of its buffer, and the
-        // port never touches the frame bytes of a held buffer, so no other
-        // reference to these bytes exists while it lives.
-        unsafe { std::slice::from_raw_parts_mut(p, pkt.len()) }
+        self.q0().data_mut(pkt)
     }
 
-    /// A copy of `pkt`'s `virtio_net_hdr` (None for a stale handle).
+    /// A copy of the `virtio_net_hdr` of a packet of queue pair 0.
     pub fn header(&self, pkt: &Pkt) -> Option<NetHdr> {
-        self.owns(pkt).then(|| self.read_hdr(pkt.buf()))
+        self.q0().header(pkt)
     }
 
-    /// Returns the error that stopped the port, or finishes a resync left
-    /// pending. Called first by every burst.
-    /// Whether the port can move packets now: `Ok(false)` while a resync
-    /// waits for the device or the peer (a `ResyncTimeout`: the burst
-    /// moves nothing and the next one tries again); `Err` once it failed.
+    /// Receives on queue pair 0 (see [`PortQueue::rx_burst`]).
     #[inline]
-    fn ready(&mut self) -> Result<bool, PmdError> {
-        if let Some(f) = self.failed {
-            return Err(f.into());
-        }
-        if self.resync_pending {
-            return self.retry_resync();
-        }
-        Ok(true)
+    pub fn rx_burst(&mut self, out: &mut [Option<Pkt>]) -> Result<usize, PmdError> {
+        self.q0_mut().rx_burst(out)
     }
 
-    /// A pending resync, tried again. While the peer has not synchronised
-    /// each try costs a few bus reads; that lasts until the peer's next
-    /// burst.
-    #[cold]
-    fn retry_resync(&mut self) -> Result<bool, PmdError> {
-        match self.resync() {
-            Ok(()) => Ok(true),
-            Err(PmdError::ResyncTimeout { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The device broke the ring protocol on queue `q`: the port stops.
-    #[cold]
-    fn misbehaved(&mut self, q: u16, e: VqError) {
-        self.st.device_misbehaved += 1;
-        if self.failed.is_none() {
-            self.failed = Some(Failure::Misbehaved(q, e));
-        }
-    }
-
-    /// Notifies queue `q` if the device is not polling it.
+    /// Sends on queue pair 0 (see [`PortQueue::tx_burst`]).
     #[inline]
-    fn kick_if_needed(&mut self, q: u16) {
-        let wanted = if q == RX_QUEUE {
-            self.rxq.needs_notify()
-        } else {
-            self.txq.needs_notify()
-        };
-        if wanted {
-            self.kick(q);
-        }
-    }
-
-    #[cold]
-    fn kick(&mut self, q: u16) {
-        self.st.notifies += 1;
-        if let Err(e) = self.dev.notify(q) {
-            tracing::error!(queue = q, error = %e, "queue notification failed");
-            self.failed.get_or_insert(Failure::Notify);
-        }
+    pub fn tx_burst(&mut self, pkts: &mut [Option<Pkt>]) -> Result<usize, PmdError> {
+        self.q0_mut().tx_burst(pkts)
     }
 }
 
 impl<B: Bus> Drop for Port<B> {
     fn drop(&mut self) {
         // Stop the device before the bus (and with it the DMA memory and
-        // the BAR mapping) goes away.
-        if let Err(e) = self.dev.reset() {
+        // the BAR mapping) goes away. The queue pairs hold the link too,
+        // but they are fields of the port and cannot outlive it.
+        if let Err(e) = self.link.lock().dev.reset() {
             tracing::warn!(error = %e, "resetting the device on close failed");
         }
     }
 }
 
-/// Writes a header with `flags` (others zero) at `p`:
-/// `NetHdr { flags, ..NetHdr::default() }.to_bytes()`, built in place. The
-/// write is volatile because the memory is shared.
-///
-/// # Safety
-///
-/// `p` must be valid for a write of `NET_HDR_LEN` bytes: the header of a
-/// buffer of this port that this side owns (rule 1: nobody else writes it).
-#[inline(always)]
-unsafe fn put_hdr(p: *mut u8, flags: u8) {
-    let mut h = [0u8; NET_HDR_LEN];
-    h[0] = flags;
-    // SAFETY: the caller's contract.
-    unsafe { ptr::write_volatile(p.cast::<[u8; NET_HDR_LEN]>(), h) };
+/// One queue pair's classic buffers: a receive queue's worth, plus a
+/// transmit queue's on a port without shared buffers.
+fn classic_pool<B: Bus>(
+    dev: &mut Device<B>,
+    cfg: &PortConfig,
+    rx_size: u16,
+    tx_size: u16,
+    shm: Option<SharedRegion>,
+) -> Result<ClassicPool, PmdError> {
+    let count = u32::from(rx_size) + if shm.is_none() { u32::from(tx_size) } else { 0 };
+    let buf_size = cfg.classic_buf_size.next_multiple_of(64);
+    let mem = dev
+        .bus_mut()
+        .dma_alloc(count as usize * buf_size as usize)?;
+    ClassicPool::new(mem, count, buf_size)
+        .ok_or(PmdError::BadDma("classic pool shorter than asked"))
 }
-
-/// `write_hdr` and the receive path's gift check put the flags in the
-/// header's first byte.
-const _: () = assert!(std::mem::offset_of!(NetHdr, flags) == 0);
-
-/// Queue indices, for messages.
-const _: () = assert!(RX_QUEUE == 0 && TX_QUEUE == 1);
 
 #[cfg(test)]
 mod tests;

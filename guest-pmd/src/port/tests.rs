@@ -9,6 +9,7 @@ use sbnet_abi::net::NET_HDR_LEN;
 
 use super::*;
 use crate::testing::{DeviceRing, FakeBus, FakeDevice, FakeOptions};
+use crate::vq::VqError;
 
 type P = Port<FakeBus>;
 

@@ -17,8 +17,8 @@ use sbnet_abi::layout::{
     VIRTIO_BAR,
 };
 use sbnet_abi::net::{
-    cfg_off, NetConfig, NET_CONFIG_LEN, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU,
-    VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
+    cfg_off, NetConfig, NET_CONFIG_LEN, VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
 };
 use sbnet_abi::pci::cfg;
 
@@ -48,6 +48,14 @@ pub struct FakeOptions {
     pub slot_count: u32,
     /// PCI device ID.
     pub device_id: u16,
+    /// `max_virtqueue_pairs` (offer `VIRTIO_NET_F_MQ` and the control
+    /// queue in `features` for it to matter). The function has
+    /// `2 × this + 1` queues when it is above 1.
+    pub max_pairs: u16,
+    /// What the control queue answers a well-formed `VQ_PAIRS_SET`:
+    /// `None` answers `VIRTIO_NET_OK` or `ERR` as the ABI says,
+    /// `Some(None)` never answers, `Some(Some(b))` writes `b`.
+    pub ctrl_answer: Option<Option<u8>>,
 }
 
 impl Default for FakeOptions {
@@ -64,6 +72,8 @@ impl Default for FakeOptions {
             slot_size: 2048,
             slot_count: 64,
             device_id: sbnet_abi::pci::DEVICE_ID_NET,
+            max_pairs: 1,
+            ctrl_answer: None,
         }
     }
 }
@@ -106,14 +116,17 @@ pub struct SideRegs {
     pub generation: u8,
     /// `queue_select`.
     pub queue_select: u16,
-    /// Both queues.
-    pub queues: [QueueRegs; 2],
+    /// Every queue (RX, TX, and with several pairs the others and the
+    /// control queue).
+    pub queues: Vec<QueueRegs>,
     /// `config_msix_vector`.
     pub config_msix: u16,
     /// Device configuration.
     pub net: NetConfig,
     /// Notifications per queue.
-    pub notifies: [u64; 2],
+    pub notifies: Vec<u64>,
+    /// The queue pairs the last `VQ_PAIRS_SET` the device took set.
+    pub pairs_set: Option<u16>,
     /// Writes to read-only or unknown registers.
     pub bad_writes: u64,
 }
@@ -139,13 +152,18 @@ impl DeviceState {
         });
         let net = NetConfig {
             mac: [0x52, 0x54, 0x00, 0x5b, 0x00, 0x00],
-            max_virtqueue_pairs: 1,
+            max_virtqueue_pairs: opts.max_pairs,
             mtu: 1500,
             shared_buffers_offset: 0,
             slot_size: opts.slot_size,
             slot_count: opts.slot_count,
             pairing_epoch: 1,
             ..NetConfig::default()
+        };
+        let n = if opts.max_pairs > 1 {
+            2 * usize::from(opts.max_pairs) + 1
+        } else {
+            2
         };
         let q = QueueRegs {
             max: opts.queue_size,
@@ -162,10 +180,11 @@ impl DeviceState {
                 status: 0,
                 generation: 0,
                 queue_select: 0,
-                queues: [q; 2],
+                queues: vec![q; n],
                 config_msix: 0,
                 net,
-                notifies: [0; 2],
+                notifies: vec![0; n],
+                pairs_set: None,
                 bad_writes: 0,
             },
             arena: DmaArena::new(),
@@ -262,7 +281,7 @@ impl DeviceState {
             off::DEVICE_FEATURE_SELECT => u64::from(r.dfsel),
             off::DRIVER_FEATURE_SELECT => u64::from(r.drfsel),
             off::CONFIG_MSIX_VECTOR => u64::from(r.config_msix),
-            off::NUM_QUEUES => 2,
+            off::NUM_QUEUES => r.queues.len() as u64,
             off::DEVICE_STATUS => u64::from(r.status),
             off::CONFIG_GENERATION => u64::from(r.generation),
             off::QUEUE_SELECT => u64::from(r.queue_select),
@@ -286,14 +305,21 @@ impl DeviceState {
         b[..data.len()].copy_from_slice(data);
         let v = u64::from_le_bytes(b);
         let common = COMMON_OFFSET as usize..COMMON_OFFSET as usize + COMMON_CFG_LEN;
-        let notify = NOTIFY_OFFSET as usize..NOTIFY_OFFSET as usize + 8;
+        let notify = NOTIFY_OFFSET as usize
+            ..NOTIFY_OFFSET as usize + self.regs.queues.len() * NOTIFY_OFF_MULTIPLIER as usize;
         if common.contains(&o) {
             self.common_write(o - common.start, v, data.len());
         } else if o == DEVICE_OFFSET as usize + cfg_off::EPOCH_ACK && data.len() == 4 {
             self.regs.net.epoch_ack = v as u32;
         } else if notify.contains(&o) {
             let q = (o - notify.start) / NOTIFY_OFF_MULTIPLIER as usize;
-            self.regs.notifies[q] += 1;
+            match self.regs.notifies.get_mut(q) {
+                Some(n) => *n += 1,
+                None => self.regs.bad_writes += 1,
+            }
+            if q == 2 * usize::from(self.opts.max_pairs) && self.opts.max_pairs > 1 {
+                self.control();
+            }
         } else {
             self.regs.bad_writes += 1;
         }
@@ -368,6 +394,44 @@ impl DeviceState {
             let ring = |q: &QueueRegs| self.arena.device_ring(q.size, q.desc, q.driver, q.device);
             self.rings = Some([ring(&self.regs.queues[0]), ring(&self.regs.queues[1])]);
             self.new_epoch();
+        }
+    }
+
+    /// Answers the control queue's chains: `[class, command, le16]` then
+    /// the ack byte (`FakeOptions::ctrl_answer`).
+    fn control(&mut self) {
+        let Some(q) = self.regs.queues.last().copied() else {
+            return;
+        };
+        if self.regs.status & STATUS_DRIVER_OK == 0 || q.enable == 0 {
+            return;
+        }
+        let mut ring = self.arena.device_ring(q.size, q.desc, q.driver, q.device);
+        while let Some((id, d)) = ring.next_avail() {
+            let Some(ack) = ring.desc(d.next) else { return };
+            let (Some((_c, cmd)), Some((_a, at))) = (
+                self.arena.translate(d.addr, 4),
+                self.arena.translate(ack.addr, 1),
+            ) else {
+                return;
+            };
+            // SAFETY: `translate` checked both ranges lie in arena memory.
+            let c = unsafe { std::ptr::read_volatile(cmd.cast::<[u8; 4]>()) };
+            let pairs = u16::from_le_bytes([c[2], c[3]]);
+            let ok = c[..2] == [VIRTIO_NET_CTRL_MQ, VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET]
+                && (1..=self.opts.max_pairs).contains(&pairs);
+            let answer = match self.opts.ctrl_answer {
+                None => u8::from(!ok),
+                Some(None) => return,
+                Some(Some(b)) => b,
+            };
+            if answer == 0 {
+                self.regs.pairs_set = Some(pairs);
+            }
+            // SAFETY: as above.
+            unsafe { std::ptr::write_volatile(at, answer) };
+            ring.push_used(u32::from(id), 1);
+            ring.publish_used();
         }
     }
 

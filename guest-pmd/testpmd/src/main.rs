@@ -3,24 +3,32 @@
 //! or inside a VM (`--pci`: the function is driven through kernel VFIO).
 //!
 //! Modes: `txonly` (generate), `rxonly` (sink and verify), `io` (echo every
-//! frame back in place), `macswap` (echo with MAC addresses swapped) and
+//! frame back in place), `macswap` (echo with MAC addresses swapped),
 //! `pingpong` (one frame at a time, round-trip latency; the peer runs `io`
-//! or `macswap`). Frames carry a sequence number and a checksum; any
-//! integrity error makes the exit status non-zero.
+//! or `macswap`) and `forward` (two ports, `--socket A --socket B`: every
+//! frame received on one is copied to the other and sent there, both
+//! ways; the chain demo's middle VM). Frames carry a sequence number and a
+//! checksum; any integrity error makes the exit status non-zero.
+//!
+//! `--queues N` opens N queue pairs and runs one thread per queue pair
+//! (in `forward`, queue pair q of both ports per thread); `--count` is per
+//! queue pair then, and the JSON summary lists each queue pair's counters.
 
+mod forward;
 mod frame;
 mod report;
+mod worker;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use frame::Payload;
-use report::{Meter, Summary};
+use forward::FwdCounts;
+use report::{ledger_json, Meter, Summary};
 use sbnet_pmd::bus::vfio::{DmaPages, VfioBus, VfioOptions};
 use sbnet_pmd::bus::vfio_user::VfioUserBus;
 use sbnet_pmd::bus::Bus;
-use sbnet_pmd::{Mode, Pkt, Port, PortConfig};
+use sbnet_pmd::{Port, PortConfig};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use worker::Outcome;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,12 +38,12 @@ use std::time::{Duration, Instant};
 )]
 #[command(group(clap::ArgGroup::new("device").required(true).args(["socket", "pci"])))]
 struct Args {
-    /// vfio-user socket of the function to drive (one side of `host-pair serve`).
+    /// vfio-user socket of the function to drive (one side of `host-pair serve`); twice for `--mode forward`.
     #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU, and 2 MiB huge pages unless --small-pages).
+    socket: Vec<PathBuf>,
+    /// Inside a VM: PCI address of the function (e.g. 0000:00:03.0), driven through kernel VFIO (bound to vfio-pci if needed; needs an IOMMU, and 2 MiB huge pages unless --small-pages); twice for `--mode forward`.
     #[arg(long, value_name = "DDDD:BB:DD.F")]
-    pci: Option<String>,
+    pci: Vec<String>,
     /// With --pci: back DMA memory with ordinary 4 KiB pages instead of 2 MiB huge pages (no reserved huge pages needed; behind a vIOMMU each page reaches the device as its own DMA map).
     #[arg(long, requires = "pci")]
     small_pages: bool,
@@ -48,7 +56,10 @@ struct Args {
     /// Packets per burst.
     #[arg(long, default_value_t = 32)]
     burst: usize,
-    /// Packets to send (txonly), receive (rxonly), echo (io, macswap) or round trips (pingpong); 0 = no limit.
+    /// Queue pairs to open (a power of two, at most the link's; above 1 the device must offer multiqueue), one thread each.
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
+    /// Packets to send (txonly), receive (rxonly), echo (io, macswap), forward (forward) or round trips (pingpong), per queue pair; 0 = no limit.
     #[arg(long, default_value_t = 0)]
     count: u64,
     /// Stop after this many seconds (0 = no limit).
@@ -90,6 +101,7 @@ enum TestMode {
     Io,
     Macswap,
     Pingpong,
+    Forward,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,23 +138,78 @@ fn main() {
     }
 }
 
-/// Everything a mode loop needs.
-struct Ctx<'a> {
-    a: &'a Args,
-    port: Port<Box<dyn Bus>>,
-    payload: Payload,
-    peer_mac: [u8; 6],
-    meter: Meter,
-    started: Instant,
-    deadline: Option<Instant>,
-    last_progress: Instant,
-    rx: Vec<Option<Pkt>>,
-    /// Frames received while waiting for the peer, in `rx[..backlog]`.
-    backlog: usize,
-    tx: Vec<Option<Pkt>>,
+/// What every thread needs to know about its port.
+#[derive(Clone)]
+pub struct PortInfo {
+    /// The device as given on the command line, for messages.
+    pub device: String,
+    pub mac: [u8; 6],
+    pub peer_mac: [u8; 6],
+    pub side: u8,
+    pub slot_size: Option<u32>,
 }
 
-fn run(a: &Args) -> Result<Summary> {
+impl PortInfo {
+    fn of(port: &Port<Box<dyn Bus>>, device: String) -> Self {
+        let side = port.side().filter(|s| *s <= 1).unwrap_or(0);
+        Self {
+            device,
+            mac: port.mac(),
+            peer_mac: [0x52, 0x54, 0x00, 0x5b, 0x00, 1 - side],
+            side,
+            slot_size: port.slot_size(),
+        }
+    }
+}
+
+/// The devices named on the command line.
+fn devices(a: &Args) -> Vec<String> {
+    let mut d: Vec<String> = a.socket.iter().map(|s| s.display().to_string()).collect();
+    d.extend(a.pci.iter().cloned());
+    d
+}
+
+fn open_port(a: &Args, i: usize) -> Result<Port<Box<dyn Bus>>> {
+    let bus: Box<dyn Bus> = if let Some(socket) = a.socket.get(i) {
+        Box::new(VfioUserBus::connect(socket).with_context(|| {
+            format!(
+                "cannot reach the device at {} (is `host-pair serve --socket {}` running?)",
+                socket.display(),
+                socket.display()
+            )
+        })?)
+    } else {
+        let pci = &a.pci[i - a.socket.len()];
+        let dma_pages = if a.small_pages {
+            DmaPages::Small
+        } else {
+            DmaPages::Huge2M
+        };
+        let opts = VfioOptions {
+            dma_pages,
+            ..VfioOptions::default()
+        };
+        Box::new(
+            VfioBus::open_with(pci, opts)
+                .with_context(|| format!("cannot open PCI function {pci} through VFIO"))?,
+        )
+    };
+    let cfg = PortConfig {
+        classic_only: a.classic,
+        rx_queue_size: a.queue_size,
+        tx_queue_size: a.queue_size,
+        ..PortConfig::default()
+    };
+    let port = Port::open_queue_pairs(bus, cfg, a.queues).context("cannot bring the port up")?;
+    if let Some(cap) = port.slot_size().map(|s| s as usize - 12) {
+        if a.frame_size > cap && !a.classic {
+            bail!("--frame-size {} does not fit a {}-byte slot (largest frame {cap}); start host-pair with a larger --slot-size", a.frame_size, cap + 12);
+        }
+    }
+    Ok(port)
+}
+
+fn check_args(a: &Args) -> Result<()> {
     if a.frame_size < frame::MIN_FRAME {
         bail!(
             "--frame-size {} is below {} (Ethernet + test header)",
@@ -153,360 +220,151 @@ fn run(a: &Args) -> Result<Summary> {
     if a.burst == 0 || a.burst > 512 {
         bail!("--burst must be between 1 and 512");
     }
-    let bus: Box<dyn Bus> = match (&a.socket, &a.pci) {
-        (Some(socket), _) => Box::new(VfioUserBus::connect(socket).with_context(|| {
-            format!(
-                "cannot reach the device at {} (is `host-pair serve --socket {}` running?)",
-                socket.display(),
-                socket.display()
-            )
-        })?),
-        (None, Some(pci)) => Box::new(
-            VfioBus::open_with(
-                pci,
-                VfioOptions {
-                    dma_pages: if a.small_pages {
-                        DmaPages::Small
-                    } else {
-                        DmaPages::Huge2M
-                    },
-                    ..VfioOptions::default()
-                },
-            )
-            .with_context(|| format!("cannot open PCI function {pci} through VFIO"))?,
-        ),
-        (None, None) => bail!("give --socket or --pci"),
-    };
-    let cfg = PortConfig {
-        classic_only: a.classic,
-        rx_queue_size: a.queue_size,
-        tx_queue_size: a.queue_size,
-        ..PortConfig::default()
-    };
-    let port = Port::open(bus, cfg).context("cannot bring the port up")?;
-    if let Some(cap) = port.slot_size().map(|s| s as usize - 12) {
-        if a.frame_size > cap && !a.classic {
-            bail!("--frame-size {} does not fit a {}-byte slot (largest frame {cap}); start host-pair with a larger --slot-size", a.frame_size, cap + 12);
+    let want = if a.mode == TestMode::Forward { 2 } else { 1 };
+    if devices(a).len() != want {
+        bail!(
+            "--mode {:?} drives {want} device(s): give --socket or --pci {want} time(s)",
+            a.mode
+        );
+    }
+    if a.mode == TestMode::Pingpong && a.queues != 1 {
+        bail!("--mode pingpong runs on one queue pair");
+    }
+    Ok(())
+}
+
+fn run(a: &Args) -> Result<Summary> {
+    check_args(a)?;
+    let names = devices(a);
+    let mut ports = Vec::with_capacity(names.len());
+    for i in 0..names.len() {
+        ports.push(open_port(a, i)?);
+    }
+    let infos: Vec<PortInfo> = ports
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| PortInfo::of(p, n.clone()))
+        .collect();
+    let (outcomes, fwd) = run_threads(a, &mut ports, &infos);
+    let mut meter = Meter::new(a.frame_size);
+    let mut elapsed = 0.0f64;
+    let mut rtts = Vec::new();
+    let mut first_err = None;
+    let mut queues = Vec::new();
+    for (q, o) in outcomes.into_iter().enumerate() {
+        meter.merge(&o.meter);
+        elapsed = elapsed.max(o.elapsed);
+        rtts.extend(o.rtts);
+        let mut j = serde_json::json!({
+            "queue": q,
+            "rx_packets": o.meter.rx,
+            "tx_packets": o.meter.tx,
+            "integrity_errors": o.meter.integrity_errors,
+            "port": ports.iter().map(|p| p.queue_stats(q as u16).map(|s| s.to_json())).collect::<Vec<_>>(),
+        });
+        if let Some(c) = fwd.get(q) {
+            j["copies"] = c.copies.into();
+            j["dropped"] = c.dropped.into();
+        }
+        queues.push(j);
+        if let Err(e) = o.result {
+            first_err.get_or_insert(e.context(format!("queue pair {q}")));
         }
     }
-    let mut side = port.side().unwrap_or(0);
-    if side > 1 {
-        side = 0;
-    }
-    let peer_mac = [0x52, 0x54, 0x00, 0x5b, 0x00, 1 - side];
-    let mut c = Ctx {
-        a,
-        port,
-        payload: match a.payload {
-            PayloadArg::Full => Payload::Full,
-            PayloadArg::Header => Payload::Header,
-        },
-        peer_mac,
-        meter: Meter::new(a.frame_size),
-        started: Instant::now(),
-        deadline: None,
-        last_progress: Instant::now(),
-        rx: (0..a.burst).map(|_| None).collect(),
-        backlog: 0,
-        tx: (0..a.burst).map(|_| None).collect(),
-    };
-    wait_for_peer(&mut c)?;
-    eprintln!(
-        "sbnet-testpmd: {:?} on {} side {} mode {} epoch {}, {} B frames, burst {}",
-        a.mode,
-        a.device(),
-        side,
-        c.port.mode().name(),
-        c.port.epoch(),
-        a.frame_size,
-        a.burst
-    );
-    c.started = Instant::now();
-    c.last_progress = c.started;
-    c.deadline = (a.duration > 0.0).then(|| c.started + Duration::from_secs_f64(a.duration));
-    c.meter.start(a.stats_interval);
-    let mut rtts = Vec::new();
-    let res = match a.mode {
-        TestMode::Txonly => txonly(&mut c),
-        TestMode::Rxonly => rxonly(&mut c),
-        TestMode::Io => echo(&mut c, false),
-        TestMode::Macswap => echo(&mut c, true),
-        TestMode::Pingpong => pingpong(&mut c, &mut rtts),
-    };
-    let elapsed = c.meter.active_seconds(c.started);
-    let summary = Summary::new(
-        &c.meter,
+    let port0 = &ports[0];
+    let mut summary = Summary::new(
+        &meter,
         elapsed,
         &mut rtts,
-        c.port.stats(),
-        c.port.slot_count(),
+        port0.stats(),
+        opened_slots(port0),
         format!("{:?}", a.mode).to_lowercase(),
     );
+    summary.extra.insert("queues".into(), queues.into());
+    if a.mode == TestMode::Forward {
+        let mut total = FwdCounts::default();
+        fwd.iter().for_each(|c| total.add(c));
+        summary.extra.insert("copies".into(), total.copies.into());
+        summary
+            .extra
+            .insert("copied_bytes".into(), total.copied_bytes.into());
+        summary.extra.insert("dropped".into(), total.dropped.into());
+        let per_port: Vec<_> = ports
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "port": p.stats().to_json(),
+                    "ledger": ledger_json(&p.stats(), opened_slots(p)),
+                })
+            })
+            .collect();
+        summary.extra.insert("ports".into(), per_port.into());
+        eprintln!(
+            "forward: {} frames copied ({} bytes), {} dropped",
+            total.copies, total.copied_bytes, total.dropped
+        );
+    }
     summary.print();
     if let Some(path) = &a.json {
         std::fs::write(path, summary.to_json().to_string())
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    res?;
-    if matches!(a.mode, TestMode::Txonly | TestMode::Io | TestMode::Macswap) && a.count > 0 {
-        linger(&mut c)?;
-    }
-    Ok(summary)
-}
-
-impl Args {
-    /// The device as given on the command line, for messages.
-    fn device(&self) -> String {
-        match (&self.socket, &self.pci) {
-            (Some(s), _) => s.display().to_string(),
-            (None, Some(p)) => p.clone(),
-            (None, None) => String::new(),
-        }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(summary),
     }
 }
 
-impl Ctx<'_> {
-    fn done(&self, n: u64) -> bool {
-        (self.a.count > 0 && n >= self.a.count)
-            || self.deadline.is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Called once per loop iteration; `moved` says whether packets moved.
-    #[inline]
-    fn tick(&mut self, moved: bool) -> Result<()> {
-        let now = self.meter.tick(moved);
-        if moved {
-            self.last_progress = now;
-            return Ok(());
-        }
-        if now.duration_since(self.last_progress) > Duration::from_secs_f64(self.a.idle_timeout) {
-            bail!(
-                "stalled: nothing moved for {} s (received {}, sent {}); port stats: {}",
-                self.a.idle_timeout,
-                self.meter.rx,
-                self.meter.tx,
-                self.port.stats().to_json()
-            );
-        }
-        if self.a.idle == Idle::Yield {
-            std::thread::yield_now();
-        }
-        Ok(())
-    }
-
-    /// A receive burst into `self.rx`; frames taken while waiting for the
-    /// peer come first.
-    #[inline]
-    fn rx_burst(&mut self) -> Result<usize> {
-        if self.backlog > 0 {
-            return Ok(std::mem::take(&mut self.backlog));
-        }
-        Ok(self.port.rx_burst(&mut self.rx)?)
-    }
-
-    fn free_rx(&mut self, n: usize) {
-        for p in self.rx[..n].iter_mut() {
-            if let Some(p) = p.take() {
-                self.port.free(p);
-            }
-        }
-    }
+/// Slots of the queue pairs opened (the region's, with every queue pair
+/// of the link open).
+fn opened_slots(p: &Port<Box<dyn Bus>>) -> u32 {
+    (0..p.queue_pairs()).map(|q| p.queue(q).slot_count()).sum()
 }
 
-fn wait_for_peer(c: &mut Ctx) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs_f64(c.a.peer_timeout);
-    loop {
-        let n = c.port.rx_burst(&mut c.rx)?;
-        if n > 0 {
-            // The peer is up and already sending: these frames belong to
-            // the run (the mode loop takes them first).
-            c.backlog = n;
-            return Ok(());
-        }
-        if c.port.link_up()? {
-            c.port.poll_epoch()?;
-            let ready = match c.port.mode() {
-                Mode::Classic => true,
-                Mode::ZeroCopy => true,
-                // Copy mode with the peer present: it did not negotiate shared buffers.
-                Mode::Copy => c.port.peer_status() & sbnet_abi::net::PEER_PRESENT != 0,
-            };
-            if ready {
-                return Ok(());
-            }
-        }
-        if Instant::now() > end {
-            bail!(
-                "no peer on the other side of {} within {} s: start the other side",
-                c.a.device(),
-                c.a.peer_timeout
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn txonly(c: &mut Ctx) -> Result<()> {
-    let mut seq = 0u64;
-    let mac = c.port.mac();
-    let size = c.a.frame_size;
-    while !c.done(seq) {
-        // Receive too: gifts come back through the receive queue.
-        let n = c.rx_burst()?;
-        c.free_rx(n);
-        let mut want = c.a.burst;
-        if c.a.count > 0 {
-            want = want.min((c.a.count - seq) as usize);
-        }
-        // One clock read per burst for the timestamps.
-        let stamp = c.started.elapsed().as_nanos() as u64;
-        for i in 0..want {
-            if c.tx[i].is_some() {
-                continue;
-            }
-            let Some(mut p) = c.port.alloc() else { break };
-            if p.set_len(size).is_err() {
-                c.port.free(p);
-                bail!(
-                    "--frame-size {size} does not fit a buffer of {} bytes",
-                    c.port.slot_size().unwrap_or(0)
-                );
-            }
-            frame::build(
-                c.port.data_mut(&mut p),
-                mac,
-                c.peer_mac,
-                seq,
-                stamp,
-                c.payload,
-            );
-            seq += 1;
-            c.tx[i] = Some(p);
-        }
-        let sent = c.port.tx_burst(&mut c.tx[..want])?;
-        c.meter.add_tx(sent as u64);
-        c.tick(sent > 0 || n > 0)?;
-    }
-    // Whatever is still held (ring full at the end) goes back.
-    for p in c.tx.iter_mut() {
-        if let Some(p) = p.take() {
-            c.port.free(p);
-        }
-    }
-    Ok(())
-}
-
-fn rxonly(c: &mut Ctx) -> Result<()> {
-    while !c.done(c.meter.rx) {
-        let n = c.rx_burst()?;
-        for i in 0..n {
-            let Some(p) = c.rx[i].take() else { continue };
-            let r = frame::check(c.port.data(&p), c.payload);
-            c.meter.rx_frame(r);
-            c.port.free(p);
-        }
-        c.tick(n > 0)?;
-    }
-    Ok(())
-}
-
-fn echo(c: &mut Ctx, swap: bool) -> Result<()> {
-    let mut pending: Vec<Option<Pkt>> = (0..c.a.burst).map(|_| None).collect();
-    while !c.done(c.meter.tx) {
-        let mut moved = false;
-        if pending.iter().all(Option::is_none) {
-            let n = c.rx_burst()?;
-            moved |= n > 0;
-            for (slot, rx) in pending.iter_mut().zip(c.rx[..n].iter_mut()) {
-                let Some(mut p) = rx.take() else {
-                    continue;
-                };
-                c.meter.rx += 1;
-                if swap {
-                    frame::macswap(c.port.data_mut(&mut p));
-                }
-                *slot = Some(p);
-            }
-        }
-        let sent = c.port.tx_burst(&mut pending)?;
-        c.meter.add_tx(sent as u64);
-        c.tick(moved || sent > 0)?;
-    }
-    for p in pending.iter_mut() {
-        if let Some(p) = p.take() {
-            c.port.free(p);
-        }
-    }
-    Ok(())
-}
-
-fn pingpong(c: &mut Ctx, rtts: &mut Vec<u32>) -> Result<()> {
-    rtts.reserve(c.a.count.min(10_000_000) as usize);
-    let mac = c.port.mac();
-    let size = c.a.frame_size;
-    let mut seq = 0u64;
-    while !c.done(seq) {
-        let mut p = loop {
-            if let Some(p) = c.port.alloc() {
-                break p;
-            }
-            let n = c.rx_burst()?;
-            c.free_rx(n);
-            c.tick(n > 0)?;
-        };
-        if p.set_len(size).is_err() {
-            c.port.free(p);
-            bail!("--frame-size {size} does not fit a buffer");
-        }
-        let t0 = Instant::now();
-        frame::build(c.port.data_mut(&mut p), mac, c.peer_mac, seq, 0, c.payload);
-        let mut one = [Some(p)];
-        while c.port.tx_burst(&mut one)? == 0 {
-            c.tick(false)?;
-        }
-        c.meter.add_tx(1);
-        // Wait for the echo of `seq`.
-        'wait: loop {
-            let n = c.rx_burst()?;
-            for i in 0..n {
-                let Some(p) = c.rx[i].take() else { continue };
-                let r = frame::check(c.port.data(&p), c.payload);
-                c.port.free(p);
-                let got = c.meter.rx_frame(r);
-                if got == Some(seq) {
-                    rtts.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
-                    c.free_rx(n);
-                    break 'wait;
+/// One thread per queue pair; returns each one's outcome (and, in
+/// forward mode, its forwarding counters), in queue pair order.
+fn run_threads(
+    a: &Args,
+    ports: &mut [Port<Box<dyn Bus>>],
+    infos: &[PortInfo],
+) -> (Vec<Outcome>, Vec<FwdCounts>) {
+    std::thread::scope(|s| {
+        let (first, rest) = ports.split_at_mut(1);
+        let mut handles = Vec::new();
+        match rest.first_mut() {
+            Some(second) => {
+                for (qa, qb) in first[0].queues_mut().iter_mut().zip(second.queues_mut()) {
+                    let (ia, ib) = (infos[0].clone(), infos[1].clone());
+                    handles.push(s.spawn(move || forward::run(a, qa, qb, ia, ib)));
                 }
             }
-            c.tick(n > 0)?;
-        }
-        c.tick(true)?;
-        seq += 1;
-    }
-    Ok(())
-}
-
-/// After the last packet: keep the port serviced until the peer leaves, so
-/// the peer can take everything in before this side's exit changes the epoch.
-fn linger(c: &mut Ctx) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs_f64(c.a.linger);
-    let mut last_check = Instant::now();
-    while Instant::now() < end {
-        let n = c.rx_burst()?;
-        c.free_rx(n);
-        c.port.tx_burst(&mut [])?;
-        if last_check.elapsed() > Duration::from_millis(5) {
-            last_check = Instant::now();
-            if !c.port.link_up()? {
-                return Ok(());
+            None => {
+                for q in first[0].queues_mut() {
+                    let info = infos[0].clone();
+                    handles.push(s.spawn(move || (worker::run(a, q, info), FwdCounts::default())));
+                }
             }
         }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    eprintln!(
-        "sbnet-testpmd: the peer did not leave within {} s; exiting anyway",
-        c.a.linger
-    );
-    Ok(())
+        let mut outs = Vec::new();
+        let mut fwd = Vec::new();
+        for h in handles {
+            let (o, c) = h.join().unwrap_or_else(|_| {
+                (
+                    Outcome {
+                        meter: Meter::new(a.frame_size),
+                        elapsed: 0.0,
+                        rtts: Vec::new(),
+                        result: Err(anyhow::anyhow!("a queue pair's thread panicked")),
+                    },
+                    FwdCounts::default(),
+                )
+            });
+            outs.push(o);
+            fwd.push(c);
+        }
+        if a.mode != TestMode::Forward {
+            fwd.clear();
+        }
+        (outs, fwd)
+    })
 }

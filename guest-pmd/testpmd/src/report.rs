@@ -4,6 +4,12 @@ use crate::frame::Bad;
 use sbnet_pmd::Stats;
 use std::time::{Duration, Instant};
 
+/// Sequence numbers carry their flow (the sender's queue pair) above this
+/// bit: each flow counts its gaps and reordering on its own.
+pub const FLOW_SHIFT: u32 = 48;
+/// Flows told apart (queue pairs of a link, at most 16).
+const FLOWS: usize = sbnet_abi::net::MAX_QUEUE_PAIRS as usize;
+
 /// Counters of a run.
 pub struct Meter {
     frame: usize,
@@ -17,7 +23,7 @@ pub struct Meter {
     pub reordered: u64,
     /// Sequence numbers skipped.
     pub gaps: u64,
-    next_seq: u64,
+    next_seq: [u64; FLOWS],
     interval: Option<Duration>,
     last_print: Instant,
     last_counts: (u64, u64),
@@ -33,7 +39,7 @@ impl Meter {
             integrity_errors: 0,
             reordered: 0,
             gaps: 0,
-            next_seq: 0,
+            next_seq: [0; FLOWS],
             interval: None,
             last_print: Instant::now(),
             last_counts: (0, 0),
@@ -57,11 +63,13 @@ impl Meter {
         self.rx += 1;
         match r {
             Ok((seq, _)) => {
-                if seq < self.next_seq {
+                let next = &mut self.next_seq[(seq >> FLOW_SHIFT) as usize % FLOWS];
+                let k = seq & ((1 << FLOW_SHIFT) - 1);
+                if k < *next {
                     self.reordered += 1;
                 } else {
-                    self.gaps += seq - self.next_seq;
-                    self.next_seq = seq + 1;
+                    self.gaps += k - *next;
+                    *next = k + 1;
                 }
                 Some(seq)
             }
@@ -106,6 +114,16 @@ impl Meter {
         now
     }
 
+    /// Adds another thread's counts (for the summary).
+    pub fn merge(&mut self, o: &Self) {
+        self.rx += o.rx;
+        self.tx += o.tx;
+        self.integrity_errors += o.integrity_errors;
+        self.reordered += o.reordered;
+        self.gaps += o.gaps;
+        self.last_activity = self.last_activity.max(o.last_activity);
+    }
+
     /// Seconds from `started` to the last packet.
     pub fn active_seconds(&self, started: Instant) -> f64 {
         self.last_activity
@@ -129,6 +147,27 @@ pub struct Summary {
     port: Stats,
     /// Slots in the region (0: no shared buffers).
     slot_total: u32,
+    /// Per queue pair (and, in forward mode, per port) details, and the
+    /// forwarding counters.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A port's slot ledger at the end: `free + held + in_flight_tx +
+/// peer_owned` (posted on RX or not) must equal `total`, the region's slot
+/// count.
+pub fn ledger_json(port: &Stats, total: u32) -> serde_json::Value {
+    let s = &port.slots;
+    let peer_owned = s.peer_posted + s.peer_unposted;
+    let sum = s.free + s.held + s.in_flight_tx + peer_owned;
+    serde_json::json!({
+        "total": total,
+        "free": s.free,
+        "held": s.held,
+        "in_flight_tx": s.in_flight_tx,
+        "peer_owned": peer_owned,
+        "sum": sum,
+        "whole": sum == total,
+    })
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -162,6 +201,7 @@ impl Summary {
             rtt_p99_us: percentile(rtts, 0.99),
             port,
             slot_total,
+            extra: serde_json::Map::new(),
         }
     }
 
@@ -169,18 +209,7 @@ impl Summary {
     /// peer_owned` (posted on RX or not) must equal `total`, the region's
     /// slot count.
     pub fn ledger_json(&self) -> serde_json::Value {
-        let s = &self.port.slots;
-        let peer_owned = s.peer_posted + s.peer_unposted;
-        let sum = s.free + s.held + s.in_flight_tx + peer_owned;
-        serde_json::json!({
-            "total": self.slot_total,
-            "free": s.free,
-            "held": s.held,
-            "in_flight_tx": s.in_flight_tx,
-            "peer_owned": peer_owned,
-            "sum": sum,
-            "whole": sum == self.slot_total,
-        })
+        ledger_json(&self.port, self.slot_total)
     }
 
     fn rate(&self) -> f64 {
@@ -217,7 +246,7 @@ impl Summary {
 
     pub fn to_json(&self) -> serde_json::Value {
         let pps = self.rate();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "mode": self.mode,
             "frame_size": self.frame,
             "rx_packets": self.rx,
@@ -234,7 +263,11 @@ impl Summary {
             "gifts_received": self.port.gifts_received,
             "port": self.port.to_json(),
             "ledger": self.ledger_json(),
-        })
+        });
+        if let Some(o) = v.as_object_mut() {
+            o.extend(self.extra.clone());
+        }
+        v
     }
 }
 

@@ -1,16 +1,16 @@
 //! Sending, transmit completions, gifts and posting receive buffers.
 
-use sbnet_abi::net::{RX_QUEUE, TX_QUEUE, VIRTIO_NET_HDR_F_GIFT_BUFFER};
+use sbnet_abi::net::VIRTIO_NET_HDR_F_GIFT_BUFFER;
 use sbnet_abi::ring::DESC_F_WRITE;
 
-use super::{put_hdr, Port, HDR};
+use super::{put_hdr, PortQueue, HDR};
 use crate::bus::Bus;
 use crate::classic::ClassicState;
 use crate::error::PmdError;
 use crate::ledger::SlotState;
 use crate::pkt::{Buf, Pkt};
 
-impl<B: Bus> Port<B> {
+impl<B: Bus> PortQueue<B> {
     /// Sends the packets of `pkts` in order and returns how many were
     /// handed to the device.
     ///
@@ -145,7 +145,7 @@ impl<B: Bus> Port<B> {
     pub(super) fn reap_tx<const ZC: bool>(&mut self) {
         let pending = match self.txq.poll() {
             Ok(p) => p,
-            Err(e) => return self.misbehaved(TX_QUEUE, e),
+            Err(e) => return self.misbehaved(self.tx_index, e),
         };
         let (ledger, classic) = (&mut self.ledger, &mut self.classic);
         let taken = self.txq.take_each(pending, |used| {
@@ -157,7 +157,7 @@ impl<B: Bus> Port<B> {
             true
         });
         if let Err(e) = taken {
-            self.misbehaved(TX_QUEUE, e);
+            self.misbehaved(self.tx_index, e);
         }
     }
 
@@ -199,7 +199,7 @@ impl<B: Bus> Port<B> {
     #[inline]
     fn publish_tx(&mut self) {
         if self.txq.publish() {
-            self.kick_if_needed(TX_QUEUE);
+            self.kick_if_needed(false);
         }
     }
 
@@ -228,7 +228,7 @@ impl<B: Bus> Port<B> {
             Some((slots.addr(s), slots.size, Buf::Slot(s).token()))
         });
         if self.rxq.publish() {
-            self.kick_if_needed(RX_QUEUE);
+            self.kick_if_needed(true);
         }
     }
 }

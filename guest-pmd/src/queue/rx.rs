@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
-use sbnet_abi::net::{RX_QUEUE, VIRTIO_NET_HDR_F_GIFT_BUFFER};
+use sbnet_abi::net::VIRTIO_NET_HDR_F_GIFT_BUFFER;
 
-use super::{Port, HDR};
+use super::{PortQueue, HDR};
 use crate::bus::Bus;
 use crate::error::PmdError;
 use crate::mode::Mode;
@@ -14,7 +14,7 @@ use crate::pkt::{Buf, Pkt};
 /// an idle burst).
 const IDLE_CLOCK_EVERY: u32 = 64;
 
-impl<B: Bus> Port<B> {
+impl<B: Bus> PortQueue<B> {
     /// Receives up to `out.len()` packets into `out[0..n]` and returns `n`.
     ///
     /// Pass a slice of `None`s: entries `0..n` are overwritten. Each burst
@@ -79,7 +79,7 @@ impl<B: Bus> Port<B> {
         let pending = match self.rxq.poll() {
             Ok(p) => p,
             Err(e) => {
-                self.misbehaved(RX_QUEUE, e);
+                self.misbehaved(self.rx_index, e);
                 return 0;
             }
         };
@@ -133,7 +133,7 @@ impl<B: Bus> Port<B> {
             match taken {
                 Ok(k) => left -= k,
                 Err(e) => {
-                    self.misbehaved(RX_QUEUE, e);
+                    self.misbehaved(self.rx_index, e);
                     break;
                 }
             }
@@ -185,7 +185,7 @@ impl<B: Bus> Port<B> {
                 // No epochs on a classic port: the host refused posts.
                 self.st.refused_completions += u64::from(zero_len);
             } else {
-                let epoch = match self.dev.epoch() {
+                let epoch = match self.link.lock().dev.epoch() {
                     Ok(e) => e,
                     // Hand out what was taken; the check is retried by the
                     // next burst.

@@ -22,18 +22,15 @@
 use std::time::Instant;
 
 use sbnet_abi::common_cfg::STATUS_DEVICE_NEEDS_RESET;
-use sbnet_abi::net::{PEER_SYNCED, RX_QUEUE, TX_QUEUE};
+use sbnet_abi::net::PEER_SYNCED;
 
-use super::{Port, RxFn, TxFn, HDR};
+use super::{PortQueue, RxFn, TxFn, HDR};
 use crate::bus::Bus;
 use crate::error::{Failure, PmdError};
 use crate::mode::Mode;
 use crate::pkt::Buf;
 
-/// Acknowledgements tried before the epoch is declared unstable.
-const ACK_TRIES: u32 = 8;
-
-impl<B: Bus> Port<B> {
+impl<B: Bus> PortQueue<B> {
     /// Reads the pairing epoch now (one bus read) and, if it moved, the
     /// device status, then resynchronises. Returns whether it did. The
     /// host moves the epoch when a side enters `DEVICE_NEEDS_RESET` too,
@@ -44,7 +41,7 @@ impl<B: Bus> Port<B> {
             return Ok(false);
         }
         self.st.epoch_polls += 1;
-        let epoch = self.dev.epoch()?;
+        let epoch = self.link.lock().dev.epoch()?;
         if epoch == self.epoch {
             return Ok(false);
         }
@@ -64,7 +61,7 @@ impl<B: Bus> Port<B> {
     /// Fails the port if the device set `DEVICE_NEEDS_RESET`.
     #[cold]
     fn check_status(&mut self) -> Result<(), PmdError> {
-        let status = self.dev.status()?;
+        let status = self.link.lock().dev.status()?;
         if status & STATUS_DEVICE_NEEDS_RESET != 0 {
             return Err(self.needs_reset(status));
         }
@@ -82,10 +79,10 @@ impl<B: Bus> Port<B> {
     /// outstanding yet).
     #[cold]
     pub(super) fn sync_epoch(&mut self) -> Result<(), PmdError> {
-        if self.shm.is_none() {
+        if !self.shared {
             // No epochs to acknowledge; remember the current one so that an
             // idle poll sees the host move it (e.g. on DEVICE_NEEDS_RESET).
-            let epoch = self.dev.epoch()?;
+            let epoch = self.link.lock().dev.epoch()?;
             self.adopt(epoch, 0);
             return Ok(());
         }
@@ -126,8 +123,8 @@ impl<B: Bus> Port<B> {
             return Ok(());
         }
         // The host may be asleep; it must look at the queues to return them.
-        self.kick(RX_QUEUE);
-        self.kick(TX_QUEUE);
+        self.kick(self.rx_index);
+        self.kick(self.tx_index);
         let deadline = Instant::now() + self.cfg.drain_timeout;
         let mut spins = 0u32;
         loop {
@@ -162,13 +159,13 @@ impl<B: Bus> Port<B> {
     fn drain_rx(&mut self) {
         let pending = match self.rxq.poll() {
             Ok(p) => p,
-            Err(e) => return self.misbehaved(RX_QUEUE, e),
+            Err(e) => return self.misbehaved(self.rx_index, e),
         };
         for _ in 0..pending {
             let used = match self.rxq.pop() {
                 Ok(Some(u)) => u,
                 Ok(None) => break,
-                Err(e) => return self.misbehaved(RX_QUEUE, e),
+                Err(e) => return self.misbehaved(self.rx_index, e),
             };
             if used.len >= HDR {
                 self.st.rx_dropped_resync += 1;
@@ -184,19 +181,12 @@ impl<B: Bus> Port<B> {
         }
     }
 
-    /// Step 3: acknowledges an epoch that holds still.
+    /// Step 3: acknowledges an epoch that holds still, once every queue
+    /// pair of the port has drained (the epoch is link-wide; see
+    /// [`crate::link::Link::acknowledge`]). Until the others have, it
+    /// reports `ResyncTimeout` and the resync stays pending.
     fn acknowledge(&mut self) -> Result<(u32, u32), PmdError> {
-        for _ in 0..ACK_TRIES {
-            let (epoch, peer) = self.dev.epoch_and_peer()?;
-            self.dev.ack_epoch(epoch)?;
-            if self.dev.epoch()? == epoch {
-                return Ok((epoch, peer));
-            }
-            // It moved: anything posted since would come back with length
-            // 0; nothing is posted during a resync, so just try again.
-            self.drain()?;
-        }
-        Err(PmdError::EpochUnstable { tries: ACK_TRIES })
+        self.link.acknowledge(self.pair)
     }
 
     /// Step 4: in zero-copy mode, no slot is taken before the peer has
@@ -206,7 +196,7 @@ impl<B: Bus> Port<B> {
     /// outstanding), the resync stays pending and the bursts move nothing
     /// until a later one finds the peer synchronised.
     fn await_peer_sync(&mut self, epoch: u32, peer: u32) -> Result<(u32, u32), PmdError> {
-        if Mode::of_epoch(self.shm.is_some(), peer) != Mode::ZeroCopy || peer & PEER_SYNCED != 0 {
+        if Mode::of_epoch(self.shared, peer) != Mode::ZeroCopy || peer & PEER_SYNCED != 0 {
             return Ok((epoch, peer));
         }
         if !self.resync_pending {
@@ -217,9 +207,16 @@ impl<B: Bus> Port<B> {
 
     /// Step 5: the new epoch's mode, split and burst functions.
     fn adopt(&mut self, epoch: u32, peer_status: u32) {
-        let mode = Mode::of_epoch(self.shm.is_some(), peer_status);
+        let mode = Mode::of_epoch(self.shared, peer_status);
         let side = self.slots.side;
-        self.ledger.reset(|s| mode.initially_mine(side, s));
+        // The ledger counts this queue pair's slots by local index `i`:
+        // slot `i × Q + q` of the region.
+        let (stride, pair) = (self.slots.stride, u32::from(self.pair));
+        let q_pairs = stride as u16;
+        self.ledger
+            .reset(|i| mode.initially_mine(side, i * stride + pair, q_pairs));
+        // Posting again from here on: the pair is no longer drained.
+        self.link.undrained(self.pair);
         debug_assert_eq!(self.ledger.check(), Ok(()));
         self.generation = self.generation.wrapping_add(1);
         let rx_size = u32::from(self.rxq.size());
