@@ -426,7 +426,10 @@ fn a_sub_pair_not_in_use_on_both_sides_copies() {
     p.poll();
     d[0].send_slot_on(&p, 1, 1, &frame(9, 300), false);
     p.poll();
-    assert_eq!(d[0].used(net::tx_queue(1)).len(), 1);
+    // The completion tells the sender the slot came back.
+    let tx = d[0].used(net::tx_queue(1));
+    assert_eq!(tx.len(), 1);
+    assert_eq!(tx[0].1, net::TX_USED_SLOT_KEPT);
     let rx = d[1].used(net::rx_queue(0));
     assert_eq!(rx.len(), 1);
     assert_eq!(rx[0].1 as usize, NET_HDR_LEN + 300);
@@ -446,6 +449,8 @@ fn a_sub_pair_not_in_use_on_both_sides_copies() {
     );
     d[0].send_slot_on(&p, 1, 1, &frame(10, 100), false);
     p.poll();
+    // A hand-over completes with length 0.
+    assert_eq!(d[0].used(net::tx_queue(1))[0].1, 0);
     assert_eq!(d[1].used(net::rx_queue(1))[0].1 as usize, NET_HDR_LEN + 100);
     assert_eq!(p.switch.owners()[1], 1);
     check_ledger(&p);

@@ -105,6 +105,13 @@ pub const PEER_SHARED_BUFFERS: u32 = 1 << 1;
 /// peer may still write slots it owned in the previous epoch.
 pub const PEER_SYNCED: u32 = 1 << 2;
 
+/// Used length of a slot TX completion when the host copied the frame and
+/// the slot stays with its sender (`docs/abi.md` §6, copy mode, and §8: a
+/// sub-pair not in use on both sides). A zero-copy hand-over, and a
+/// refusal, complete with length 0. Drivers tell the two apart by this
+/// length alone; they need not know which sub-pairs the peer uses.
+pub const TX_USED_SLOT_KEPT: u32 = 1;
+
 /// `struct virtio_net_config` with the sbnet fields appended (48 bytes).
 ///
 /// The standard part (offsets 0..24) follows virtio 1.2 §5.1.4; the sbnet

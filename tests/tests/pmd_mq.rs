@@ -302,3 +302,140 @@ fn sub_pairs_on_four_threads_keep_one_owner_per_slot_across_a_restart() {
     }
     assert!(ports[0].stats().resyncs > resyncs);
 }
+
+/// Peers with different numbers of queue pairs (`docs/abi.md` §8): side 0
+/// uses two, side 1 one. Sub-pair 1 is then not in use on both sides, so
+/// the host copies what side 0 sends on queue pair 1 into side 1's classic
+/// buffers and completes the TX with `TX_USED_SLOT_KEPT`: the slot comes
+/// back to side 0's queue pair 1. Sub-pair 0 still hands slots over. At
+/// the end every slot has exactly one owner, the one the host says, and no
+/// PMD ledger has lost a slot (before the kept completion existed, side 0
+/// took each copied slot for handed over and lost it).
+#[test]
+fn a_peer_with_fewer_queue_pairs_gets_copies_and_no_slot_is_lost() {
+    let _serial = serial();
+    let dir = temp_dir("pmd_mq_uneven");
+    let slots = 128;
+    let cfg = PairConfig {
+        queue_pairs: 2,
+        ..pair_cfg(2048, slots)
+    };
+    let p = SocketPair::start(&dir, &cfg, PollMode::Adaptive { spin: 2000 });
+    let open = |k: usize, n: u16| {
+        let bus = VfioUserBus::connect(&p.sockets[k]).expect("connect");
+        let cfg = PortConfig {
+            rx_queue_size: 256,
+            tx_queue_size: 256,
+            ..PortConfig::default()
+        };
+        Port::open_queue_pairs(bus, cfg, n).unwrap_or_else(|e| panic!("side {k}: {e}"))
+    };
+    let mut ports = [open(0, 2), open(1, 1)];
+    // More frames per queue pair than the sub-pair has slots: a lost slot
+    // would stall the sender.
+    const N: u32 = 1000;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rx: [Option<Pkt>; 32] = [const { None }; 32];
+    let mut tx: [Option<Pkt>; 32] = [const { None }; 32];
+    let zero_copy = |ports: &[Port<VfioUserBus>; 2]| {
+        ports
+            .iter()
+            .all(|p| p.mode() == Mode::ZeroCopy && !p.resync_pending())
+    };
+    while !zero_copy(&ports) {
+        assert!(Instant::now() < deadline, "never zero-copy");
+        for port in ports.iter_mut() {
+            for q in 0..port.queue_pairs() {
+                port.rx_burst_q(q, &mut rx).expect("rx_burst");
+            }
+            port.poll_epoch().expect("poll_epoch");
+        }
+        std::thread::yield_now();
+    }
+    let (mut sent, mut got) = ([0u32; 2], [0u32; 2]);
+    while sent.iter().any(|&n| n < N) || got.iter().sum::<u32>() < 2 * N {
+        assert!(
+            Instant::now() < deadline,
+            "sent {sent:?}, received {got:?}: side 0 {}",
+            ports[0].stats().to_json()
+        );
+        // Side 1 receives on its only queue pair; the stamp says which of
+        // side 0's queue pairs sent the frame.
+        let n = ports[1].rx_burst_q(0, &mut rx).expect("rx_burst");
+        for pkt in rx[..n].iter_mut().filter_map(Option::take) {
+            let d = ports[1].data(&pkt);
+            assert_eq!(d.len(), 64);
+            got[usize::from(d[0])] += 1;
+            ports[1].free(pkt);
+        }
+        ports[0].rx_burst_q(0, &mut rx).expect("rx_burst");
+        ports[0].rx_burst_q(1, &mut rx).expect("rx_burst");
+        for q in 0..2u16 {
+            let qp = ports[0].queue_mut(q);
+            let mut want = 0;
+            while sent[q as usize] + (want as u32) < N && want < 8 {
+                let Some(mut pkt) = qp.alloc() else { break };
+                pkt.set_len(64).expect("64 bytes fit");
+                let d = qp.data_mut(&mut pkt);
+                d.fill(0);
+                d[0] = q as u8;
+                tx[want] = Some(pkt);
+                want += 1;
+            }
+            let n = qp.tx_burst(&mut tx[..want]).expect("tx_burst");
+            sent[q as usize] += n as u32;
+            for pkt in tx[n..want].iter_mut().filter_map(Option::take) {
+                qp.free(pkt);
+            }
+        }
+        std::thread::yield_now();
+    }
+    assert_eq!(got, [N, N], "every frame arrives once");
+    // Let the last completions and gifts land.
+    let quiet_until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet_until {
+        for port in ports.iter_mut() {
+            for q in 0..port.queue_pairs() {
+                let n = port.rx_burst_q(q, &mut rx).expect("rx_burst");
+                for pkt in rx[..n].iter_mut().filter_map(Option::take) {
+                    port.free(pkt);
+                }
+            }
+        }
+        std::thread::yield_now();
+    }
+    // The PMD sent slots on both queue pairs (it counts them as zero-copy
+    // sends); the host handed over those of pair 0 and copied those of
+    // pair 1.
+    let q1 = ports[0].queue_stats(1).expect("open");
+    assert_eq!(q1.tx_packets, u64::from(N), "{q1:?}");
+    let g = p.shared.lock();
+    let owners = g.switch.owners().to_vec();
+    let c = g.fns[0].counters;
+    let per_pair = g.fns[0].queue_counters();
+    drop(g);
+    assert_eq!(c.refusals(), 0, "{c:?}");
+    assert_eq!(per_pair[1].tx_packets, u64::from(N), "{per_pair:?}");
+    assert!(c.tx_copied >= u64::from(N), "pair 1 copied: {c:?}");
+    assert!(c.tx_zero_copy >= u64::from(N), "pair 0 handed over: {c:?}");
+    for s in 0..slots {
+        let own = [ports[0].owns_slot(s), ports[1].owns_slot(s)];
+        let host = owners[s as usize] as usize;
+        if s % 2 == 1 && host == 1 {
+            // Sub-pair 1's slots of side 1, which opened one pair: its port
+            // does not track them, and side 0 must not think it owns them.
+            assert!(!own[0], "slot {s}: side 0 claims a slot of side 1");
+            continue;
+        }
+        assert!(
+            own[0] != own[1] && own[host],
+            "slot {s}: side 0 owns {}, side 1 owns {}, host says side {host}",
+            own[0],
+            own[1]
+        );
+    }
+    for (k, port) in ports.iter().enumerate() {
+        port.check_ledger()
+            .unwrap_or_else(|e| panic!("side {k}: {e}"));
+    }
+}

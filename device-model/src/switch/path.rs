@@ -11,7 +11,7 @@ use crate::counters::SideCounters;
 use crate::mem::{GuestMemory, ShmRegion};
 use crate::queue::{Queue, QueueError};
 use crate::view::SideView;
-use sbnet_abi::net::{NetHdr, NET_HDR_LEN, VIRTIO_NET_HDR_F_GIFT_BUFFER};
+use sbnet_abi::net::{NetHdr, NET_HDR_LEN, TX_USED_SLOT_KEPT, VIRTIO_NET_HDR_F_GIFT_BUFFER};
 use sbnet_abi::ring::{DESC_F_NEXT, DESC_F_WRITE};
 use sbnet_abi::shm::SlotGeometry;
 use std::time::Instant;
@@ -202,8 +202,13 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                 }
             };
             match outcome {
-                Outcome::Done => {
-                    tx.push_used(head, 0);
+                Outcome::Done | Outcome::Kept => {
+                    let len = if matches!(outcome, Outcome::Kept) {
+                        TX_USED_SLOT_KEPT
+                    } else {
+                        0
+                    };
+                    tx.push_used(head, len);
                     sy.held = None;
                     done += 1;
                 }
@@ -284,11 +289,16 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                 let gift = unsafe { p.read_volatile() } & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
                 if gift {
                     cy.bad_gift += 1;
-                    return Outcome::Done;
+                    return Outcome::Kept;
                 }
                 // SAFETY: NET_HDR_LEN <= len, and [p, p + len) is mapped.
                 let data = unsafe { p.add(NET_HDR_LEN) };
-                self.tx_copy(Source::Slot(data, frame as usize), cy, rx, expired)
+                // Copied (or dropped): either way the slot stays with the
+                // sender, and its completion says so.
+                match self.tx_copy(Source::Slot(data, frame as usize), cy, rx, expired) {
+                    Outcome::Done => Outcome::Kept,
+                    o => o,
+                }
             }
         }
     }
@@ -384,6 +394,11 @@ struct RxSide<'a> {
 }
 
 enum Outcome {
+    /// Complete the TX descriptor with length 0.
     Done,
+    /// A slot copied in place of a hand-over: complete the TX descriptor
+    /// with `TX_USED_SLOT_KEPT`, the slot stays with the sender.
+    Kept,
+    /// Hold the TX descriptor (rule 5).
     Wait,
 }

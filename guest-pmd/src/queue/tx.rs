@@ -1,6 +1,6 @@
 //! Sending, transmit completions, gifts and posting receive buffers.
 
-use sbnet_abi::net::VIRTIO_NET_HDR_F_GIFT_BUFFER;
+use sbnet_abi::net::{TX_USED_SLOT_KEPT, VIRTIO_NET_HDR_F_GIFT_BUFFER};
 use sbnet_abi::ring::DESC_F_WRITE;
 
 use super::{put_hdr, PortQueue, HDR};
@@ -139,8 +139,9 @@ impl<B: Bus> PortQueue<B> {
 
     /// Takes every transmit completion (one `used.idx` load). A slot's
     /// completion in zero-copy mode means the host has given it to the
-    /// peer: it waits to be posted on the receive queue. Otherwise the
-    /// buffer returns to the pool.
+    /// peer (it waits to be posted on the receive queue), unless its used
+    /// length says the host copied it and kept it with this side
+    /// (`TX_USED_SLOT_KEPT`). Otherwise the buffer returns to the pool.
     #[inline]
     pub(super) fn reap_tx<const ZC: bool>(&mut self) {
         let pending = match self.txq.poll() {
@@ -150,7 +151,9 @@ impl<B: Bus> PortQueue<B> {
         let (ledger, classic) = (&mut self.ledger, &mut self.classic);
         let taken = self.txq.take_each(pending, |used| {
             let ok = match Buf::from_token(used.token) {
-                Buf::Slot(s) => ledger.tx_done(s, ZC),
+                // A hand-over completes with length 0; a slot the host
+                // copied instead comes back (TX_USED_SLOT_KEPT, abi.md §8).
+                Buf::Slot(s) => ledger.tx_done(s, ZC && used.len != TX_USED_SLOT_KEPT),
                 Buf::Classic(i) => classic.tx_done(i),
             };
             debug_assert!(ok, "completed buffer was not in flight");
