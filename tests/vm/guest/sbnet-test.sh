@@ -57,6 +57,18 @@ server)
     ;;
 client)
     [ -n "$PEER" ] || res "FAIL no sbnet.peer given"
+    if [ -n "$ROUTE" ]; then
+        # The peer is behind a router that may still be setting up its
+        # second NIC and forwarding: wait (60 tries) until one ping
+        # gets through before the counted pings.
+        i=0
+        until ping -c 1 -W 1 "$PEER" >/dev/null 2>&1; do
+            i=$((i + 1))
+            [ $i -ge 60 ] && res "FAIL $PEER unreachable through the route ${ROUTE%,*} via ${ROUTE#*,} (60 pings lost)"
+            sleep 0.5
+        done
+        echo "SBNET-INFO: client: $PEER reachable through ${ROUTE#*,} after $i lost pings"
+    fi
     echo "SBNET-INFO: client pinging $PEER"
     ping -c 5 -W 5 "$PEER" >/tmp/ping 2>&1
     prc=$?
