@@ -332,23 +332,34 @@ fn idle_polls_notice_an_epoch_change() {
         pair.bus(0),
         PortConfig {
             epoch_poll_interval: Duration::from_millis(1),
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_millis(50),
             ..cfg()
         },
     )
     .unwrap();
-    let _host = SwitchThread::spawn(&pair);
     let before = a.stats().epoch_polls;
     let old = a.epoch();
     // A classic peer arrives: the epoch changes, A stays in copy mode.
     let _b = Port::open(pair.bus(1), PortConfig::classic()).unwrap();
     assert_ne!(epoch(&pair), old);
+    // No host runs yet, so no length-0 completion can tell A first: only
+    // an idle read of the epoch can start its resync (which then waits
+    // for a host to flush A's queues, up to the drain timeout per try).
     let t = Instant::now();
-    while a.stats().resyncs == 0 {
+    while !a.resync_pending() {
         assert!(recv(&mut a).is_empty());
-        assert!(t.elapsed() < Duration::from_secs(10), "no resync");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "idle polls never noticed the epoch"
+        );
     }
     assert!(a.stats().epoch_polls > before);
+    // The host flushes A's queues and the resync completes.
+    let _host = SwitchThread::spawn(&pair);
+    while a.stats().resyncs == 0 {
+        assert!(recv(&mut a).is_empty());
+        assert!(t.elapsed() < Duration::from_secs(20), "no resync");
+    }
     assert_eq!(a.epoch(), epoch(&pair));
     assert_eq!(a.mode(), Mode::Copy);
 }
