@@ -166,8 +166,8 @@ pub fn run(
         }
         Ok(())
     })();
-    let mut out = wa.outcome(Vec::new(), res);
-    let b = wb.outcome(Vec::new(), Ok(()));
+    let mut out = wa.outcome(Vec::new(), res, None);
+    let b = wb.outcome(Vec::new(), Ok(()), None);
     out.meter.merge(&b.meter);
     out.elapsed = out.elapsed.max(b.elapsed);
     (out, c)

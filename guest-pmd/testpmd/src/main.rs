@@ -251,6 +251,8 @@ fn run(a: &Args) -> Result<Summary> {
     let mut rtts = Vec::new();
     let mut first_err = None;
     let mut queues = Vec::new();
+    // The queue pairs' counters as their mode loops ended (not forward).
+    let mut run_stats: Option<sbnet_pmd::Stats> = None;
     for (q, o) in outcomes.into_iter().enumerate() {
         meter.merge(&o.meter);
         elapsed = elapsed.max(o.elapsed);
@@ -260,8 +262,18 @@ fn run(a: &Args) -> Result<Summary> {
             "rx_packets": o.meter.rx,
             "tx_packets": o.meter.tx,
             "integrity_errors": o.meter.integrity_errors,
-            "port": ports.iter().map(|p| p.queue_stats(q as u16).map(|s| s.to_json())).collect::<Vec<_>>(),
+            "port": match &o.stats {
+                // The snapshot before the linger (one port).
+                Some(st) => vec![Some(st.to_json())],
+                None => ports.iter().map(|p| p.queue_stats(q as u16).map(|s| s.to_json())).collect::<Vec<_>>(),
+            },
         });
+        if let Some(st) = &o.stats {
+            match &mut run_stats {
+                None => run_stats = Some(*st),
+                Some(sum) => sum.add(st),
+            }
+        }
         if let Some(c) = fwd.get(q) {
             j["copies"] = c.copies.into();
             j["dropped"] = c.dropped.into();
@@ -276,7 +288,7 @@ fn run(a: &Args) -> Result<Summary> {
         &meter,
         elapsed,
         &mut rtts,
-        port0.stats(),
+        run_stats.unwrap_or_else(|| port0.stats()),
         opened_slots(port0),
         format!("{:?}", a.mode).to_lowercase(),
     );
@@ -355,6 +367,7 @@ fn run_threads(
                         elapsed: 0.0,
                         rtts: Vec::new(),
                         result: Err(anyhow::anyhow!("a queue pair's thread panicked")),
+                        stats: None,
                     },
                     FwdCounts::default(),
                 )

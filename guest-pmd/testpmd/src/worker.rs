@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use sbnet_pmd::bus::Bus;
-use sbnet_pmd::{Mode, Pkt, PortQueue};
+use sbnet_pmd::{Mode, Pkt, PortQueue, Stats};
 use std::time::{Duration, Instant};
 
 use crate::frame::{self, Payload};
@@ -20,6 +20,10 @@ pub struct Outcome {
     pub elapsed: f64,
     pub rtts: Vec<u32>,
     pub result: Result<()>,
+    /// The queue pair's counters when its mode loop ended, before it
+    /// lingered: the peer's exit during the linger changes the epoch and
+    /// the mode, which the report must not show as the run's.
+    pub stats: Option<Stats>,
 }
 
 /// Everything a mode loop needs, for one queue pair.
@@ -157,12 +161,13 @@ impl<'a> Worker<'a> {
         u64::from(self.q.index()) << FLOW_SHIFT
     }
 
-    pub fn outcome(self, rtts: Vec<u32>, result: Result<()>) -> Outcome {
+    pub fn outcome(self, rtts: Vec<u32>, result: Result<()>, stats: Option<Stats>) -> Outcome {
         Outcome {
             elapsed: self.meter.active_seconds(self.started),
             meter: self.meter,
             rtts,
             result,
+            stats,
         }
     }
 }
@@ -171,6 +176,7 @@ impl<'a> Worker<'a> {
 pub fn run(a: &Args, q: &mut Queue, info: PortInfo) -> Outcome {
     let mut w = Worker::new(a, q, info);
     let mut rtts = Vec::new();
+    let mut stats = None;
     let res = (|| {
         w.wait_for_peer()?;
         if w.q.index() == 0 {
@@ -195,12 +201,13 @@ pub fn run(a: &Args, q: &mut Queue, info: PortInfo) -> Outcome {
             TestMode::Pingpong => pingpong(&mut w, &mut rtts),
             TestMode::Forward => bail!("forward runs over two ports"),
         }?;
+        stats = Some(w.q.stats());
         if matches!(a.mode, TestMode::Txonly | TestMode::Io | TestMode::Macswap) && a.count > 0 {
             linger(&mut [&mut w])?;
         }
         Ok(())
     })();
-    w.outcome(rtts, res)
+    w.outcome(rtts, res, stats)
 }
 
 fn txonly(c: &mut Worker) -> Result<()> {
