@@ -8,6 +8,8 @@
 
 mod chart;
 mod dpdk;
+mod links;
+mod links_run;
 mod model;
 mod report;
 mod sbnet;
@@ -45,7 +47,16 @@ struct Args {
     /// Skip the DPDK peers.
     #[arg(long)]
     no_dpdk: bool,
-    /// Only these systems (keys: sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, dpdk_memif_1cpu, sbnet_zc_pingpong, sbnet_classic_pingpong).
+    /// Only the many-links sections (issue 12: links × switch threads, idle links); same as `--systems links`.
+    #[arg(long, conflicts_with = "no_links")]
+    links_only: bool,
+    /// Skip the many-links sections.
+    #[arg(long)]
+    no_links: bool,
+    /// Seconds of each idle-links measurement (default 10, quick 5).
+    #[arg(long)]
+    idle_secs: Option<f64>,
+    /// Only these systems (keys: links = the many-links sections, sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, dpdk_memif_1cpu, sbnet_zc_pingpong, sbnet_classic_pingpong).
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
     /// The report.
@@ -282,9 +293,20 @@ fn run(a: &Args) -> Result<()> {
             });
         }
     }
-    if let Some(only) = &a.systems {
+    let only = if a.links_only {
+        Some(vec!["links".to_string()])
+    } else {
+        a.systems.clone()
+    };
+    if let Some(only) = &only {
         jobs.retain(|j| only.iter().any(|k| k == j.system.key()));
         cells.retain(|c| only.iter().any(|k| k == c.system.key()));
+    }
+    let with_links = !a.no_links && only.as_ref().is_none_or(|o| o.iter().any(|k| k == "links"));
+    let links_repeats = if a.quick { 1 } else { repeats.min(3) };
+    let idle_secs = a.idle_secs.unwrap_or(if a.quick { 5.0 } else { 10.0 });
+    if !(1.0..=600.0).contains(&idle_secs) {
+        bail!("--idle-secs must be 1..=600");
     }
     let est = |j: &Job| -> f64 {
         match j.system {
@@ -294,7 +316,12 @@ fn run(a: &Args) -> Result<()> {
             _ => warm.ceil() + secs + 3.5,
         }
     };
-    let total_est: f64 = jobs.iter().map(est).sum();
+    let links_est = if with_links {
+        links_run::estimate(timing, links_repeats, idle_secs)
+    } else {
+        0.0
+    };
+    let total_est: f64 = jobs.iter().map(est).sum::<f64>() + links_est;
     eprintln!(
         "sbnet-bench: {} runs ({} s windows after {} s of warm-up, {} repeat(s), sizes {:?}), about {} of running; work directory {}",
         jobs.len(),
@@ -371,7 +398,10 @@ fn run(a: &Args) -> Result<()> {
         );
     }
 
+    let links = with_links
+        .then(|| links_run::run_all(&bins, &work, &place, timing, links_repeats, idle_secs));
     let meta = Meta {
+        links,
         started,
         quick: a.quick,
         secs,
@@ -448,6 +478,7 @@ struct Meta {
     dpdk_note: Option<String>,
     max_background: f64,
     micro: Vec<report::Micro>,
+    links: Option<links::Links>,
 }
 
 fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result<()> {
@@ -471,7 +502,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         ),
     ];
     let mut chart_paths = Vec::new();
-    for (p, g, t) in &charts {
+    for (p, g, t) in charts.iter().filter(|_| !cells.is_empty()) {
         chart::chart(p, cells, &m.sizes, *g, t)?;
         if p.exists() {
             chart_paths.push(p.clone());
@@ -499,6 +530,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
             "max_background": m.max_background,
             "micro": m.micro.iter().map(report::Micro::to_json).collect::<Vec<_>>(),
             "cells": cells.iter().map(Cell::to_json).collect::<Vec<_>>(),
+            "links": m.links.as_ref().map(links::Links::to_json),
         });
         std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     }
@@ -519,6 +551,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         charts: chart_paths,
         dpdk_note: m.dpdk_note.clone(),
         max_background: m.max_background,
+        links: m.links.as_ref(),
     };
     std::fs::write(&a.out, rep.markdown())
         .with_context(|| format!("cannot write {}", a.out.display()))?;
@@ -552,6 +585,7 @@ fn render(a: &Args, path: &Path) -> Result<()> {
         .filter_map(Cell::from_json)
         .collect();
     let meta = Meta {
+        links: j.get("links").and_then(links::Links::from_json),
         started: st("started"),
         quick: j["quick"].as_bool().unwrap_or(false),
         secs: util::num(&j, "duration_s"),
