@@ -35,18 +35,8 @@ fn host_pair(
         s(&cfg),
         "--threads".into(),
         threads.to_string(),
-        "--poll".into(),
-        place.poll.clone(),
-        "--stats-json".into(),
-        s(&dir.join("host-pair.json")),
     ];
-    let mut hp = util::spawn(
-        "host-pair",
-        &place.host,
-        &b.host_pair,
-        &args,
-        &dir.join("host-pair.log"),
-    )?;
+    let mut hp = sbnet::host_pair(b, dir, place, args)?;
     for i in 0..n {
         for side in 0..2 {
             util::wait_for(&links::sock(dir, i, side), Duration::from_secs(10), &mut hp)?;
@@ -317,7 +307,9 @@ pub fn estimate(t: Timing, repeats: usize, idle_secs: f64) -> f64 {
 }
 
 /// Both sections: every configuration `repeats` times (the order turning
-/// every repeat), then the two idle measurements of `idle_secs`.
+/// every repeat), then the two idle measurements of `idle_secs`; each
+/// run first waits (up to 20 s) for other programs to use less than
+/// `max_background` of the machine.
 pub fn run_all(
     b: &Bins,
     work: &Path,
@@ -325,6 +317,7 @@ pub fn run_all(
     t: Timing,
     repeats: usize,
     idle_secs: f64,
+    max_background: f64,
 ) -> Links {
     let mut out = Links {
         busy: links::CONFIGS
@@ -345,7 +338,7 @@ pub fn run_all(
         for k in 0..links::CONFIGS.len() {
             let k = (k + rep) % links::CONFIGS.len();
             let busy = &mut out.busy[k];
-            util::wait_quiet(0.15, Duration::from_secs(20));
+            util::wait_quiet(max_background, Duration::from_secs(20));
             let dir = work.join(format!("links-{}x{}-{rep}", busy.links, busy.threads));
             let line = match busy_once(b, &dir, place, busy.links, busy.threads, t) {
                 Ok((r, cmds)) => {
@@ -366,12 +359,7 @@ pub fn run_all(
                     busy.runs.push(r);
                     txt
                 }
-                Err(e) => {
-                    let msg = format!("{e:#}");
-                    let first = msg.lines().next().unwrap_or("").to_string();
-                    busy.error.get_or_insert(msg);
-                    format!("FAILED: {first}")
-                }
+                Err(e) => util::failed(&e, &mut busy.error),
             };
             done += 1;
             eprintln!(
@@ -383,7 +371,7 @@ pub fn run_all(
         }
     }
     for connected in [false, true] {
-        util::wait_quiet(0.15, Duration::from_secs(20));
+        util::wait_quiet(max_background, Duration::from_secs(20));
         let dir = work.join(format!(
             "links-idle-{}",
             if connected { "connected" } else { "none" }

@@ -59,9 +59,9 @@ struct Args {
     /// Only these systems (keys: links = the many-links sections, sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, dpdk_memif_1cpu, sbnet_zc_pingpong, sbnet_classic_pingpong).
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
-    /// The report.
-    #[arg(long, default_value = "docs/benchmarks.md")]
-    out: PathBuf,
+    /// The report (default docs/benchmarks.md; with --links-only docs/benchmarks-links.md, so the full report stays).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Where host-pair and sbnet-testpmd are (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -209,7 +209,7 @@ fn run(a: &Args) -> Result<()> {
             );
         }
     }
-    let (dpdk, dpdk_note) = if a.no_dpdk {
+    let (dpdk, dpdk_note) = if a.no_dpdk || a.links_only {
         (None, Some("skipped (--no-dpdk)".to_string()))
     } else {
         match dpdk::find() {
@@ -377,12 +377,7 @@ fn run(a: &Args) -> Result<()> {
                 c.samples.push(s);
                 txt
             }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                let first = msg.lines().next().unwrap_or("").to_string();
-                cells[i].error.get_or_insert(msg);
-                format!("FAILED: {first}")
-            }
+            Err(e) => util::failed(&e, &mut cells[i].error),
         };
         eprintln!(
             "[{:>3}/{}] {} elapsed, ~{} left | {} {} B run {} | bg {:.0}% | {}",
@@ -398,8 +393,17 @@ fn run(a: &Args) -> Result<()> {
         );
     }
 
-    let links = with_links
-        .then(|| links_run::run_all(&bins, &work, &place, timing, links_repeats, idle_secs));
+    let links = with_links.then(|| {
+        links_run::run_all(
+            &bins,
+            &work,
+            &place,
+            timing,
+            links_repeats,
+            idle_secs,
+            a.max_background,
+        )
+    });
     let meta = Meta {
         links,
         started,
@@ -482,10 +486,16 @@ struct Meta {
 }
 
 fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result<()> {
-    let out_dir = a.out.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if a.links_only {
+            "docs/benchmarks-links.md"
+        } else {
+            "docs/benchmarks.md"
+        })
+    });
+    let out_dir = out.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&out_dir)?;
-    let stem = a
-        .out
+    let stem = out
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "benchmarks".into());
@@ -553,16 +563,16 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         max_background: m.max_background,
         links: m.links.as_ref(),
     };
-    std::fs::write(&a.out, rep.markdown())
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    std::fs::write(&out, rep.markdown())
+        .with_context(|| format!("cannot write {}", out.display()))?;
     if write_json {
         eprintln!(
             "sbnet-bench: wrote {}, {} and the charts",
-            a.out.display(),
+            out.display(),
             json_path.display()
         );
     } else {
-        eprintln!("sbnet-bench: wrote {} and the charts", a.out.display());
+        eprintln!("sbnet-bench: wrote {} and the charts", out.display());
     }
     Ok(())
 }

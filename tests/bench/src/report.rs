@@ -317,6 +317,11 @@ impl Report<'_> {
         );
         if self.cells.is_empty() {
             // Only the many-links sections ran (--links-only).
+            let _ = writeln!(
+                w,
+                "Only the many-links sections: `{}`.\n",
+                tidy(&self.invocation)
+            );
             if let Some(l) = self.links {
                 l.markdown(w);
             }
