@@ -3,6 +3,9 @@
 #
 #   tests/bench/run.sh           # the full run (about 45 minutes on 2 cores)
 #   tests/bench/run.sh --quick   # short runs, sizes 64, 1500, 65536, two repeats (development)
+#   tests/bench/run.sh --links-only  # only issue 12's many-links sections (links x switch
+#                                    # threads, idle links; no root, no DPDK, about 4 minutes;
+#                                    # writes docs/benchmarks-links.md)
 #
 # Any other option goes to sbnet-bench (target/release/sbnet-bench --help),
 # e.g. --sizes 64,9000 --repeats 5 --no-dpdk.
@@ -22,9 +25,17 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 
 QUICK=0
+LINKS_ONLY=0
 for a in "$@"; do
     [ "$a" = "--quick" ] && QUICK=1
+    [ "$a" = "--links-only" ] && LINKS_ONLY=1
 done
+
+if [ "$LINKS_ONLY" = 1 ]; then
+    # host-pair and sbnet-testpmd only: no DPDK, no huge pages, no root.
+    cargo build --release -p host-pair -p sbnet-testpmd -p sbnet-bench
+    exec "$ROOT/target/release/sbnet-bench" --no-dpdk --invocation "tests/bench/run.sh $*" "$@"
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "run.sh: run as root (apt-get, huge pages, hugetlbfs mount)" >&2

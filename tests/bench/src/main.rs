@@ -8,6 +8,8 @@
 
 mod chart;
 mod dpdk;
+mod links;
+mod links_run;
 mod model;
 mod report;
 mod sbnet;
@@ -45,12 +47,21 @@ struct Args {
     /// Skip the DPDK peers.
     #[arg(long)]
     no_dpdk: bool,
-    /// Only these systems (keys: sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, dpdk_memif_1cpu, sbnet_zc_pingpong, sbnet_classic_pingpong).
+    /// Only the many-links sections (issue 12: links × switch threads, idle links); same as `--systems links`.
+    #[arg(long, conflicts_with = "no_links")]
+    links_only: bool,
+    /// Skip the many-links sections.
+    #[arg(long)]
+    no_links: bool,
+    /// Seconds of each idle-links measurement (default 10, quick 5).
+    #[arg(long)]
+    idle_secs: Option<f64>,
+    /// Only these systems (keys: links = the many-links sections, sbnet_zc, sbnet_zc_full, sbnet_classic, dpdk_vhost, dpdk_memif, dpdk_memif_1cpu, sbnet_zc_pingpong, sbnet_classic_pingpong).
     #[arg(long, value_delimiter = ',')]
     systems: Option<Vec<String>>,
-    /// The report.
-    #[arg(long, default_value = "docs/benchmarks.md")]
-    out: PathBuf,
+    /// The report (default docs/benchmarks.md; with --links-only docs/benchmarks-links.md, so the full report stays).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Where host-pair and sbnet-testpmd are (default: next to this program).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -198,7 +209,7 @@ fn run(a: &Args) -> Result<()> {
             );
         }
     }
-    let (dpdk, dpdk_note) = if a.no_dpdk {
+    let (dpdk, dpdk_note) = if a.no_dpdk || a.links_only {
         (None, Some("skipped (--no-dpdk)".to_string()))
     } else {
         match dpdk::find() {
@@ -282,9 +293,20 @@ fn run(a: &Args) -> Result<()> {
             });
         }
     }
-    if let Some(only) = &a.systems {
+    let only = if a.links_only {
+        Some(vec!["links".to_string()])
+    } else {
+        a.systems.clone()
+    };
+    if let Some(only) = &only {
         jobs.retain(|j| only.iter().any(|k| k == j.system.key()));
         cells.retain(|c| only.iter().any(|k| k == c.system.key()));
+    }
+    let with_links = !a.no_links && only.as_ref().is_none_or(|o| o.iter().any(|k| k == "links"));
+    let links_repeats = if a.quick { 1 } else { repeats.min(3) };
+    let idle_secs = a.idle_secs.unwrap_or(if a.quick { 5.0 } else { 10.0 });
+    if !(1.0..=600.0).contains(&idle_secs) {
+        bail!("--idle-secs must be 1..=600");
     }
     let est = |j: &Job| -> f64 {
         match j.system {
@@ -294,7 +316,12 @@ fn run(a: &Args) -> Result<()> {
             _ => warm.ceil() + secs + 3.5,
         }
     };
-    let total_est: f64 = jobs.iter().map(est).sum();
+    let links_est = if with_links {
+        links_run::estimate(timing, links_repeats, idle_secs)
+    } else {
+        0.0
+    };
+    let total_est: f64 = jobs.iter().map(est).sum::<f64>() + links_est;
     eprintln!(
         "sbnet-bench: {} runs ({} s windows after {} s of warm-up, {} repeat(s), sizes {:?}), about {} of running; work directory {}",
         jobs.len(),
@@ -350,12 +377,7 @@ fn run(a: &Args) -> Result<()> {
                 c.samples.push(s);
                 txt
             }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                let first = msg.lines().next().unwrap_or("").to_string();
-                cells[i].error.get_or_insert(msg);
-                format!("FAILED: {first}")
-            }
+            Err(e) => util::failed(&e, &mut cells[i].error),
         };
         eprintln!(
             "[{:>3}/{}] {} elapsed, ~{} left | {} {} B run {} | bg {:.0}% | {}",
@@ -371,7 +393,19 @@ fn run(a: &Args) -> Result<()> {
         );
     }
 
+    let links = with_links.then(|| {
+        links_run::run_all(
+            &bins,
+            &work,
+            &place,
+            timing,
+            links_repeats,
+            idle_secs,
+            a.max_background,
+        )
+    });
     let meta = Meta {
+        links,
         started,
         quick: a.quick,
         secs,
@@ -448,13 +482,20 @@ struct Meta {
     dpdk_note: Option<String>,
     max_background: f64,
     micro: Vec<report::Micro>,
+    links: Option<links::Links>,
 }
 
 fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result<()> {
-    let out_dir = a.out.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(if a.links_only {
+            "docs/benchmarks-links.md"
+        } else {
+            "docs/benchmarks.md"
+        })
+    });
+    let out_dir = out.parent().unwrap_or(Path::new(".")).to_path_buf();
     std::fs::create_dir_all(&out_dir)?;
-    let stem = a
-        .out
+    let stem = out
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "benchmarks".into());
@@ -471,7 +512,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         ),
     ];
     let mut chart_paths = Vec::new();
-    for (p, g, t) in &charts {
+    for (p, g, t) in charts.iter().filter(|_| !cells.is_empty()) {
         chart::chart(p, cells, &m.sizes, *g, t)?;
         if p.exists() {
             chart_paths.push(p.clone());
@@ -499,6 +540,7 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
             "max_background": m.max_background,
             "micro": m.micro.iter().map(report::Micro::to_json).collect::<Vec<_>>(),
             "cells": cells.iter().map(Cell::to_json).collect::<Vec<_>>(),
+            "links": m.links.as_ref().map(links::Links::to_json),
         });
         std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
     }
@@ -519,17 +561,18 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         charts: chart_paths,
         dpdk_note: m.dpdk_note.clone(),
         max_background: m.max_background,
+        links: m.links.as_ref(),
     };
-    std::fs::write(&a.out, rep.markdown())
-        .with_context(|| format!("cannot write {}", a.out.display()))?;
+    std::fs::write(&out, rep.markdown())
+        .with_context(|| format!("cannot write {}", out.display()))?;
     if write_json {
         eprintln!(
             "sbnet-bench: wrote {}, {} and the charts",
-            a.out.display(),
+            out.display(),
             json_path.display()
         );
     } else {
-        eprintln!("sbnet-bench: wrote {} and the charts", a.out.display());
+        eprintln!("sbnet-bench: wrote {} and the charts", out.display());
     }
     Ok(())
 }
@@ -552,6 +595,7 @@ fn render(a: &Args, path: &Path) -> Result<()> {
         .filter_map(Cell::from_json)
         .collect();
     let meta = Meta {
+        links: j.get("links").and_then(links::Links::from_json),
         started: st("started"),
         quick: j["quick"].as_bool().unwrap_or(false),
         secs: util::num(&j, "duration_s"),

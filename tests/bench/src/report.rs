@@ -23,6 +23,8 @@ pub struct Report<'a> {
     pub charts: Vec<PathBuf>,
     pub dpdk_note: Option<String>,
     pub max_background: f64,
+    /// Issue 12's many-links sections, when they ran.
+    pub links: Option<&'a crate::links::Links>,
 }
 
 /// One criterion result.
@@ -313,6 +315,22 @@ impl Report<'_> {
             self.started,
             self.wall_secs
         );
+        if self.cells.is_empty() {
+            // Only the many-links sections ran (--links-only).
+            let _ = writeln!(
+                w,
+                "Only the many-links sections: `{}`.\n",
+                tidy(&self.invocation)
+            );
+            if let Some(l) = self.links {
+                l.markdown(w);
+            }
+            let _ = writeln!(w, "## Machine\n\n```\n{}\n```\n", self.machine.trim());
+            if let Some(n) = &self.notes {
+                let _ = writeln!(w, "{}", n.trim_end());
+            }
+            return o;
+        }
         if self.quick {
             let _ = writeln!(w, "> **Quick mode**: short runs, few sizes, one repeat. For development only; the figures are not the project's results.\n");
         }
@@ -413,6 +431,9 @@ impl Report<'_> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let _ = writeln!(w, "![{name}]({name})\n");
+        }
+        if let Some(l) = self.links {
+            l.markdown(w);
         }
 
         // Copies.
@@ -679,7 +700,7 @@ impl Report<'_> {
 }
 
 /// A command line with the repository prefix and the work directory shortened.
-fn tidy(cmd: &str) -> String {
+pub fn tidy(cmd: &str) -> String {
     let mut out = cmd.to_string();
     if let Ok(cwd) = std::env::current_dir() {
         out = out.replace(&format!("{}/", cwd.display()), "");

@@ -77,18 +77,8 @@ impl<'a> Run<'a> {
             SLOTS.to_string(),
             "--slot-size".into(),
             slot_size(frame).to_string(),
-            "--poll".into(),
-            place.poll.clone(),
-            "--stats-json".into(),
-            s(&dir.join("host-pair.json")),
         ];
-        let mut hp = util::spawn(
-            "host-pair",
-            &place.host,
-            &b.host_pair,
-            &args,
-            &dir.join("host-pair.log"),
-        )?;
+        let mut hp = host_pair(b, dir, place, args)?;
         for p in &socks {
             util::wait_for(p, Duration::from_secs(10), &mut hp)?;
         }
@@ -150,6 +140,24 @@ impl<'a> Run<'a> {
         }
         util::json(&self.dir.join("host-pair.json"))
     }
+}
+
+/// Starts `host-pair ARGS --poll P --stats-json DIR/host-pair.json` on
+/// the host's CPUs, its output in `DIR/host-pair.log`.
+pub fn host_pair(b: &Bins, dir: &Path, place: &Place, mut args: Vec<String>) -> Result<Proc> {
+    args.extend([
+        "--poll".into(),
+        place.poll.clone(),
+        "--stats-json".into(),
+        s(&dir.join("host-pair.json")),
+    ]);
+    util::spawn(
+        "host-pair",
+        &place.host,
+        &b.host_pair,
+        &args,
+        &dir.join("host-pair.log"),
+    )
 }
 
 /// Data copies per delivered packet, from host-pair's counters.

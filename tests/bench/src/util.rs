@@ -266,6 +266,15 @@ pub fn capture(prog: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// A failed run: keeps the first error in `slot` and returns the
+/// progress line's text (`FAILED: ` and the error's first line).
+pub fn failed(e: &anyhow::Error, slot: &mut Option<String>) -> String {
+    let msg = format!("{e:#}");
+    let first = msg.lines().next().unwrap_or("").to_string();
+    slot.get_or_insert(msg);
+    format!("FAILED: {first}")
+}
+
 /// Median of a non-empty slice.
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
