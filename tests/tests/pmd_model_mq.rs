@@ -630,3 +630,92 @@ fn zero_copy_model_four_pairs_waits_expire_small_queues() {
     let c = run_setup(SETUPS[2]);
     assert!(c.deferred > 0 && c.deferred_seen > 0, "no deferral: {c:?}");
 }
+
+/// The per-sub-pair checks can fail: in a real two-pair snapshot with
+/// traffic in flight on both pairs, every single corruption of the host's
+/// view (an owner, a post, a deferral, a pair's counter, or a frame
+/// counted on the wrong pair with the side's totals unchanged) is caught.
+#[test]
+fn agreement_checks_catch_every_single_corruption() {
+    let mut m = Model::new(SETUPS[0]).expect("bring-up");
+    for q in 0..2 {
+        m.send(0, q, 10, 1).unwrap();
+        m.send(1, q, 10, 2).unwrap();
+    }
+    m.pair.quiesce();
+    // Side 1 forwards three of each pair at once: side 0 has not reaped
+    // its completions, so it has not posted them: the sends wait.
+    m.rx(1, 0, 3, 0xaa).unwrap();
+    m.rx(1, 1, 3, 0xaa).unwrap();
+    m.pair.quiesce();
+    let h = m.pair.host();
+    let ports = [&m.ports[0], &m.ports[1]];
+    let check = |h: &HostView| {
+        let f = mq::check_agreement_mq(h, ports)?;
+        check_counts(h, ports, &m.base.host, &m.base.ports, &mq::total(&f))?;
+        mq::check_counts_mq(h, ports, &m.base, &f).map(|()| f)
+    };
+    let f = check(&h).unwrap_or_else(|e| panic!("the real state must agree: {e}"));
+    for (q, fq) in f.iter().enumerate() {
+        assert!(
+            fq.unmatched_tx[1] > 0 && fq.unreaped_rx[0] > 0 && fq.unreaped_tx[0] > 0,
+            "sub-pair {q} has states in flight: {fq:?}"
+        );
+    }
+    let caught = |what: String, bad: HostView| {
+        assert!(check(&bad).is_err(), "{what} went unnoticed");
+    };
+    for s in 0..SLOTS as usize {
+        let mut bad = h.clone();
+        bad.owners[s] ^= 1;
+        caught(format!("slot {s}: host owner flipped"), bad);
+        for k in 0..2 {
+            let mut bad = h.clone();
+            bad.posted[k][s] ^= true;
+            caught(format!("slot {s}: posted by side {k} flipped"), bad);
+            let mut bad = h.clone();
+            bad.deferred[k][s] ^= true;
+            caught(format!("slot {s}: deferred to side {k} flipped"), bad);
+        }
+    }
+    type Field = fn(&mut QueueCounters) -> &mut u64;
+    let fields: [(&str, Field); 4] = [
+        ("tx_packets", |c| &mut c.tx_packets),
+        ("rx_packets", |c| &mut c.rx_packets),
+        ("tx_bytes", |c| &mut c.tx_bytes),
+        ("rx_bytes", |c| &mut c.rx_bytes),
+    ];
+    for k in 0..2 {
+        for q in 0..2 {
+            for (name, f) in fields {
+                let mut bad = h.clone();
+                *f(&mut bad.queue_counters[k][q]) += 1;
+                caught(format!("side {k} pair {q}: {name} + 1"), bad);
+            }
+            // One frame counted on the other pair: the totals still add up.
+            for (name, f) in &fields[..2] {
+                let mut bad = h.clone();
+                *f(&mut bad.queue_counters[k][q]) -= 1;
+                *f(&mut bad.queue_counters[k][1 - q]) += 1;
+                caught(format!("side {k}: a {name} of pair {q} on the other"), bad);
+            }
+        }
+    }
+    assert!(
+        mq::check_settled_mq(&h, ports, &m.base).is_err(),
+        "an unsettled state passed as settled"
+    );
+    // A settled state: a frame's bytes counted on the wrong pair are
+    // caught there (the model knows what each pair sent).
+    m.free_kept(0, None);
+    m.free_kept(1, None);
+    m.settle_keep().unwrap();
+    m.check(true).expect("the settled state must agree");
+    let mut bad = m.pair.host();
+    bad.queue_counters[0][0].tx_bytes -= 1;
+    bad.queue_counters[0][1].tx_bytes += 1;
+    assert!(
+        m.check_settled_bytes(&bad).is_err(),
+        "bytes on the wrong pair went unnoticed"
+    );
+}
