@@ -29,8 +29,8 @@ mod pmd_common;
 
 use pmd_common::model;
 use pmd_common::{
-    check_counts, check_settled, check_zero_copy_agreement, fill_frame, port_cfg, service, stamp,
-    Flows, HostView, InPair, TxWait, P,
+    check_counts, check_settled, check_zero_copy_agreement, fill_frame, port_cfg, service,
+    slot_corruptions, stamp, Flows, HostView, InPair, TxWait, P,
 };
 use proptest::prelude::*;
 use sbnet_device::counters::SideCounters;
@@ -502,10 +502,7 @@ impl Model {
             self.cov.reordered += self.flows.reordered[x];
             self.cov.gifts += h.counters[x].gifts_sent - self.base_host[x].gifts_sent;
             self.cov.frames += self.flows.delivered[x];
-            let st = self.ports[x].stats();
-            if st.stale_handles != 0 || st.refused_completions != 0 || st.device_misbehaved != 0 {
-                return Err(format!("side {x}: port stats: {}", st.to_json()));
-            }
+            model::check_clean(&format!("side {x}"), &self.ports[x].stats())?;
         }
         Ok(())
     }
@@ -621,19 +618,7 @@ fn agreement_checks_catch_every_single_corruption() {
     let caught = |what: String, bad: HostView| {
         assert!(check(&bad).is_err(), "{what} went unnoticed");
     };
-    for s in 0..SLOTS as usize {
-        let mut bad = h.clone();
-        bad.owners[s] ^= 1;
-        caught(format!("slot {s}: host owner flipped"), bad);
-        for k in 0..2 {
-            let mut bad = h.clone();
-            bad.posted[k][s] ^= true;
-            caught(format!("slot {s}: posted by side {k} flipped"), bad);
-            let mut bad = h.clone();
-            bad.deferred[k][s] ^= true;
-            caught(format!("slot {s}: deferred to side {k} flipped"), bad);
-        }
-    }
+    slot_corruptions(&h, &caught);
     for k in 0..2 {
         for (name, f) in [
             (

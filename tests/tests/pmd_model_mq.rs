@@ -25,7 +25,8 @@ mod pmd_common;
 use pmd_common::model::{self, frame_len};
 use pmd_common::mq::{self, Base};
 use pmd_common::{
-    check_counts, fill_frame, port_cfg, stamp, Flows, HostView, InFlight, InPair, TxWait, P,
+    check_counts, fill_frame, port_cfg, slot_corruptions, stamp, Flows, HostView, InFlight, InPair,
+    TxWait, P,
 };
 use proptest::prelude::*;
 use sbnet_abi::shm::initial_owner_mq;
@@ -560,10 +561,7 @@ impl Model {
                 let st = self.ports[x].queue(q).stats();
                 self.cov.gifts[usize::from(q)] +=
                     st.gifts_sent - self.base.ports_q[x][usize::from(q)].gifts_sent;
-                if st.stale_handles != 0 || st.refused_completions != 0 || st.device_misbehaved != 0
-                {
-                    return Err(format!("side {x} queue pair {q}: stats: {}", st.to_json()));
-                }
+                model::check_clean(&format!("side {x} queue pair {q}"), &st)?;
             }
         }
         Ok(())
@@ -665,19 +663,7 @@ fn agreement_checks_catch_every_single_corruption() {
     let caught = |what: String, bad: HostView| {
         assert!(check(&bad).is_err(), "{what} went unnoticed");
     };
-    for s in 0..SLOTS as usize {
-        let mut bad = h.clone();
-        bad.owners[s] ^= 1;
-        caught(format!("slot {s}: host owner flipped"), bad);
-        for k in 0..2 {
-            let mut bad = h.clone();
-            bad.posted[k][s] ^= true;
-            caught(format!("slot {s}: posted by side {k} flipped"), bad);
-            let mut bad = h.clone();
-            bad.deferred[k][s] ^= true;
-            caught(format!("slot {s}: deferred to side {k} flipped"), bad);
-        }
-    }
+    slot_corruptions(&h, &caught);
     type Field = fn(&mut QueueCounters) -> &mut u64;
     let fields: [(&str, Field); 4] = [
         ("tx_packets", |c| &mut c.tx_packets),

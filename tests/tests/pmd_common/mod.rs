@@ -575,6 +575,25 @@ pub fn check_settled(h: &HostView, ports: [&P; 2]) -> Result<InFlight, String> {
     Ok(f)
 }
 
+/// Every single corruption of the host's per-slot view of `h` (an owner
+/// flipped, a post or a deferral of either side flipped), each handed to
+/// `caught(what, bad)`, which asserts that the checks notice it.
+pub fn slot_corruptions(h: &HostView, caught: &dyn Fn(String, HostView)) {
+    for s in 0..h.owners.len() {
+        let mut bad = h.clone();
+        bad.owners[s] ^= 1;
+        caught(format!("slot {s}: host owner flipped"), bad);
+        for k in 0..2 {
+            let mut bad = h.clone();
+            bad.posted[k][s] ^= true;
+            caught(format!("slot {s}: posted by side {k} flipped"), bad);
+            let mut bad = h.clone();
+            bad.deferred[k][s] ^= true;
+            caught(format!("slot {s}: deferred to side {k} flipped"), bad);
+        }
+    }
+}
+
 /// A test frame: magic, sender side, sequence number, then a pattern.
 pub const FRAME_HDR: usize = 6;
 const MAGIC: u8 = 0x5b;

@@ -70,3 +70,12 @@ pub fn run_seeded<A: Debug + Clone + 'static>(
         Err(e) => panic!("{what:?}: {e}"),
     }
 }
+
+/// A port's (or queue pair's) stats after a clean run: no stale handle,
+/// no refused completion, no misbehaving device.
+pub fn check_clean(what: &str, st: &sbnet_pmd::Stats) -> Result<(), String> {
+    if st.stale_handles != 0 || st.refused_completions != 0 || st.device_misbehaved != 0 {
+        return Err(format!("{what}: port stats: {}", st.to_json()));
+    }
+    Ok(())
+}
