@@ -27,12 +27,12 @@
 
 mod pmd_common;
 
+use pmd_common::model;
 use pmd_common::{
-    check_counts, check_settled, check_zero_copy_agreement, fill_frame, port_cfg, service, stamp,
-    Flows, HostView, InPair, TxWait, FRAME_HDR, P,
+    check_counts, check_settled, check_zero_copy_agreement, fill_frame, port_cfg, service,
+    slot_corruptions, stamp, Flows, HostView, InPair, TxWait, P,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use sbnet_device::counters::SideCounters;
 use sbnet_pmd::{Mode, Pkt, Port, Stats};
 use std::collections::{BTreeMap, VecDeque};
@@ -112,17 +112,7 @@ fn action() -> impl Strategy<Value = Action> {
 
 /// Frame length for packet `i` of a send.
 fn frame_len(seed: u16, i: usize) -> usize {
-    let r = (seed as usize)
-        .wrapping_mul(2654435761)
-        .wrapping_add(i * 40503)
-        >> 3;
-    match (seed as usize + i) % 5 {
-        0 => FRAME_HDR + r % 58,
-        1 => 60 + r % 1455,
-        2 => MAX_FRAME,
-        3 => FRAME_HDR,
-        _ => FRAME_HDR + r % (MAX_FRAME - FRAME_HDR + 1),
-    }
+    model::frame_len(seed, i, MAX_FRAME)
 }
 
 /// A delivery in zero-copy mode: a slot, and the frame the tracker expects.
@@ -512,10 +502,7 @@ impl Model {
             self.cov.reordered += self.flows.reordered[x];
             self.cov.gifts += h.counters[x].gifts_sent - self.base_host[x].gifts_sent;
             self.cov.frames += self.flows.delivered[x];
-            let st = self.ports[x].stats();
-            if st.stale_handles != 0 || st.refused_completions != 0 || st.device_misbehaved != 0 {
-                return Err(format!("side {x}: port stats: {}", st.to_json()));
-            }
+            model::check_clean(&format!("side {x}"), &self.ports[x].stats())?;
         }
         Ok(())
     }
@@ -549,47 +536,16 @@ fn run_case(setup: Setup, actions: &[Action], total: &mut Coverage) -> Result<()
     Ok(())
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    Some(
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-    )
-}
-
 /// Cases per setup: a few seconds in a debug build; the suite runs in
 /// release, where eight times as many take about as long.
 const CASES: u32 = if cfg!(debug_assertions) { 256 } else { 2048 };
 
 fn run_setup(setup: Setup, cases: u32) -> Coverage {
-    let rng = match env_u64("SBNET_MODEL_SEED") {
-        Some(seed) => {
-            let mut bytes = [0u8; 32];
-            bytes[..8].copy_from_slice(&seed.to_le_bytes());
-            TestRng::from_seed(RngAlgorithm::ChaCha, &bytes)
-        }
-        None => TestRng::deterministic_rng(RngAlgorithm::ChaCha),
-    };
-    let config = Config {
-        cases: env_u64("SBNET_MODEL_CASES").map_or(cases, |c| c as u32),
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new_with_rng(config, rng);
     let total = std::cell::RefCell::new(Coverage::default());
     let started = Instant::now();
-    let res = runner.run(&proptest::collection::vec(action(), 1..160), |actions| {
-        run_case(setup, &actions, &mut total.borrow_mut()).map_err(TestCaseError::fail)
+    model::run_seeded(&setup, cases, action(), 160, |actions| {
+        run_case(setup, actions, &mut total.borrow_mut())
     });
-    match res {
-        Ok(()) => {}
-        Err(TestError::Fail(why, actions)) => panic!(
-            "{setup:?}: {why}\nminimal failing sequence ({} steps): {actions:#?}",
-            actions.len()
-        ),
-        Err(e) => panic!("{setup:?}: {e}"),
-    }
     let total = total.into_inner();
     eprintln!("{setup:?}: {total:?} in {:.2?}", started.elapsed());
     total
@@ -662,19 +618,7 @@ fn agreement_checks_catch_every_single_corruption() {
     let caught = |what: String, bad: HostView| {
         assert!(check(&bad).is_err(), "{what} went unnoticed");
     };
-    for s in 0..SLOTS as usize {
-        let mut bad = h.clone();
-        bad.owners[s] ^= 1;
-        caught(format!("slot {s}: host owner flipped"), bad);
-        for k in 0..2 {
-            let mut bad = h.clone();
-            bad.posted[k][s] ^= true;
-            caught(format!("slot {s}: posted by side {k} flipped"), bad);
-            let mut bad = h.clone();
-            bad.deferred[k][s] ^= true;
-            caught(format!("slot {s}: deferred to side {k} flipped"), bad);
-        }
-    }
+    slot_corruptions(&h, &caught);
     for k in 0..2 {
         for (name, f) in [
             (

@@ -52,15 +52,18 @@
 //! `y`, which no port owns (`y` has not been able to post it).
 #![allow(dead_code)]
 
+pub mod model;
+pub mod mq;
 pub mod scenario;
 pub mod sockets;
 
+use sbnet_abi::net::MAX_QUEUE_PAIRS;
 use sbnet_abi::shm::SlotGeometry;
-use sbnet_device::counters::SideCounters;
+use sbnet_device::counters::{QueueCounters, SideCounters};
 use sbnet_device::pair::{Pair, PairConfig, Shared};
 use sbnet_device::switch::{Mode as HostMode, SwitchConfig};
 use sbnet_pmd::bus::Bus;
-use sbnet_pmd::{Mode, Pkt, Port, PortConfig, SlotState, Stats};
+use sbnet_pmd::{Mode, Pkt, Port, PortConfig, PortQueue, SlotState, Stats};
 use sbnet_tests::InProcessBus;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,6 +112,17 @@ impl InPair {
     /// A pair with `slots` slots of `slot_size` bytes and queues of at most
     /// `max_queue` entries.
     pub fn new(slot_size: u32, slots: u32, max_queue: u16, wait: TxWait) -> Self {
+        Self::new_mq(slot_size, slots, max_queue, wait, 1)
+    }
+
+    /// [`InPair::new`] with `queue_pairs` queue pairs on the link.
+    pub fn new_mq(
+        slot_size: u32,
+        slots: u32,
+        max_queue: u16,
+        wait: TxWait,
+        queue_pairs: u16,
+    ) -> Self {
         let cfg = PairConfig {
             geometry: SlotGeometry::new(slot_size, slots).expect("geometry"),
             max_queue_size: max_queue,
@@ -117,7 +131,7 @@ impl InPair {
                 tx_wait: wait.duration(),
             },
             huge_pages: false,
-            queue_pairs: 1,
+            queue_pairs,
         };
         let shared = Shared::new(Pair::new(&cfg).expect("pair")).expect("shared");
         Self {
@@ -130,6 +144,30 @@ impl InPair {
     /// A bus on side `side`.
     pub fn bus(&self, side: usize) -> InProcessBus {
         InProcessBus::new(self.shared.clone(), side)
+    }
+
+    /// Opens a port of `pairs` queue pairs on side `side`. Above one pair
+    /// the port waits for the host to acknowledge its control command, so
+    /// a thread polls the host meanwhile; the pair is stepped by the test
+    /// again once this returns.
+    pub fn open_queue_pairs(
+        &self,
+        side: usize,
+        cfg: PortConfig,
+        pairs: u16,
+    ) -> Result<P, sbnet_pmd::PmdError> {
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    self.poll();
+                    std::thread::yield_now();
+                }
+            });
+            let port = Port::open_queue_pairs(self.bus(side), cfg, pairs);
+            done.store(true, std::sync::atomic::Ordering::Release);
+            port
+        })
     }
 
     /// One host poll.
@@ -184,6 +222,7 @@ impl InPair {
             waiting: p.switch.has_waiting(),
             active: [p.fns[0].is_active(), p.fns[1].is_active()],
             counters: [p.fns[0].counters, p.fns[1].counters],
+            queue_counters: [p.fns[0].queue_counters(), p.fns[1].queue_counters()],
         }
     }
 
@@ -195,11 +234,21 @@ impl InPair {
         ports: &mut [&mut P; 2],
         deliver: &mut dyn FnMut(usize, Pkt, &mut P) -> Result<(), String>,
     ) -> Result<(), String> {
+        self.settle_queues(ports, &mut |k, _, p, port| deliver(k, p, port))
+    }
+
+    /// [`InPair::settle`] over every queue pair of both ports: a packet
+    /// queue pair `q` of side `k` received goes to `deliver(k, q, pkt, port)`.
+    pub fn settle_queues(
+        &self,
+        ports: &mut [&mut P; 2],
+        deliver: &mut Deliver<'_>,
+    ) -> Result<(), String> {
         for _ in 0..SETTLE_LIMIT {
             let w = self.quiesce();
             let mut moved = false;
             for (k, port) in ports.iter_mut().enumerate() {
-                moved |= service(port, k, deliver)?;
+                moved |= service_queues(port, k, deliver)?;
             }
             if w == 0 && !moved {
                 return Ok(());
@@ -228,13 +277,24 @@ pub fn service(
     k: usize,
     deliver: &mut dyn FnMut(usize, Pkt, &mut P) -> Result<(), String>,
 ) -> Result<bool, String> {
+    service_queues(port, k, &mut |k, _, p, port| deliver(k, p, port))
+}
+
+/// Where a packet queue pair `q` of side `k` received goes:
+/// `deliver(k, q, pkt, port)` must free, keep or send it.
+pub type Deliver<'a> = dyn FnMut(usize, u16, Pkt, &mut P) -> Result<(), String> + 'a;
+
+/// [`service`] on every queue pair of the port, in order.
+pub fn service_queues(port: &mut P, k: usize, deliver: &mut Deliver<'_>) -> Result<bool, String> {
     let before = activity(&port.stats());
-    let mut out: [Option<Pkt>; 64] = [const { None }; 64];
-    let n = port
-        .rx_burst(&mut out)
-        .map_err(|e| format!("side {k}: rx_burst failed: {e}"))?;
-    for p in out[..n].iter_mut().filter_map(Option::take) {
-        deliver(k, p, port)?;
+    for q in 0..port.queue_pairs() {
+        let mut out: [Option<Pkt>; 64] = [const { None }; 64];
+        let n = port
+            .rx_burst_q(q, &mut out)
+            .map_err(|e| format!("side {k} queue pair {q}: rx_burst failed: {e}"))?;
+        for p in out[..n].iter_mut().filter_map(Option::take) {
+            deliver(k, q, p, port)?;
+        }
     }
     Ok(activity(&port.stats()) != before)
 }
@@ -260,6 +320,8 @@ pub struct HostView {
     pub active: [bool; 2],
     /// Per side counters.
     pub counters: [SideCounters; 2],
+    /// Per side and queue pair counters.
+    pub queue_counters: [Vec<QueueCounters>; 2],
 }
 
 /// Deliveries and sends in flight at a host-quiescent point (see the
@@ -316,121 +378,128 @@ pub fn check_zero_copy_agreement(h: &HostView, ports: [&P; 2]) -> Result<InFligh
     }
     let mut f = InFlight::default();
     for s in 0..h.owners.len() {
-        let si = s as u32;
-        let hs = h.owners[s] as usize;
-        let st = [0, 1].map(|k| ports[k].slot_state(si).expect("slot in range"));
-        let own = [0, 1].map(|k| ports[k].owns_slot(si));
-        let posted = [h.posted[0][s], h.posted[1][s]];
-        let deferred = [h.deferred[0][s], h.deferred[1][s]];
-        let ctx = || {
-            format!(
-                "slot {s}: host owner {hs}, side 0 {:?}, side 1 {:?}, host posted {posted:?}, deferred {deferred:?}",
-                st[0], st[1]
-            )
-        };
-        if hs > 1 {
-            return Err(format!("{}: the host gives it to nobody", ctx()));
+        check_slot(h, ports, s, &mut f)?;
+    }
+    Ok(f)
+}
+
+/// The agreement of the module documentation for slot `s`; what it finds
+/// in flight is added to `f`.
+pub fn check_slot(h: &HostView, ports: [&P; 2], s: usize, f: &mut InFlight) -> Result<(), String> {
+    let si = s as u32;
+    let hs = h.owners[s] as usize;
+    let st = [0, 1].map(|k| ports[k].slot_state(si).expect("slot in range"));
+    let own = [0, 1].map(|k| ports[k].owns_slot(si));
+    let posted = [h.posted[0][s], h.posted[1][s]];
+    let deferred = [h.deferred[0][s], h.deferred[1][s]];
+    let ctx = || {
+        format!(
+            "slot {s}: host owner {hs}, side 0 {:?}, side 1 {:?}, host posted {posted:?}, deferred {deferred:?}",
+            st[0], st[1]
+        )
+    };
+    if hs > 1 {
+        return Err(format!("{}: the host gives it to nobody", ctx()));
+    }
+    for k in 0..2 {
+        // Rule 3 as the host enforces it: k posts only what the peer owns.
+        if posted[k] && (st[k] != SlotState::PeerPosted || hs == k) {
+            return Err(format!(
+                "{}: the host has it posted by side {k}, which it should not be",
+                ctx()
+            ));
         }
-        for k in 0..2 {
-            // Rule 3 as the host enforces it: k posts only what the peer owns.
-            if posted[k] && (st[k] != SlotState::PeerPosted || hs == k) {
+        if deferred[k]
+            && (hs != k || !matches!(st[k], SlotState::PeerUnposted | SlotState::InFlightTx))
+        {
+            return Err(format!(
+                "{}: deferred to side {k} but not owned by it on the host or already posted",
+                ctx()
+            ));
+        }
+    }
+    match own {
+        [true, true] => return Err(format!("{}: both sides own it (rule 1)", ctx())),
+        [true, false] | [false, true] => {
+            let k = if own[0] { 0 } else { 1 };
+            let y = 1 - k;
+            if hs != k {
                 return Err(format!(
-                    "{}: the host has it posted by side {k}, which it should not be",
+                    "{}: side {k} owns it but the host says side {hs}",
                     ctx()
                 ));
             }
-            if deferred[k]
-                && (hs != k || !matches!(st[k], SlotState::PeerUnposted | SlotState::InFlightTx))
-            {
+            if st[y] == SlotState::InFlightTx {
+                // y sent it, the host matched it (h == k) and k has
+                // already reaped the delivery; y has not reaped its
+                // TX completion yet.
+                f.unreaped_tx[y] += 1;
+                return Ok(());
+            }
+            if !matches!(st[y], SlotState::PeerPosted | SlotState::PeerUnposted) {
                 return Err(format!(
-                    "{}: deferred to side {k} but not owned by it on the host or already posted",
-                    ctx()
+                    "{}: the peer of its owner has it {:?}",
+                    ctx(),
+                    st[y]
+                ));
+            }
+            if posted[y] != (st[y] == SlotState::PeerPosted) {
+                return Err(format!(
+                    "{}: side {y} says {:?}, the host disagrees on the post",
+                    ctx(),
+                    st[y]
                 ));
             }
         }
-        match own {
-            [true, true] => return Err(format!("{}: both sides own it (rule 1)", ctx())),
-            [true, false] | [false, true] => {
-                let k = if own[0] { 0 } else { 1 };
-                let y = 1 - k;
-                if hs != k {
-                    return Err(format!(
-                        "{}: side {k} owns it but the host says side {hs}",
-                        ctx()
-                    ));
+        [false, false] => {
+            // Nobody owns it: it is moving towards the host's owner y.
+            let in_tx = [0, 1].map(|k| st[k] == SlotState::InFlightTx);
+            let y = hs;
+            let x = 1 - y;
+            if in_tx[x] {
+                // x sent it, the host matched or deferred it (h == y),
+                // x has not reaped the completion.
+                f.unreaped_tx[x] += 1;
+            } else {
+                if !matches!(st[x], SlotState::PeerUnposted | SlotState::PeerPosted) {
+                    return Err(format!("{}: side {x} has it {:?}", ctx(), st[x]));
                 }
-                if st[y] == SlotState::InFlightTx {
-                    // y sent it, the host matched it (h == k) and k has
-                    // already reaped the delivery; y has not reaped its
-                    // TX completion yet.
-                    f.unreaped_tx[y] += 1;
-                    continue;
-                }
-                if !matches!(st[y], SlotState::PeerPosted | SlotState::PeerUnposted) {
+                if posted[x] != (st[x] == SlotState::PeerPosted) {
                     return Err(format!(
-                        "{}: the peer of its owner has it {:?}",
+                        "{}: side {x} says {:?}, the host disagrees on the post",
                         ctx(),
-                        st[y]
-                    ));
-                }
-                if posted[y] != (st[y] == SlotState::PeerPosted) {
-                    return Err(format!(
-                        "{}: side {y} says {:?}, the host disagrees on the post",
-                        ctx(),
-                        st[y]
+                        st[x]
                     ));
                 }
             }
-            [false, false] => {
-                // Nobody owns it: it is moving towards the host's owner y.
-                let in_tx = [0, 1].map(|k| st[k] == SlotState::InFlightTx);
-                let y = hs;
-                let x = 1 - y;
-                if in_tx[x] {
-                    // x sent it, the host matched or deferred it (h == y),
-                    // x has not reaped the completion.
-                    f.unreaped_tx[x] += 1;
-                } else {
-                    if !matches!(st[x], SlotState::PeerUnposted | SlotState::PeerPosted) {
-                        return Err(format!("{}: side {x} has it {:?}", ctx(), st[x]));
-                    }
-                    if posted[x] != (st[x] == SlotState::PeerPosted) {
-                        return Err(format!(
-                            "{}: side {x} says {:?}, the host disagrees on the post",
-                            ctx(),
-                            st[x]
-                        ));
-                    }
-                }
-                if deferred[y] {
-                    // Delivered to y as soon as y posts it. y may still
-                    // have its own earlier send of s unreaped (it gave s
-                    // to x, x sent it back before y reaped).
-                    f.deferred[y] += 1;
-                    f.unreaped_tx[y] += u32::from(in_tx[y]);
-                } else if in_tx[y] {
-                    // y received it and sent it on; the host has not
-                    // matched that send yet, so it still says y.
-                    f.unmatched_tx[y] += 1;
-                    if !h.waiting {
-                        return Err(format!(
-                            "{}: side {y}'s send is not matched and the host waits for nothing",
-                            ctx()
-                        ));
-                    }
-                } else if st[y] == SlotState::PeerPosted && !posted[y] {
-                    // The delivery waits in y's used ring.
-                    f.unreaped_rx[y] += 1;
-                } else {
+            if deferred[y] {
+                // Delivered to y as soon as y posts it. y may still
+                // have its own earlier send of s unreaped (it gave s
+                // to x, x sent it back before y reaped).
+                f.deferred[y] += 1;
+                f.unreaped_tx[y] += u32::from(in_tx[y]);
+            } else if in_tx[y] {
+                // y received it and sent it on; the host has not
+                // matched that send yet, so it still says y.
+                f.unmatched_tx[y] += 1;
+                if !h.waiting {
                     return Err(format!(
-                        "{}: the host gave it to side {y}, which neither received it nor will (lost)",
+                        "{}: side {y}'s send is not matched and the host waits for nothing",
                         ctx()
                     ));
                 }
+            } else if st[y] == SlotState::PeerPosted && !posted[y] {
+                // The delivery waits in y's used ring.
+                f.unreaped_rx[y] += 1;
+            } else {
+                return Err(format!(
+                    "{}: the host gave it to side {y}, which neither received it nor will (lost)",
+                    ctx()
+                ));
             }
         }
     }
-    Ok(f)
+    Ok(())
 }
 
 /// The counter side of the agreement: with `base` the host counters and
@@ -506,6 +575,25 @@ pub fn check_settled(h: &HostView, ports: [&P; 2]) -> Result<InFlight, String> {
     Ok(f)
 }
 
+/// Every single corruption of the host's per-slot view of `h` (an owner
+/// flipped, a post or a deferral of either side flipped), each handed to
+/// `caught(what, bad)`, which asserts that the checks notice it.
+pub fn slot_corruptions(h: &HostView, caught: &dyn Fn(String, HostView)) {
+    for s in 0..h.owners.len() {
+        let mut bad = h.clone();
+        bad.owners[s] ^= 1;
+        caught(format!("slot {s}: host owner flipped"), bad);
+        for k in 0..2 {
+            let mut bad = h.clone();
+            bad.posted[k][s] ^= true;
+            caught(format!("slot {s}: posted by side {k} flipped"), bad);
+            let mut bad = h.clone();
+            bad.deferred[k][s] ^= true;
+            caught(format!("slot {s}: deferred to side {k} flipped"), bad);
+        }
+    }
+}
+
 /// A test frame: magic, sender side, sequence number, then a pattern.
 pub const FRAME_HDR: usize = 6;
 const MAGIC: u8 = 0x5b;
@@ -528,9 +616,11 @@ pub fn stamp(b: &mut [u8], dir: u8, seq: u32) {
     b[2..6].copy_from_slice(&seq.to_le_bytes());
 }
 
-/// The (sender, sequence number) of a test frame.
+/// The (direction, sequence number) of a test frame: the direction is
+/// the sender's side, plus twice the queue pair it was sent on
+/// ([`Flows::pair`]; 0 on one queue pair).
 pub fn read_stamp(b: &[u8]) -> Option<(u8, u32)> {
-    if b.len() < FRAME_HDR || b[0] != MAGIC || b[1] > 1 {
+    if b.len() < FRAME_HDR || b[0] != MAGIC || b[1] >= 2 * MAX_QUEUE_PAIRS as u8 {
         return None;
     }
     Some((b[1], u32::from_le_bytes(b[2..6].try_into().unwrap())))
@@ -557,6 +647,9 @@ pub fn port_cfg(queue: u16) -> PortConfig {
 /// Every frame sent, per direction, until it is delivered.
 #[derive(Default)]
 pub struct Flows {
+    /// The queue pair these flows run on (frames are stamped with the
+    /// direction `side + 2 * pair`).
+    pub pair: u8,
     /// Next sequence number per sender.
     pub next_seq: [u32; 2],
     /// Sent, not delivered yet: per sender, sequence number to bytes.
@@ -572,12 +665,32 @@ pub struct Flows {
 }
 
 impl Flows {
+    /// The direction byte side `k` stamps its frames of these flows with.
+    pub fn dir(&self, k: usize) -> u8 {
+        k as u8 + 2 * self.pair
+    }
+
     /// Checks a packet side `k` received: from the peer, sent once, byte-exact.
     pub fn received<B: Bus>(&mut self, k: usize, pkt: &Pkt, port: &Port<B>) -> Result<(), String> {
-        if port.header(pkt).map(|h| h.flags) != Some(0) {
+        self.received_bytes(k, port.header(pkt).map(|h| h.flags), port.data(pkt))
+    }
+
+    /// [`Flows::received`] for a packet queue pair `q` received.
+    pub fn received_q<B: Bus>(
+        &mut self,
+        k: usize,
+        pkt: &Pkt,
+        q: &PortQueue<B>,
+    ) -> Result<(), String> {
+        self.received_bytes(k, q.header(pkt).map(|h| h.flags), q.data(pkt))
+    }
+
+    /// Checks a delivery to side `k` with header flags `flags` and frame
+    /// `bytes`.
+    fn received_bytes(&mut self, k: usize, flags: Option<u8>, bytes: &[u8]) -> Result<(), String> {
+        if flags != Some(0) {
             return Err(format!("side {k}: a delivered packet has header flags set"));
         }
-        let bytes = port.data(pkt);
         let (dir, seq) = read_stamp(bytes).ok_or_else(|| {
             format!(
                 "side {k}: received {} bytes that are no test frame: {:02x?}",
@@ -585,10 +698,14 @@ impl Flows {
                 &bytes[..bytes.len().min(16)]
             )
         })?;
-        let dir = dir as usize;
-        if dir != 1 - k {
-            return Err(format!("side {k}: received its own frame #{seq} back"));
+        if dir != self.dir(1 - k) {
+            return Err(format!(
+                "side {k}: frame #{seq} of direction {dir} arrived on queue pair {} (direction {} expected)",
+                self.pair,
+                self.dir(1 - k)
+            ));
         }
+        let dir = 1 - k;
         let want = self.in_flight[dir].remove(&seq).ok_or_else(|| {
             format!("side {k}: frame #{seq} from side {dir} delivered twice or never sent")
         })?;
