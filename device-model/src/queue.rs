@@ -44,6 +44,26 @@ pub enum QueueError {
     MemoryGone,
 }
 
+/// A full memory barrier (store-load ordering) against a driver in another
+/// process or VM, as `virtio_mb()` is on the driver's side. On x86-64 a
+/// locked read-modify-write of a stack word, as Linux's `smp_mb()`: the
+/// same ordering as `mfence` for ordinary write-back memory, at a fraction
+/// of its cost; elsewhere a sequentially consistent fence.
+#[inline(always)]
+pub fn full_barrier() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: adds 0 to a word in the red zone below the stack pointer (no
+    // `nostack`: the compiler keeps nothing there across the asm), which
+    // changes no value; a locked instruction orders every earlier load and
+    // store before every later one. Without `nomem` the asm is also a
+    // compiler barrier.
+    unsafe {
+        std::arch::asm!("lock or dword ptr [rsp - 8], 0");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(Ordering::SeqCst);
+}
+
 /// Queue registers as the driver programmed them through common config.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueRegs {
@@ -85,7 +105,6 @@ pub struct Queue {
     used_idx: u16,
     published_used: u16,
     in_flight: Vec<bool>,
-    in_flight_count: u16,
 }
 
 // SAFETY: the raw pointers point into DMA maps owned by the GuestMemory the
@@ -149,7 +168,6 @@ impl Queue {
             used_idx: 0,
             published_used: 0,
             in_flight: vec![false; size as usize],
-            in_flight_count: 0,
         };
         // The device starts where the driver's rings are (0 after reset).
         q.last_avail = q.avail_idx_relaxed();
@@ -187,7 +205,8 @@ impl Queue {
 
     /// Heads the device holds (made available, not yet used).
     pub fn in_flight(&self) -> u16 {
-        self.in_flight_count
+        // Counted when asked (reports, tests), not kept per descriptor.
+        self.in_flight.iter().filter(|f| **f).count() as u16
     }
 
     fn avail_idx_relaxed(&self) -> u16 {
@@ -230,14 +249,29 @@ impl Queue {
         if head >= self.size {
             return Err(QueueError::InvalidHead(head));
         }
-        let f = &mut self.in_flight[head as usize];
+        // in_flight has `size` entries (enable) and head < size.
+        let Some(f) = self.in_flight.get_mut(head as usize) else {
+            return Err(QueueError::InvalidHead(head));
+        };
         if *f {
             return Err(QueueError::HeadInFlight(head));
         }
         *f = true;
-        self.in_flight_count += 1;
         self.last_avail = self.last_avail.wrapping_add(1);
         Ok(head)
+    }
+
+    /// Takes the next avail head and copies its descriptor out of guest
+    /// memory (the caller checked [`Self::avail_pending`]): [`Self::pop_head`]
+    /// and [`Self::read_desc`] in one, without checking the head twice.
+    #[inline(always)]
+    pub fn pop(&mut self) -> Result<(u16, Desc), QueueError> {
+        let head = self.pop_head()?;
+        // SAFETY: pop_head returned head < size, and the table of `size`
+        // descriptors is mapped and 16-aligned (enable).
+        Ok((head, unsafe {
+            self.desc.add(head as usize).read_volatile()
+        }))
     }
 
     /// Copies descriptor `idx` out of guest memory (the copy is what gets validated).
@@ -255,16 +289,15 @@ impl Queue {
     /// the driver until [`Self::publish`].
     #[inline]
     pub fn push_used(&mut self, head: u16, len: u32) {
+        let f = self.in_flight.get_mut(head as usize);
         debug_assert!(
-            self.in_flight[head as usize],
+            f.as_deref() == Some(&true),
             "completing a head that is not in flight"
         );
-        let f = &mut self.in_flight[head as usize];
-        if !*f {
+        let Some(f) = f.filter(|f| **f) else {
             return;
-        }
+        };
         *f = false;
-        self.in_flight_count -= 1;
         let slot = (self.used_idx & self.mask) as usize;
         let elem = UsedElem {
             id: head as u32,
@@ -283,6 +316,18 @@ impl Queue {
     /// published and the driver wants an interrupt for them.
     #[inline]
     pub fn publish(&mut self) -> bool {
+        if !self.publish_idx() {
+            return false;
+        }
+        full_barrier();
+        self.wants_interrupt()
+    }
+
+    /// Stores `used.idx` when entries were pushed since the last publish;
+    /// whether it did. The caller then runs [`full_barrier`] before asking
+    /// [`Self::wants_interrupt`] (one barrier may serve several queues).
+    #[inline]
+    pub fn publish_idx(&mut self) -> bool {
         if self.used_idx == self.published_used {
             return false;
         }
@@ -292,14 +337,20 @@ impl Queue {
             // used elements (and packet data) written before are visible.
             .store(self.used_idx, Ordering::Release);
         self.published_used = self.used_idx;
-        // Store-buffering case of virtio 1.2 §2.7.10: the driver stores
-        // avail.flags (re-enabling interrupts), fences, then loads used.idx;
-        // we store used.idx, then load avail.flags. Without a full fence on
-        // both sides each load can miss the other's store (x86 lets a load
-        // pass an earlier store) and an interrupt is lost. Pairs with the
-        // driver's virtio_mb() after its flags store; tests/notify_model.rs
-        // checks the handshake under loom.
-        std::sync::atomic::fence(Ordering::SeqCst);
+        true
+    }
+
+    /// Whether the driver wants an interrupt (`avail.flags`), read after
+    /// [`Self::publish_idx`] and a [`full_barrier`].
+    ///
+    /// Store-buffering case of virtio 1.2 §2.7.10: the driver stores
+    /// avail.flags (re-enabling interrupts), fences, then loads used.idx;
+    /// we store used.idx, then load avail.flags. Without a full barrier on
+    /// both sides each load can miss the other's store (x86 lets a load
+    /// pass an earlier store) and an interrupt is lost. Pairs with the
+    /// driver's virtio_mb() after its flags store.
+    #[inline]
+    pub fn wants_interrupt(&self) -> bool {
         // SAFETY: see avail_idx_relaxed (flags at offset 0).
         let flags = unsafe { AtomicU16::from_ptr(self.avail as *mut u16) }.load(Ordering::Relaxed);
         flags & ring::AVAIL_F_NO_INTERRUPT == 0
@@ -318,7 +369,7 @@ impl Queue {
             // orders our flag store before that load; it pairs with the
             // driver's full barrier between its avail.idx store and its
             // used.flags load (the same store-buffering case as `publish`).
-            std::sync::atomic::fence(Ordering::SeqCst);
+            full_barrier();
         }
     }
 

@@ -340,20 +340,16 @@ fn two_busy_links(threads: u64) {
     assert_eq!(owners, want, "links spread over the switch threads: {list}");
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut flows = [flow(&d, "ab", COUNT), flow(&d, "cd", 2 * COUNT)];
-    // Both make progress at once: each link moves frames while the other
-    // is still sending.
-    let (mut ab, mut cd) = (0, 0);
+    // Both links move frames. That neither starves the other while both
+    // are busy is a property of the switch thread's round (one burst of
+    // every link per round), tested deterministically in
+    // `sbnet_device::pair::runner` (a_round_moves_one_burst_of_every_busy_link):
+    // here the two flows start at times the machine's load decides, so
+    // one may finish before the other starts.
     wait_for("both links moving", deadline, || {
-        ab = n(&link_stats(&control, "ab"), "/sides/1/rx_packets");
-        cd = n(&link_stats(&control, "cd"), "/sides/1/rx_packets");
-        ab > 0 && cd > 0
+        n(&link_stats(&control, "ab"), "/sides/1/rx_packets") > 0
+            && n(&link_stats(&control, "cd"), "/sides/1/rx_packets") > 0
     });
-    // Neither flow was over before the other moved a frame: the two links
-    // moved frames at the same time.
-    assert!(
-        ab < COUNT && cd < 2 * COUNT,
-        "one link ran alone first: ab {ab}, cd {cd}"
-    );
     finish(&mut flows[0], COUNT, deadline);
     finish(&mut flows[1], 2 * COUNT, deadline);
     assert!(hp.term(), "host-pair exit\n{}", hp.log());

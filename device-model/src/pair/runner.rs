@@ -329,6 +329,7 @@ mod tests {
     use super::*;
     use crate::pair::PairConfig;
     use crate::switch::SwitchConfig;
+    use crate::testutil::Drv;
     use sbnet_abi::shm::SlotGeometry;
     use std::time::Instant;
 
@@ -369,6 +370,48 @@ mod tests {
         assert!(Arc::ptr_eq(&o.links()[0], &b));
         // The thread's copy holds the last reference it needs: none of a.
         assert_eq!(Arc::strong_count(&a), 1);
+    }
+
+    /// A busy link cannot starve another on the same thread: every round
+    /// moves one burst of each, however much either has queued.
+    #[test]
+    fn a_round_moves_one_burst_of_every_busy_link() {
+        const BURST: usize = 4;
+        let cfg = PairConfig {
+            geometry: SlotGeometry::new(2048, 16).unwrap(),
+            max_queue_size: 256,
+            switch: SwitchConfig {
+                burst: BURST,
+                ..SwitchConfig::default()
+            },
+            huge_pages: false,
+            queue_pairs: 1,
+        };
+        // Link 0 has eight bursts queued, link 1 two.
+        let mut links = Vec::new();
+        let mut drivers = Vec::new();
+        for queued in [8 * BURST, 2 * BURST] {
+            let mut p = Pair::new(&cfg).unwrap();
+            let mut d = [Drv::up(&mut p, 0, false), Drv::up(&mut p, 1, false)];
+            for i in 0..queued {
+                d[1].post_classic(2048);
+                d[0].send_classic(&[i as u8; 60]);
+            }
+            links.push(Shared::new(p).unwrap());
+            drivers.push(d);
+        }
+        let delivered = |l: &Shared| l.lock().fns[1].counters.rx_packets as usize;
+        for r in 1..=2 {
+            let (work, _) = round(&links, true);
+            assert!(work > 0);
+            assert_eq!(delivered(&links[0]), r * BURST, "round {r}");
+            assert_eq!(delivered(&links[1]), r * BURST, "round {r}");
+        }
+        // Link 1 is done; link 0 goes on alone.
+        round(&links, true);
+        assert_eq!(delivered(&links[0]), 3 * BURST);
+        assert_eq!(delivered(&links[1]), 2 * BURST);
+        assert_eq!(drivers[1][1].used(0).len(), 2 * BURST);
     }
 
     #[test]

@@ -123,19 +123,70 @@ pub struct Switch {
 }
 
 /// What a descriptor address refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Classic,
     Slot(u32),
     BadSlot,
 }
 
-#[inline]
-fn classify(addr: u64, len: u32, window: u64, g: &SlotGeometry) -> Target {
-    let size = g.region_size();
-    // Overlap test with checked arithmetic: the window is [window, window+size).
+/// A side's Shared Buffers window as the packet path tests addresses
+/// against it, worked out once per burst: `[base, base + size)` with `size`
+/// 0 when there is no window (base 0) and clipped so the end does not pass
+/// `u64::MAX`, the slot size as a mask and a shift.
+#[derive(Clone, Copy)]
+struct Window {
+    base: u64,
+    size: u64,
+    mask: u64,
+    shift: u32,
+}
+
+impl Window {
+    #[inline(always)]
+    fn new(base: u64, g: &SlotGeometry) -> Self {
+        Self {
+            base,
+            size: if base == 0 {
+                0
+            } else {
+                g.region_size().min(u64::MAX - base)
+            },
+            mask: u64::from(g.slot_size()) - 1,
+            shift: g.slot_size().trailing_zeros(),
+        }
+    }
+
+    /// What `[addr, addr + len)` refers to: a slot when it starts exactly
+    /// at a slot inside the window, a bad slot reference when it otherwise
+    /// overlaps the window, classic memory when it does not. One
+    /// subtraction and one comparison on the zero-copy path: `off` wraps
+    /// past `size` for an address below the window.
+    #[inline(always)]
+    fn classify(&self, addr: u64, len: u32) -> Target {
+        let off = addr.wrapping_sub(self.base);
+        if off < self.size {
+            if off & self.mask == 0 {
+                Target::Slot((off >> self.shift) as u32)
+            } else {
+                Target::BadSlot
+            }
+        } else if addr < self.base && addr.saturating_add(u64::from(len)) > self.base {
+            Target::BadSlot
+        } else {
+            Target::Classic
+        }
+    }
+}
+
+#[cfg(test)]
+/// The definition [`Window::classify`] computes, for its tests: a buffer
+/// that starts inside the window (whatever its length, 0 included) or
+/// reaches into it from below refers to the region.
+fn classify_reference(addr: u64, len: u32, window: u64, g: &SlotGeometry) -> Target {
     let end = addr.saturating_add(len as u64);
-    let wend = window.saturating_add(size);
-    if window == 0 || end <= window || addr >= wend {
+    let wend = window.saturating_add(g.region_size());
+    if window == 0 || (addr < window && end <= window) || addr >= wend {
         return Target::Classic;
     }
     match addr.checked_sub(window).and_then(|off| g.slot_at(off)) {
@@ -452,8 +503,7 @@ impl Switch {
             Ok(n) => work += n,
             Err(e) => fy.needs_reset(e),
         }
-        fy.publish(TX_QUEUE);
-        fx.publish(RX_QUEUE);
+        SideView::publish_two(fy, TX_QUEUE, fx, RX_QUEUE);
         work
     }
 
@@ -494,4 +544,69 @@ fn drain_zero(q: &mut Queue, n: &mut usize) -> Result<(), QueueError> {
         *n += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn g() -> SlotGeometry {
+        SlotGeometry::new(2048, 512).unwrap()
+    }
+
+    /// Addresses near the edges that matter: the window's ends, slot
+    /// starts, and the ends of the address space.
+    fn edge_addr(base: u64) -> impl Strategy<Value = u64> {
+        let size = g().region_size();
+        prop_oneof![
+            any::<u64>(),
+            (0u64..4096).prop_map(move |d| base.wrapping_sub(d)),
+            (0u64..4096).prop_map(move |d| base.wrapping_add(d)),
+            (0u64..4096).prop_map(move |d| base.wrapping_add(size).wrapping_sub(d)),
+            (0u64..4096).prop_map(move |d| base.wrapping_add(size).wrapping_add(d)),
+            (0u64..512).prop_map(move |s| base.wrapping_add(s * 2048)),
+            (0u64..4096).prop_map(|d| u64::MAX - d),
+        ]
+    }
+
+    fn base() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            any::<u64>(),
+            (0u64..1 << 20).prop_map(|b| b << 20),
+            (0u64..8192).prop_map(|d| u64::MAX - d),
+            (0u64..8192).prop_map(|d| (u64::MAX - g().region_size()).wrapping_add(d)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        /// The per-burst window classifies every address as the definition
+        /// does, windows that would wrap past 2^64 included.
+        #[test]
+        fn window_classify_matches_the_definition(
+            (b, addr) in base().prop_flat_map(|b| (Just(b), edge_addr(b))),
+            len in prop_oneof![Just(0u32), 1u32..4096, any::<u32>()],
+        ) {
+            let w = Window::new(b, &g());
+            prop_assert_eq!(w.classify(addr, len), classify_reference(addr, len, b, &g()));
+        }
+    }
+
+    #[test]
+    fn window_classify_examples() {
+        let w = Window::new(0x1000_0000, &g());
+        assert_eq!(w.classify(0x1000_0000, 2048), Target::Slot(0));
+        assert_eq!(
+            w.classify(0x1000_0000 + 511 * 2048, 2048),
+            Target::Slot(511)
+        );
+        assert_eq!(w.classify(0x1000_0000 + 512 * 2048, 64), Target::Classic);
+        assert_eq!(w.classify(0x1000_0010, 64), Target::BadSlot);
+        assert_eq!(w.classify(0x0fff_fff0, 0x20), Target::BadSlot);
+        assert_eq!(w.classify(0x0fff_fff0, 0x10), Target::Classic);
+        // No window: everything is classic, address 0 included.
+        assert_eq!(Window::new(0, &g()).classify(0, 2048), Target::Classic);
+    }
 }

@@ -3,16 +3,14 @@
 //! over and the one copy of the classic path.
 
 use super::copy::{count_rx, count_tx, gather, scatter, MAX_PIECES};
-use super::{
-    classify, Held, Mode, SideState, SwitchConfig, Target, NONE, NO_PENDING, PENDING_GIFT,
-};
+use super::{Held, Mode, SideState, SwitchConfig, Target, Window, NONE, NO_PENDING, PENDING_GIFT};
 use crate::chain::Chain;
 use crate::counters::SideCounters;
 use crate::mem::{GuestMemory, ShmRegion};
 use crate::queue::{Queue, QueueError};
 use crate::view::SideView;
 use sbnet_abi::net::{NetHdr, NET_HDR_LEN, TX_USED_SLOT_KEPT, VIRTIO_NET_HDR_F_GIFT_BUFFER};
-use sbnet_abi::ring::{DESC_F_NEXT, DESC_F_WRITE};
+use sbnet_abi::ring::{Desc, DESC_F_NEXT, DESC_F_WRITE};
 use sbnet_abi::shm::SlotGeometry;
 use std::time::Instant;
 
@@ -60,20 +58,19 @@ impl<const MQ: bool> Ctx<'_, MQ> {
         fx: &mut SideView<'_>,
         sx: &mut SideState,
     ) -> Result<usize, QueueError> {
-        let window = fx.window;
+        let w = Window::new(fx.window, self.g);
         let sb = fx.shared_buffers;
+        let moves = self.mode == Mode::ZeroCopy;
         let slot_size = self.g.slot_size();
         let c = &mut *fx.counters;
         let Some(rx) = fx.rx.as_deref_mut() else {
             return Ok(0);
         };
         let n = rx.avail_pending()?;
+        let (posted, pending) = (&mut sx.posted[..], &mut sx.pending[..]);
         for _ in 0..n {
-            let head = rx.pop_head()?;
-            let Some(d) = rx.read_desc(head) else {
-                continue;
-            };
-            match classify(d.addr, d.len, window, self.g) {
+            let (head, d) = rx.pop()?;
+            match w.classify(d.addr, d.len) {
                 Target::Classic => sx.classic.push_back(head),
                 Target::Slot(s) if sb && d.flags == DESC_F_WRITE && d.len == slot_size => {
                     let Some(si) = self.local(s) else {
@@ -81,20 +78,20 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                         rx.push_used(head, 0);
                         continue;
                     };
-                    let p = sx.pending[si];
+                    let p = pending[si];
                     if p != NO_PENDING {
                         // A deferred delivery (rule 5) completes on the post.
-                        sx.pending[si] = NO_PENDING;
+                        pending[si] = NO_PENDING;
                         rx.push_used(head, p & !PENDING_GIFT);
                         count_rx(c, p & !PENDING_GIFT, p & PENDING_GIFT != 0);
-                    } else if self.owner[si] == self.x || self.mode != Mode::ZeroCopy {
+                    } else if self.owner[si] == self.x || !moves {
                         c.rx_post_not_peer_owned += 1;
                         rx.push_used(head, 0);
-                    } else if sx.posted[si] != NONE {
+                    } else if posted[si] != NONE {
                         c.rx_post_duplicate += 1;
                         rx.push_used(head, 0);
                     } else {
-                        sx.posted[si] = head;
+                        posted[si] = head;
                     }
                 }
                 _ => {
@@ -106,8 +103,9 @@ impl<const MQ: bool> Ctx<'_, MQ> {
         Ok(n as usize)
     }
 
-    /// Walks the sender's TX queue.
-    #[allow(clippy::too_many_arguments)]
+    /// Walks the sender's TX queue: first a TX held for the peer (rule 5),
+    /// then new ones, up to the burst. Zero-copy hand-overs are counted in
+    /// a [`Tally`] added to both sides' counters once per burst.
     #[inline(always)]
     pub(super) fn forward_tx(
         &mut self,
@@ -118,117 +116,147 @@ impl<const MQ: bool> Ctx<'_, MQ> {
         shm: &ShmRegion,
         rx_ready: bool,
     ) -> Result<usize, QueueError> {
-        let window = fy.window;
-        let y_sb = fy.shared_buffers;
-        let x_active = fx.active;
-        let (ymem, cy) = (fy.mem, &mut *fy.counters);
-        let Some(tx) = fy.tx.as_deref_mut() else {
+        let Some(q) = fy.tx.as_deref_mut() else {
             return Ok(0);
         };
-        let (xmem, cx) = (fx.mem, &mut *fx.counters);
-        let mut rx = if rx_ready { fx.rx.as_deref_mut() } else { None };
-        let mut done = 0;
+        let mut tx = TxSide {
+            q,
+            mem: fy.mem,
+            c: &mut *fy.counters,
+            st: sy,
+            w: Window::new(fy.window, self.g),
+            sb: fy.shared_buffers,
+        };
+        let mut rx = RxSide {
+            q: if rx_ready { fx.rx.as_deref_mut() } else { None },
+            mem: fx.mem,
+            c: &mut *fx.counters,
+            st: sx,
+            active: fx.active,
+        };
+        let mut t = Tally::default();
+        let r = self.tx_loop(&mut tx, &mut rx, shm, &mut t);
+        t.add_to(tx.c, rx.c);
+        r
+    }
+
+    #[inline(always)]
+    fn tx_loop(
+        &mut self,
+        tx: &mut TxSide<'_>,
+        rx: &mut RxSide<'_>,
+        shm: &ShmRegion,
+        t: &mut Tally,
+    ) -> Result<usize, QueueError> {
         // One load of the avail index per burst (it sits on a cache line the
         // driver writes).
-        let mut avail = tx.avail_pending()?;
-        // The receiver's side, borrowed apart for one packet.
-        macro_rules! rx_side {
-            () => {
-                RxSide {
-                    q: rx.as_deref_mut(),
-                    mem: xmem,
-                    c: cx,
-                    st: sx,
-                    active: x_active,
-                }
+        let avail = tx.q.avail_pending()?;
+        let mut done = 0;
+        if let Some(h) = tx.st.held {
+            let expired = h.since.elapsed() >= self.cfg.tx_wait;
+            let Some(d) = tx.q.read_desc(h.head) else {
+                return Ok(0);
             };
+            match self.tx_one(h.head, d, tx, rx, shm, t, expired) {
+                Outcome::Wait => return Ok(0),
+                o => complete(tx.q, h.head, o),
+            }
+            tx.st.held = None;
+            done = 1;
         }
-        while done < self.cfg.burst {
-            let head = match sy.held {
-                Some(h) => h.head,
-                None => {
-                    if avail == 0 {
-                        break;
-                    }
-                    avail -= 1;
-                    tx.pop_head()?
-                }
-            };
-            let expired = sy
-                .held
-                .is_some_and(|h| h.since.elapsed() >= self.cfg.tx_wait);
-            let Some(d) = tx.read_desc(head) else { break };
-            let outcome = match classify(d.addr, d.len, window, self.g) {
-                Target::Slot(s) if d.flags & (DESC_F_NEXT | DESC_F_WRITE) == 0 && y_sb => {
-                    // A foreign slot, or a delivery of `s` to the sender
-                    // still deferred: the sender has not taken it (its RX
-                    // post of `s` does), so it does not own `s` yet.
-                    // Forwarding it would leave the deferred delivery naming
-                    // a slot the peer then owns.
-                    match self.local(s).filter(|&si| sy.pending[si] == NO_PENDING) {
-                        None => {
-                            cy.tx_not_owner += 1;
-                            Outcome::Done
-                        }
-                        Some(si) => self.tx_slot(s, si, d.len, shm, cy, rx_side!(), expired),
-                    }
-                }
-                Target::Classic => match Chain::parse(tx, head, false) {
-                    Ok(chain)
-                        if chain.segs().iter().all(|g| {
-                            matches!(classify(g.addr, g.len, window, self.g), Target::Classic)
-                        }) =>
-                    {
-                        if chain.total < NET_HDR_LEN as u64 {
-                            cy.bad_chain += 1;
-                            Outcome::Done
-                        } else {
-                            self.tx_copy(Source::Chain(&chain, ymem), cy, rx_side!(), expired)
-                        }
-                    }
-                    Ok(_) => {
-                        cy.bad_slot_ref += 1;
-                        Outcome::Done
-                    }
-                    Err(e) => {
-                        tracing::debug!(side = self.y, "TX chain {head} refused: {e}");
-                        cy.bad_chain += 1;
-                        Outcome::Done
-                    }
-                },
-                _ => {
-                    cy.bad_slot_ref += 1;
-                    Outcome::Done
-                }
-            };
-            match outcome {
-                Outcome::Done | Outcome::Kept => {
-                    let len = if matches!(outcome, Outcome::Kept) {
-                        TX_USED_SLOT_KEPT
-                    } else {
-                        0
-                    };
-                    tx.push_used(head, len);
-                    sy.held = None;
-                    done += 1;
-                }
+        let n = usize::from(avail).min(self.cfg.burst.saturating_sub(done));
+        for _ in 0..n {
+            let (head, d) = tx.q.pop()?;
+            match self.tx_one(head, d, tx, rx, shm, t, false) {
                 Outcome::Wait => {
-                    if sy.held.is_none() {
-                        sy.held = Some(Held {
-                            head,
-                            since: Instant::now(),
-                        });
-                        cy.tx_waits += 1;
-                    }
+                    tx.st.held = Some(Held {
+                        head,
+                        since: Instant::now(),
+                    });
+                    tx.c.tx_waits += 1;
                     break;
                 }
+                o => complete(tx.q, head, o),
             }
+            done += 1;
         }
         Ok(done)
     }
 
+    /// One TX chain with head `head` and first descriptor `d`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn tx_one(
+        &mut self,
+        head: u16,
+        d: Desc,
+        tx: &mut TxSide<'_>,
+        rx: &mut RxSide<'_>,
+        shm: &ShmRegion,
+        t: &mut Tally,
+        expired: bool,
+    ) -> Outcome {
+        match tx.w.classify(d.addr, d.len) {
+            Target::Slot(s) if d.flags & (DESC_F_NEXT | DESC_F_WRITE) == 0 && tx.sb => {
+                // A foreign slot, or a delivery of `s` to the sender
+                // still deferred: the sender has not taken it (its RX
+                // post of `s` does), so it does not own `s` yet.
+                // Forwarding it would leave the deferred delivery naming
+                // a slot the peer then owns.
+                match self.local(s).filter(|&si| tx.st.pending[si] == NO_PENDING) {
+                    None => {
+                        tx.c.tx_not_owner += 1;
+                        Outcome::Done
+                    }
+                    Some(si) => self.tx_slot(s, si, d.len, shm, tx.c, rx, t, expired),
+                }
+            }
+            Target::Classic => self.tx_chain(head, tx, rx, expired),
+            _ => {
+                tx.c.bad_slot_ref += 1;
+                Outcome::Done
+            }
+        }
+    }
+
+    /// A TX chain in classic memory: parsed, checked and copied.
+    #[inline(never)]
+    fn tx_chain(
+        &mut self,
+        head: u16,
+        tx: &mut TxSide<'_>,
+        rx: &mut RxSide<'_>,
+        expired: bool,
+    ) -> Outcome {
+        let w = tx.w;
+        match Chain::parse(tx.q, head, false) {
+            Ok(chain)
+                if chain
+                    .segs()
+                    .iter()
+                    .all(|g| matches!(w.classify(g.addr, g.len), Target::Classic)) =>
+            {
+                if chain.total < NET_HDR_LEN as u64 {
+                    tx.c.bad_chain += 1;
+                    Outcome::Done
+                } else {
+                    self.tx_copy(Source::Chain(&chain, tx.mem), tx.c, rx, expired)
+                }
+            }
+            Ok(_) => {
+                tx.c.bad_slot_ref += 1;
+                Outcome::Done
+            }
+            Err(e) => {
+                tracing::debug!(side = self.y, "TX chain {head} refused: {e}");
+                tx.c.bad_chain += 1;
+                Outcome::Done
+            }
+        }
+    }
+
     /// A TX of slot `s`, local index `si` in the sub-pair (rules 4-7).
-    #[inline]
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn tx_slot(
         &mut self,
@@ -237,7 +265,8 @@ impl<const MQ: bool> Ctx<'_, MQ> {
         len: u32,
         shm: &ShmRegion,
         cy: &mut SideCounters,
-        rx: RxSide<'_>,
+        rx: &mut RxSide<'_>,
+        t: &mut Tally,
         expired: bool,
     ) -> Outcome {
         if (len as usize) < NET_HDR_LEN || len > self.g.slot_size() {
@@ -258,13 +287,12 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                 let gift = frame == 0;
                 let h = rx.st.posted[si];
                 if h != NONE {
-                    if let Some(q) = rx.q {
+                    if let Some(q) = rx.q.as_deref_mut() {
                         // Rule 5: complete the peer's RX for the same slot; no data moves.
                         q.push_used(h, len);
                         rx.st.posted[si] = NONE;
                         self.owner[si] = self.x;
-                        count_tx(cy, frame, gift, true);
-                        count_rx(rx.c, len, gift);
+                        t.hand_over(frame, gift);
                         return Outcome::Done;
                     }
                 }
@@ -278,28 +306,42 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                 }
                 Outcome::Wait
             }
-            Mode::Copy => {
-                let Some(p) = shm.ptr(self.g.slot_offset(s), len as u64) else {
-                    cy.bad_slot_ref += 1;
-                    return Outcome::Done;
-                };
-                // SAFETY: p is inside the live region mapping (ShmRegion::ptr
-                // checked the range); a volatile byte read is fine whatever
-                // the guests write.
-                let gift = unsafe { p.read_volatile() } & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
-                if gift {
-                    cy.bad_gift += 1;
-                    return Outcome::Kept;
-                }
-                // SAFETY: NET_HDR_LEN <= len, and [p, p + len) is mapped.
-                let data = unsafe { p.add(NET_HDR_LEN) };
-                // Copied (or dropped): either way the slot stays with the
-                // sender, and its completion says so.
-                match self.tx_copy(Source::Slot(data, frame as usize), cy, rx, expired) {
-                    Outcome::Done => Outcome::Kept,
-                    o => o,
-                }
-            }
+            Mode::Copy => self.tx_slot_copy(s, len, shm, cy, rx, expired),
+        }
+    }
+
+    /// A TX of slot `s` while slots do not move: the frame is copied and
+    /// the slot stays with the sender (rule 7), out of the zero-copy path.
+    #[inline(never)]
+    fn tx_slot_copy(
+        &mut self,
+        s: u32,
+        len: u32,
+        shm: &ShmRegion,
+        cy: &mut SideCounters,
+        rx: &mut RxSide<'_>,
+        expired: bool,
+    ) -> Outcome {
+        let Some(p) = shm.ptr(self.g.slot_offset(s), len as u64) else {
+            cy.bad_slot_ref += 1;
+            return Outcome::Done;
+        };
+        // SAFETY: p is inside the live region mapping (ShmRegion::ptr
+        // checked the range); a volatile byte read is fine whatever
+        // the guests write.
+        let gift = unsafe { p.read_volatile() } & VIRTIO_NET_HDR_F_GIFT_BUFFER != 0;
+        if gift {
+            cy.bad_gift += 1;
+            return Outcome::Kept;
+        }
+        // SAFETY: NET_HDR_LEN <= len, and [p, p + len) is mapped.
+        let data = unsafe { p.add(NET_HDR_LEN) };
+        let frame = len as usize - NET_HDR_LEN;
+        // Copied (or dropped): either way the slot stays with the
+        // sender, and its completion says so.
+        match self.tx_copy(Source::Slot(data, frame), cy, rx, expired) {
+            Outcome::Done => Outcome::Kept,
+            o => o,
         }
     }
 
@@ -308,7 +350,7 @@ impl<const MQ: bool> Ctx<'_, MQ> {
         &mut self,
         src: Source<'_>,
         cy: &mut SideCounters,
-        rx: RxSide<'_>,
+        rx: &mut RxSide<'_>,
         expired: bool,
     ) -> Outcome {
         if !rx.active {
@@ -329,7 +371,7 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                 }
             },
         };
-        let Some(q) = rx.q else {
+        let Some(q) = rx.q.as_deref_mut() else {
             return if expired {
                 cy.rx_no_buffer += 1;
                 Outcome::Done
@@ -382,6 +424,61 @@ impl<const MQ: bool> Ctx<'_, MQ> {
             return Outcome::Done;
         }
     }
+}
+
+/// Completes TX head `head` as `o` says (not [`Outcome::Wait`]).
+#[inline(always)]
+fn complete(q: &mut Queue, head: u16, o: Outcome) {
+    let len = if matches!(o, Outcome::Kept) {
+        TX_USED_SLOT_KEPT
+    } else {
+        0
+    };
+    q.push_used(head, len);
+}
+
+/// Zero-copy hand-overs of one burst, added to the counters of both sides
+/// once ([`Tally::add_to`]) instead of per packet.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    gifts: u64,
+}
+
+impl Tally {
+    /// A frame of `frame` bytes (a gift: header only) handed over.
+    #[inline(always)]
+    fn hand_over(&mut self, frame: u64, gift: bool) {
+        self.packets += u64::from(!gift);
+        self.gifts += u64::from(gift);
+        self.bytes += frame;
+    }
+
+    /// Adds the burst's hand-overs to the sender's and the receiver's counters.
+    #[inline(always)]
+    fn add_to(&self, cy: &mut SideCounters, cx: &mut SideCounters) {
+        if self.packets | self.gifts == 0 {
+            return;
+        }
+        cy.tx_packets += self.packets;
+        cy.tx_bytes += self.bytes;
+        cy.tx_zero_copy += self.packets;
+        cy.gifts_sent += self.gifts;
+        cx.rx_packets += self.packets;
+        cx.rx_bytes += self.bytes;
+        cx.gifts_received += self.gifts;
+    }
+}
+
+/// The sender's side of a direction, borrowed apart, with its window.
+struct TxSide<'a> {
+    q: &'a mut Queue,
+    mem: &'a GuestMemory,
+    c: &'a mut SideCounters,
+    st: &'a mut SideState,
+    w: Window,
+    sb: bool,
 }
 
 /// The receiver's side of a direction, borrowed apart.
