@@ -133,6 +133,8 @@ pub struct Pair {
     shm: ShmRegion,
     epoch: u32,
     shape: [(bool, bool); 2],
+    /// Rate limit of the epoch log lines (a reconnecting client makes many).
+    epoch_log: epochs::LogLimit,
 }
 
 impl Pair {
@@ -159,6 +161,7 @@ impl Pair {
             shm,
             epoch: 1,
             shape: [(false, false); 2],
+            epoch_log: epochs::LogLimit::default(),
         };
         p.publish_pairing();
         Ok(p)
