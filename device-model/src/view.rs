@@ -105,7 +105,15 @@ impl<'a> SideView<'a> {
     #[inline(always)]
     pub fn publish(&mut self, q: u16) {
         let Some(queue) = self.queue(q) else { return };
-        if queue.publish() && self.irq.signal_queue(q) {
+        if queue.publish() {
+            self.signal(q);
+        }
+    }
+
+    /// Signals queue `q` (just published) when its driver wants an interrupt.
+    #[inline(always)]
+    fn signal(&mut self, q: u16) {
+        if self.irq.signal_queue(q) {
             self.counters.interrupts += 1;
         }
     }
@@ -122,8 +130,8 @@ impl<'a> SideView<'a> {
         }
         crate::queue::full_barrier();
         for (f, q, p) in [(a, qa, pa), (b, qb, pb)] {
-            if p && f.queue(q).is_some_and(|q| q.wants_interrupt()) && f.irq.signal_queue(q) {
-                f.counters.interrupts += 1;
+            if p && f.queue(q).is_some_and(|q| q.wants_interrupt()) {
+                f.signal(q);
             }
         }
     }

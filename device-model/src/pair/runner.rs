@@ -333,15 +333,22 @@ mod tests {
     use sbnet_abi::shm::SlotGeometry;
     use std::time::Instant;
 
-    fn link() -> Arc<Shared> {
-        let cfg = PairConfig {
+    /// A small link's configuration, with switch bursts of `burst`.
+    fn cfg(burst: usize) -> PairConfig {
+        PairConfig {
             geometry: SlotGeometry::new(2048, 16).unwrap(),
             max_queue_size: 256,
-            switch: SwitchConfig::default(),
+            switch: SwitchConfig {
+                burst,
+                ..SwitchConfig::default()
+            },
             huge_pages: false,
             queue_pairs: 1,
-        };
-        Shared::new(Pair::new(&cfg).unwrap()).unwrap()
+        }
+    }
+
+    fn link() -> Arc<Shared> {
+        Shared::new(Pair::new(&cfg(SwitchConfig::default().burst)).unwrap()).unwrap()
     }
 
     /// The thread's copy of the set after one refresh.
@@ -377,16 +384,7 @@ mod tests {
     #[test]
     fn a_round_moves_one_burst_of_every_busy_link() {
         const BURST: usize = 4;
-        let cfg = PairConfig {
-            geometry: SlotGeometry::new(2048, 16).unwrap(),
-            max_queue_size: 256,
-            switch: SwitchConfig {
-                burst: BURST,
-                ..SwitchConfig::default()
-            },
-            huge_pages: false,
-            queue_pairs: 1,
-        };
+        let cfg = cfg(BURST);
         // Link 0 has eight bursts queued, link 1 two.
         let mut links = Vec::new();
         let mut drivers = Vec::new();
