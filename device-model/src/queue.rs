@@ -44,25 +44,7 @@ pub enum QueueError {
     MemoryGone,
 }
 
-/// A full memory barrier (store-load ordering) against a driver in another
-/// process or VM, as `virtio_mb()` is on the driver's side. On x86-64 a
-/// locked read-modify-write of a stack word, as Linux's `smp_mb()`: the
-/// same ordering as `mfence` for ordinary write-back memory, at a fraction
-/// of its cost; elsewhere a sequentially consistent fence.
-#[inline(always)]
-pub fn full_barrier() {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: adds 0 to a word in the red zone below the stack pointer (no
-    // `nostack`: the compiler keeps nothing there across the asm), which
-    // changes no value; a locked instruction orders every earlier load and
-    // store before every later one. Without `nomem` the asm is also a
-    // compiler barrier.
-    unsafe {
-        std::arch::asm!("lock or dword ptr [rsp - 8], 0");
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    std::sync::atomic::fence(Ordering::SeqCst);
-}
+pub use sbnet_abi::ring::full_barrier;
 
 /// Queue registers as the driver programmed them through common config.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -32,6 +32,29 @@ pub struct UsedElem {
     pub len: u32,
 }
 
+/// A full memory barrier (store-load ordering) between a driver and a
+/// device in other processes or VMs: `virtio_mb()`. Each side stores its
+/// ring index, then this, then reads the other side's notification flags
+/// (virtio 1.2 §2.7.10), so that either it sees the flags cleared or the
+/// other side sees its index. On x86-64 a locked read-modify-write of a
+/// stack word, as Linux's `smp_mb()`: the same ordering as `mfence` for
+/// ordinary write-back memory, at a fraction of its cost; elsewhere a
+/// sequentially consistent fence.
+#[inline(always)]
+pub fn full_barrier() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: ORs 0 into a word in the red zone below the stack pointer
+    // (no `nostack`: the compiler keeps nothing there across the asm),
+    // which changes no value; a locked instruction orders every earlier
+    // load and store before every later one. Without `nomem` the asm is
+    // also a compiler barrier.
+    unsafe {
+        core::arch::asm!("lock or dword ptr [rsp - 8], 0");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+}
+
 /// Descriptor flag: the chain continues at `next`.
 pub const DESC_F_NEXT: u16 = 1;
 /// Descriptor flag: device-writable buffer.

@@ -545,20 +545,7 @@ impl<B: Bus> PortQueue<B> {
         }
     }
 
-    /// Notifies the receive (`rx`) or transmit queue if the device is not
-    /// polling it.
-    #[inline]
-    fn kick_if_needed(&mut self, rx: bool) {
-        let (wanted, q) = if rx {
-            (self.rxq.needs_notify(), self.rx_index)
-        } else {
-            (self.txq.needs_notify(), self.tx_index)
-        };
-        if wanted {
-            self.kick(q);
-        }
-    }
-
+    /// Notifies queue `q` (the device is not polling it).
     #[cold]
     fn kick(&mut self, q: u16) {
         self.st.notifies += 1;

@@ -1,7 +1,7 @@
 //! Sending, transmit completions, gifts and posting receive buffers.
 
 use sbnet_abi::net::{TX_USED_SLOT_KEPT, VIRTIO_NET_HDR_F_GIFT_BUFFER};
-use sbnet_abi::ring::DESC_F_WRITE;
+use sbnet_abi::ring::{full_barrier, DESC_F_WRITE};
 
 use super::{put_hdr, PortQueue, HDR};
 use crate::bus::Bus;
@@ -111,13 +111,11 @@ impl<B: Bus> PortQueue<B> {
         self.st.tx_bytes += bytes;
         if ZC {
             self.push_gifts();
-        }
-        self.publish_tx();
-        if ZC {
             // Slots whose sends completed above go back on the receive
             // queue, so the peer can send them back.
-            self.refill_rx();
+            self.fill_rx();
         }
+        self.publish_both();
         sent as usize
     }
 
@@ -131,10 +129,11 @@ impl<B: Bus> PortQueue<B> {
     #[inline]
     pub(super) fn housekeeping<const ZC: bool>(&mut self) {
         self.reap_tx::<ZC>();
-        if ZC && self.push_gifts() > 0 {
-            self.publish_tx();
+        if ZC {
+            self.push_gifts();
         }
-        self.refill_rx();
+        self.fill_rx();
+        self.publish_both();
     }
 
     /// Takes every transmit completion (one `used.idx` load). A slot's
@@ -197,21 +196,38 @@ impl<B: Bus> PortQueue<B> {
         u32::from(n)
     }
 
-    /// One `avail.idx` store for everything queued, then one notification
-    /// decision.
+    /// One `avail.idx` store per queue for everything queued on it, then
+    /// one barrier for both, then a notification for each queue that was
+    /// published and whose device side is not polling.
     #[inline]
-    fn publish_tx(&mut self) {
-        if self.txq.publish() {
-            self.kick_if_needed(false);
+    fn publish_both(&mut self) {
+        let tx = self.txq.publish();
+        let rx = self.rxq.publish();
+        if !(tx || rx) {
+            return;
+        }
+        full_barrier();
+        if tx && self.txq.wants_notify() {
+            self.kick(self.tx_index);
+        }
+        if rx && self.rxq.wants_notify() {
+            self.kick(self.rx_index);
         }
     }
 
-    /// Posts receive buffers: classic ones up to the mode's target first
+    /// [`Self::fill_rx`], then one publish of the receive queue and at most
+    /// one notification.
+    pub(super) fn refill_rx(&mut self) {
+        self.fill_rx();
+        self.publish_both();
+    }
+
+    /// Queues receive buffers: classic ones up to the mode's target first
     /// (classic frames and resync completions need them), then every peer
     /// slot waiting to be posted (rule 3), as far as the queue has room.
-    /// One publish, at most one notification.
+    /// Published by the caller.
     #[inline]
-    pub(super) fn refill_rx(&mut self) {
+    fn fill_rx(&mut self) {
         let mut posted = self.classic.count(ClassicState::PostedRx);
         while posted < self.classic_rx_target && self.rxq.room() > 0 {
             let Some(i) = self.classic.take_for_rx() else {
@@ -230,8 +246,5 @@ impl<B: Bus> PortQueue<B> {
             let s = ledger.next_to_post()?;
             Some((slots.addr(s), slots.size, Buf::Slot(s).token()))
         });
-        if self.rxq.publish() {
-            self.kick_if_needed(true);
-        }
     }
 }

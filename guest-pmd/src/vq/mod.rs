@@ -24,10 +24,10 @@
 //! does) and is reported as a [`VqError`]; nothing panics or spins.
 
 use core::ptr;
-use core::sync::atomic::{fence, AtomicU16, Ordering};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use sbnet_abi::ring::{
-    self, Desc, UsedElem, AVAIL_F_NO_INTERRUPT, RING_ENTRIES, RING_FLAGS, RING_IDX,
+    self, full_barrier, Desc, UsedElem, AVAIL_F_NO_INTERRUPT, RING_ENTRIES, RING_FLAGS, RING_IDX,
     USED_F_NO_NOTIFY,
 };
 use thiserror::Error;
@@ -411,12 +411,19 @@ impl SplitQueue {
     /// published: true unless it set `USED_F_NO_NOTIFY` (it is polling).
     #[inline]
     pub fn needs_notify(&self) -> bool {
-        // SeqCst fence: orders the avail.idx store in `publish` before the
-        // used.flags load; pairs with the device's fence between clearing
-        // USED_F_NO_NOTIFY and re-reading avail.idx before it sleeps
-        // (virtio 1.2 §2.7.10), so either we see the flag clear or it sees
-        // our index.
-        fence(Ordering::SeqCst);
+        full_barrier();
+        self.wants_notify()
+    }
+
+    /// `needs_notify` without its barrier: the caller ran
+    /// [`full_barrier`] after its last [`Self::publish`] (one barrier may
+    /// serve both queues of a pair). The barrier orders the avail.idx store
+    /// before the used.flags load; it pairs with the device's barrier
+    /// between clearing `USED_F_NO_NOTIFY` and re-reading avail.idx before
+    /// it sleeps (virtio 1.2 §2.7.10), so either we see the flag clear or
+    /// it sees our index.
+    #[inline]
+    pub fn wants_notify(&self) -> bool {
         self.used_flags().load(Ordering::Relaxed) & USED_F_NO_NOTIFY == 0
     }
 

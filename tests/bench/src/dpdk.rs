@@ -197,6 +197,7 @@ fn measure(s: &mut Session, rx: usize, tx: usize, t: Timing) -> Result<Sample> {
         background: 0.0,
         others: w.others,
         rtt: None,
+        line_rtt: [None; 2],
     })
 }
 

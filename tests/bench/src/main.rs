@@ -11,6 +11,7 @@ mod dpdk;
 mod links;
 mod links_run;
 mod model;
+mod probe;
 mod report;
 mod sbnet;
 mod util;
@@ -333,10 +334,17 @@ fn run(a: &Args) -> Result<()> {
         work.display()
     );
 
+    // The CPUs whose distance the runs depend on: the host's party's and
+    // the endpoints' (memif's two-CPU row uses the same two).
+    let line_cpus = (
+        probe::first_cpu(&place.host).unwrap_or(0),
+        probe::first_cpu(&place.rx).unwrap_or(1),
+    );
     let mut left = total_est;
     for (n, j) in jobs.iter().enumerate() {
         let bg = util::wait_quiet(a.max_background, Duration::from_secs(20));
         let dir = work.join(format!("{}-{}-{}", j.system.key(), j.frame, j.repeat));
+        let before = probe::line_round_trip(line_cpus.0, line_cpus.1);
         let res = run_one(j, &bins, dpdk.as_ref(), &dir, &place, timing);
         // A DPDK start-up can fail on a busy machine (EAL, vhost-user
         // handshake); try once more before giving up.
@@ -360,6 +368,7 @@ fn run(a: &Args) -> Result<()> {
         let line = match res {
             Ok((mut s, cmds)) => {
                 s.background = bg;
+                s.line_rtt = [before, probe::line_round_trip(line_cpus.0, line_cpus.1)];
                 let txt = match s.rtt {
                     Some((p50, p99)) => format!("rtt p50 {p50:.1} us p99 {p99:.1} us"),
                     None => format!(

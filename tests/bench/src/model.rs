@@ -115,6 +115,10 @@ pub struct Sample {
     pub others: Option<f64>,
     /// Round trip p50 and p99 in microseconds (ping-pong).
     pub rtt: Option<(f64, f64)>,
+    /// A cache line's round trip between the host's CPU and the
+    /// endpoints' CPU in nanoseconds, probed just before and just after
+    /// the run ([`crate::probe`]).
+    pub line_rtt: [Option<f64>; 2],
 }
 
 /// Every run of one system at one frame size.
@@ -231,6 +235,7 @@ impl Cell {
                     background: f(x, "background").unwrap_or(0.0),
                     others: f(x, "others_in_window"),
                     rtt: f(x, "rtt_p50_us").zip(f(x, "rtt_p99_us")),
+                    line_rtt: [f(x, "line_rtt_ns_before"), f(x, "line_rtt_ns_after")],
                 })
                 .collect(),
         })
@@ -258,6 +263,8 @@ impl Cell {
                 "others_in_window": s.others,
                 "rtt_p50_us": s.rtt.map(|r| r.0),
                 "rtt_p99_us": s.rtt.map(|r| r.1),
+                "line_rtt_ns_before": s.line_rtt[0],
+                "line_rtt_ns_after": s.line_rtt[1],
             })).collect::<Vec<_>>(),
         })
     }

@@ -507,13 +507,16 @@ impl Report<'_> {
              figures in the tables above are the medians of these runs. *bg* is the largest share of the \
              machine other programs used just before a run (each run waits up to 20 s for it to fall below \
              {:.0}%); *others* is the share of the machine (all CPUs) other programs used inside each run's \
-             window (`/proc/stat` busy time minus the system's own). The headline points are 64 B, 1500 B \
-             and 9000 B; the target is a CV under 10% there.\n",
+             window (`/proc/stat` busy time minus the system's own). *line* is the round trip of one cache \
+             line between the host's CPU and the endpoints' CPU just before / just after each run, in ns: \
+             on a virtual machine it says how far apart the hypervisor placed the two CPUs at that moment \
+             (see the notes' Variance item). The headline points are 64 B, 1500 B and 9000 B; the target \
+             is a CV under 10% there.\n",
             self.max_background * 100.0
         );
         let _ = writeln!(
             w,
-            "| system | frame | runs (Mpps) | median | CV | runs (M packets per CPU-s) | CV | bg | others |\n|---|---|---|---|---|---|---|---|---|"
+            "| system | frame | runs (Mpps) | median | CV | runs (M packets per CPU-s) | CV | bg | others | line (ns) |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         let pct = |v: Option<f64>| v.map_or("—".into(), |v| format!("{:.1}%", v * 100.0));
         for s in System::THROUGHPUT {
@@ -524,7 +527,7 @@ impl Report<'_> {
                         let first = e.lines().next().unwrap_or("");
                         let _ = writeln!(
                             w,
-                            "| {} | {} | {} | | | | | | |",
+                            "| {} | {} | {} | | | | | | | |",
                             s.name(),
                             size(f),
                             first.replace('|', "/")
@@ -547,9 +550,15 @@ impl Report<'_> {
                             .map_or("—".into(), |o| format!("{:.0}%", o * 100.0))
                     })
                     .collect();
+                let ns = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.0}"));
+                let line: Vec<String> = c
+                    .samples
+                    .iter()
+                    .map(|x| format!("{}/{}", ns(x.line_rtt[0]), ns(x.line_rtt[1])))
+                    .collect();
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {:.3} | {} | {} | {} | {:.0}% | {} |",
+                    "| {} | {} | {} | {:.3} | {} | {} | {} | {:.0}% | {} | {} |",
                     s.name(),
                     size(f),
                     list(c.rates()),
@@ -558,7 +567,8 @@ impl Report<'_> {
                     list(c.per_cpu()),
                     pct(c.cv_per_cpu()),
                     bg * 100.0,
-                    others.join(", ")
+                    others.join(", "),
+                    line.join(", ")
                 );
             }
         }

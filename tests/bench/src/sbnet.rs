@@ -218,6 +218,7 @@ pub fn run(
                     background: 0.0,
                     others: None,
                     rtt: Some((num(&m, "rtt_p50_us"), num(&m, "rtt_p99_us"))),
+                    line_rtt: [None; 2],
                 },
                 r.cmds,
             ))
@@ -264,6 +265,7 @@ fn one_way(mut r: Run<'_>, place: &Place, t: Timing) -> Result<(Sample, Vec<Stri
             background: 0.0,
             others: w.others,
             rtt: None,
+            line_rtt: [None; 2],
         },
         r.cmds,
     ))
