@@ -147,6 +147,84 @@ fn tx_waits_for_the_post_then_is_deferred_not_dropped() {
     assert_eq!(p.switch.deferred(1).count(), 0);
 }
 
+/// `SB_F_EARLY_POST`: a side posts the slot it sends in the same publish.
+/// Side 1 is the sender here because a round harvests side 1's posts
+/// before it forwards side 1's TX, so the switch sees the post of a slot
+/// its poster still owns. The slot comes back into that post; so does one
+/// whose TX had to wait for the peer's post, and one whose delivery was
+/// deferred.
+#[test]
+fn an_early_post_takes_the_slot_back_when_the_peer_returns_it() {
+    for tx_wait in [Duration::from_secs(3600), Duration::ZERO] {
+        let (mut p, mut d) = zc_pair(tx_wait);
+        // Slot 1 (side 1's) is posted by side 0 first; slot 3 is not.
+        d[0].post_slot(&p, 1);
+        p.poll();
+        for s in [1, 3] {
+            d[1].send_slot(&p, s, &frame(s, 80), false);
+            d[1].post_slot(&p, s);
+        }
+        p.poll();
+        p.poll();
+        crate::testutil::check_ledger(&p);
+        assert!(d[1].used(0).is_empty(), "both early posts stay posted");
+        assert_eq!(p.fns[1].counters.refusals(), 0);
+        assert_eq!(p.switch.owners()[1], 0, "slot 1 handed over");
+        let done = d[1].used(1);
+        if tx_wait.is_zero() {
+            // Slot 3's TX completed and its delivery waits for side 0's post.
+            assert_eq!(done.len(), 2);
+            assert_eq!(p.switch.deferred(0).collect::<Vec<_>>(), vec![3]);
+        } else {
+            assert_eq!(done.len(), 1, "slot 3 waits for side 0's post");
+            assert_eq!(p.fns[1].counters.tx_waits, 1);
+        }
+        d[0].post_slot(&p, 3);
+        p.poll();
+        assert_eq!(d[0].used(0).len(), 2);
+        assert_eq!(d[1].used(1).len(), if tx_wait.is_zero() { 0 } else { 1 });
+        assert_eq!(p.switch.owners()[3], 0);
+        crate::testutil::check_ledger(&p);
+        // Side 0 sends both back: each lands in side 1's early post.
+        for s in [3, 1] {
+            d[0].send_slot(&p, s, &frame(s + 10, 100 + s as usize), false);
+        }
+        p.poll();
+        let back = d[1].used(0);
+        assert_eq!(back.len(), 2);
+        for (_, len) in &back {
+            assert!(*len as usize >= NET_HDR_LEN + 100);
+        }
+        assert_eq!(slot_frame(&p, 1, 101), frame(11, 101));
+        assert_eq!(slot_frame(&p, 3, 103), frame(13, 103));
+        assert_eq!((p.switch.owners()[1], p.switch.owners()[3]), (1, 1));
+        assert_eq!(
+            p.fns[0].counters.refusals() + p.fns[1].counters.refusals(),
+            0
+        );
+        assert_eq!(p.switch.posted(1).count(), 0);
+        crate::testutil::check_ledger(&p);
+    }
+}
+
+/// A side that posts a slot it owns and never sends it holds its own
+/// descriptor, nothing more: the peer still cannot send that slot, and an
+/// epoch change hands the post back with length 0.
+#[test]
+fn an_early_post_of_a_slot_never_sent_moves_nothing() {
+    let (mut p, mut d) = zc_pair(Duration::ZERO);
+    d[0].post_slot(&p, 2);
+    d[1].send_slot(&p, 2, &frame(1, 64), false);
+    p.poll();
+    p.poll();
+    assert_eq!(p.fns[1].counters.tx_not_owner, 1);
+    assert_eq!(p.switch.owners()[2], 0);
+    assert!(d[0].used(0).is_empty());
+    crate::testutil::check_ledger(&p);
+    d[1].status(&mut p, 0);
+    assert_eq!(d[0].used(0), vec![(0, 0)]);
+}
+
 /// Found by the `switch_ledger` fuzz target: a side that sends a slot
 /// whose delivery to it is still deferred (it never posted the slot, so it
 /// never took it) must be refused, or the slot ends up owned by the peer
@@ -384,16 +462,21 @@ fn refusals_are_counted_and_the_queue_goes_on() {
         assert_eq!(counter(&p.fns[0].counters), before + 1, "{name}: counted");
         assert!(p.fns[0].is_active(), "{name}: the queue goes on");
     }
-    // RX posts: own slot, duplicate.
+    // RX posts: a slot the poster owns is taken and stays posted (an
+    // early post, abi.md §6); a duplicate is refused.
     d[0].post_slot(&p, 0);
     p.poll();
-    assert_eq!(d[0].used(0)[0].1, 0);
-    assert_eq!(p.fns[0].counters.rx_post_not_peer_owned, 1);
+    assert!(d[0].used(0).is_empty(), "an early post stays posted");
+    assert_eq!(p.fns[0].counters.rx_post_not_peer_owned, 0);
+    d[0].post_slot(&p, 0);
+    p.poll();
+    assert_eq!(d[0].used(0).len(), 1);
+    assert_eq!(p.fns[0].counters.rx_post_duplicate, 1);
     d[0].post_slot(&p, 3);
     d[0].post_slot(&p, 3);
     p.poll();
     assert_eq!(d[0].used(0).len(), 1);
-    assert_eq!(p.fns[0].counters.rx_post_duplicate, 1);
+    assert_eq!(p.fns[0].counters.rx_post_duplicate, 2);
     // The ledger never moved and the other side still works.
     assert_eq!(p.switch.owners().iter().filter(|o| **o == 0).count(), 8);
     d[0].post_slot(&p, 5);

@@ -42,6 +42,13 @@ pub struct PortConfig {
     /// descriptor before reporting [`PmdError::ResyncTimeout`]. Default
     /// 200 ms.
     pub drain_timeout: Duration,
+    /// Post a slot on the receive queue in the same burst that sends or
+    /// gifts it, when the host allows it (`SB_F_EARLY_POST`, `docs/abi.md`
+    /// §6), instead of after the send completes: the peer can send the slot
+    /// back at once, which halves a zero-copy round trip. Queue pair 0
+    /// only (the one whose slots always move in zero-copy mode). Default
+    /// true.
+    pub early_post: bool,
 }
 
 impl Default for PortConfig {
@@ -56,6 +63,7 @@ impl Default for PortConfig {
             gift_burst: 64,
             epoch_poll_interval: Duration::from_millis(5),
             drain_timeout: Duration::from_millis(200),
+            early_post: true,
         }
     }
 }

@@ -14,9 +14,9 @@ use sbnet_abi::common_cfg::{
 };
 use sbnet_abi::net::{
     cfg_off, ctrl_queue, num_queues, rx_queue, tx_queue, valid_queue_pairs, NetConfig,
-    MAX_QUEUE_PAIRS, NET_CONFIG_LEN, NUM_QUEUES, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_MAC,
-    VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    MAX_QUEUE_PAIRS, NET_CONFIG_LEN, NUM_QUEUES, SB_F_EARLY_POST, VIRTIO_NET_F_CTRL_VQ,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MTU, VIRTIO_NET_F_SHARED_BUFFERS,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use sbnet_abi::pci::{self, cfg, COMMAND_BUS_MASTER, COMMAND_MEMORY};
 use sbnet_abi::shm::SlotGeometry;
@@ -52,6 +52,8 @@ pub struct SharedRegion {
     /// Slot 0's bus address (the BAR window `W` plus the capability's
     /// offset): what slot descriptors carry.
     pub window: u64,
+    /// The host accepts early posts (`sb_flags` has `SB_F_EARLY_POST`).
+    pub early_post: bool,
 }
 
 // SAFETY: the pointer is into a BAR mapping the bus owns; the port owning
@@ -325,6 +327,7 @@ impl<B: Bus> Device<B> {
                 "shared_buffers_offset is {side}, not 0 or 1"
             )));
         }
+        let early_post = self.device_read8(cfg_off::SB_FLAGS)? & SB_F_EARLY_POST != 0;
         let slot_size = self.device_read32(cfg_off::SLOT_SIZE)?;
         let slot_count = self.device_read32(cfg_off::SLOT_COUNT)?;
         let geometry = SlotGeometry::new(slot_size, slot_count).map_err(PmdError::Geometry)?;
@@ -352,6 +355,7 @@ impl<B: Bus> Device<B> {
             // The check above keeps `offset` inside the mapping.
             ptr: bar.ptr.wrapping_add(loc.offset as usize),
             window: bar.bus_addr + loc.offset,
+            early_post,
         })
     }
 

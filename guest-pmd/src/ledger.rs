@@ -14,6 +14,8 @@
 //! | `free` | `Held` | `Free` | the application gives it back |
 //! | `send` | `Held` | `InFlightTx` | it goes on the transmit queue (packet or gift) |
 //! | `gift` | `Free` | `InFlightTx` | `alloc` + `send` of a gift, in one step |
+//! | `send_early` | `Held` | `PeerPosted` | sent and posted in one burst (`SB_F_EARLY_POST`) |
+//! | `gift_early` | `Free` | `PeerPosted` | gifted and posted in one burst |
 //! | `tx_done(passed)` | `InFlightTx` | `PeerUnposted` | zero-copy: the send gave it away |
 //! | `tx_done(!passed)` | `InFlightTx` | `Free` | copy mode: it stays mine |
 //! | `next_to_post` | `PeerUnposted` | `PeerPosted` | posted on the receive queue |
@@ -214,6 +216,15 @@ impl Ledger {
         self.take_free(SlotState::InFlightTx)
     }
 
+    /// Takes a free slot to gift and post in the same burst (early post):
+    /// `Free → PeerPosted`. Its send gives it to the peer (rule 4) and its
+    /// post waits for it to come back, so the completion of the send moves
+    /// nothing.
+    #[inline]
+    pub fn gift_early(&mut self) -> Option<u32> {
+        self.take_free(SlotState::PeerPosted)
+    }
+
     /// Pops the free stack: `Free → to`.
     #[inline(always)]
     fn take_free(&mut self, to: SlotState) -> Option<u32> {
@@ -245,6 +256,17 @@ impl Ledger {
             return false;
         }
         self.set(s, SlotState::Held, SlotState::InFlightTx);
+        true
+    }
+
+    /// A held slot is sent and posted on the receive queue in the same
+    /// burst (early post): `Held → PeerPosted`.
+    #[inline]
+    pub fn send_early(&mut self, s: u32) -> bool {
+        if !self.is(s, SlotState::Held) {
+            return false;
+        }
+        self.set(s, SlotState::Held, SlotState::PeerPosted);
         true
     }
 
@@ -423,6 +445,24 @@ mod tests {
     }
 
     #[test]
+    fn early_sends_and_gifts_go_straight_to_posted() {
+        let mut l = Ledger::new(4, |s| s % 2 == 0);
+        let s = l.alloc().unwrap();
+        assert!(l.send_early(s));
+        assert_eq!(l.state(s), Some(SlotState::PeerPosted));
+        assert!(!l.send_early(s), "only a held slot");
+        assert!(!l.tx_done(s, true), "its completion moves nothing");
+        assert_eq!(l.gift_early(), Some(2));
+        assert_eq!(l.state(2), Some(SlotState::PeerPosted));
+        assert_eq!(l.gift_early(), None, "no free slot left");
+        // Back from the peer like any posted slot.
+        assert!(l.rx_done(s, false));
+        assert!(l.rx_done(2, true));
+        assert_eq!(l.counts().peer_posted, 0);
+        l.check().unwrap();
+    }
+
+    #[test]
     fn copy_mode_send_returns() {
         let mut l = Ledger::new(2, |_| true);
         let s = l.alloc().unwrap();
@@ -436,8 +476,10 @@ mod tests {
     enum Op {
         Alloc,
         Gift,
+        GiftEarly,
         Free(u32),
         Send(u32),
+        SendEarly(u32),
         TxDone(u32, bool),
         Post,
         RxDone(u32, bool),
@@ -449,8 +491,10 @@ mod tests {
         prop_oneof![
             Just(Op::Alloc),
             Just(Op::Gift),
+            Just(Op::GiftEarly),
             (0..n + 2).prop_map(Op::Free),
             (0..n + 2).prop_map(Op::Send),
+            (0..n + 2).prop_map(Op::SendEarly),
             ((0..n + 2), any::<bool>()).prop_map(|(s, p)| Op::TxDone(s, p)),
             Just(Op::Post),
             ((0..n + 2), any::<bool>()).prop_map(|(s, g)| Op::RxDone(s, g)),
@@ -472,8 +516,10 @@ mod tests {
                 let applied = match op {
                     Op::Alloc => l.alloc().is_some(),
                     Op::Gift => l.gift().is_some(),
+                    Op::GiftEarly => l.gift_early().is_some(),
                     Op::Free(s) => l.free(s),
                     Op::Send(s) => l.send(s),
+                    Op::SendEarly(s) => l.send_early(s),
                     Op::TxDone(s, p) => l.tx_done(s, p),
                     Op::Post => l.next_to_post().is_some(),
                     Op::RxDone(s, g) => l.rx_done(s, g),

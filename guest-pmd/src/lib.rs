@@ -85,8 +85,10 @@
 //! - **Ownership as the ABI says.** Side `k` starts with the slots
 //!   `s % 2 == k` in zero-copy mode and with all of them in copy mode. It
 //!   posts the peer's slots on its receive queue, and a zero-copy send
-//!   gives the slot away; the slot is posted back once the host completes
-//!   the send.
+//!   gives the slot away; the slot is posted back in the same burst when
+//!   the host allows early posts (`SB_F_EARLY_POST`, queue pair 0,
+//!   [`PortConfig::early_post`]), otherwise once the host completes the
+//!   send.
 //! - **Queue pairs are sub-pairs.** On a link of `Q` queue pairs, queue
 //!   pair `q` uses the slots `s % Q == q` only, and starts with those of
 //!   them whose `(s / Q) % 2` is its side. Each [`PortQueue`] owns its

@@ -8,6 +8,11 @@ use crate::error::PmdError;
 /// most 32768, classic indices at most 65536).
 const CLASSIC: u32 = 1 << 31;
 
+/// Bit of a transmit token: the slot was posted on the receive queue in
+/// the same burst as its send (`SB_F_EARLY_POST`), so its ledger state
+/// moved then and its completion moves nothing.
+pub(crate) const EARLY: u32 = 1 << 30;
+
 /// Bit of [`Pkt`]'s `cap` word that says the port wrote the buffer's
 /// header itself when it handed the packet out ([`crate::Port::alloc`]),
 /// so `tx_burst` need not write it again (buffers are far below 2 GiB).

@@ -112,6 +112,11 @@ pub const PEER_SYNCED: u32 = 1 << 2;
 /// length alone; they need not know which sub-pairs the peer uses.
 pub const TX_USED_SLOT_KEPT: u32 = 1;
 
+/// `sb_flags` bit: the host accepts an RX post of a slot the poster is
+/// sending, so a driver may post a slot in the same publish as its TX
+/// (*early post*, `docs/abi.md` §6) instead of after the TX completes.
+pub const SB_F_EARLY_POST: u8 = 1 << 0;
+
 /// `struct virtio_net_config` with the sbnet fields appended (48 bytes).
 ///
 /// The standard part (offsets 0..24) follows virtio 1.2 §5.1.4; the sbnet
@@ -142,8 +147,12 @@ pub struct NetConfig {
     /// sbnet: this side's index in the pair, 0 or 1 (the original
     /// proposal's name). Decides the initial slot split ([`crate::shm`]).
     pub shared_buffers_offset: u8,
+    /// sbnet: `SB_F_*` bits, what this host's protocol allows beyond the
+    /// base rules (`docs/abi.md` §3). A host that predates a bit reads 0
+    /// there.
+    pub sb_flags: u8,
     /// Reserved, reads 0.
-    pub reserved0: [u8; 3],
+    pub reserved0: [u8; 2],
     /// sbnet: bytes per slot (a power of two, at least 2048).
     pub slot_size: u32,
     /// sbnet: number of slots in the Shared Buffers region.
@@ -175,6 +184,8 @@ pub mod cfg_off {
     pub const MTU: usize = offset_of!(NetConfig, mtu);
     /// `shared_buffers_offset`.
     pub const SHARED_BUFFERS_OFFSET: usize = offset_of!(NetConfig, shared_buffers_offset);
+    /// `sb_flags`.
+    pub const SB_FLAGS: usize = offset_of!(NetConfig, sb_flags);
     /// `slot_size`.
     pub const SLOT_SIZE: usize = offset_of!(NetConfig, slot_size);
     /// `slot_count`.

@@ -30,11 +30,11 @@ mod pmd_common;
 use pmd_common::model;
 use pmd_common::{
     check_counts, check_settled, check_zero_copy_agreement, fill_frame, port_cfg, service,
-    slot_corruptions, stamp, Flows, HostView, InPair, TxWait, P,
+    slot_corruptions, stamp, Flows, HostView, InFlight, InPair, TxWait, P,
 };
 use proptest::prelude::*;
 use sbnet_device::counters::SideCounters;
-use sbnet_pmd::{Mode, Pkt, Port, Stats};
+use sbnet_pmd::{Mode, Pkt, Port, PortConfig, Stats};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
@@ -51,20 +51,44 @@ const FINISH_ROUNDS: u16 = 8;
 struct Setup {
     wait: TxWait,
     queue: u16,
+    /// Each side's `PortConfig::early_post`: sends and gifts post their
+    /// slot in the same burst.
+    early: [bool; 2],
 }
 
-const SETUPS: [Setup; 2] = [
+/// Both host settings with the ports posting a slot after its send
+/// completes, then both again with early posts, then a pair where only
+/// side 1 posts early (a port of an older PMD beside a newer one): its
+/// sends wait for side 0's posts.
+const SETUPS: [Setup; 5] = [
     // Every peer slot fits the RX queue (64 - 4 classic): a send waits for
     // the post, which always comes; no deferral, strict order.
     Setup {
         wait: TxWait::Forever,
         queue: 64,
+        early: [false; 2],
     },
     // 16-entry queues: a side posts at most 12 peer slots, a send of an
     // unposted slot is deferred on the next poll, the TX ring fills up.
     Setup {
         wait: TxWait::Zero,
         queue: 16,
+        early: [false; 2],
+    },
+    Setup {
+        wait: TxWait::Forever,
+        queue: 64,
+        early: [true; 2],
+    },
+    Setup {
+        wait: TxWait::Zero,
+        queue: 16,
+        early: [true; 2],
+    },
+    Setup {
+        wait: TxWait::Forever,
+        queue: 64,
+        early: [false, true],
     },
 ];
 
@@ -140,6 +164,7 @@ struct Coverage {
     unreaped_rx_seen: u64,
     unreaped_tx_seen: u64,
     deferred_seen: u64,
+    early_seen: u64,
     tx_ring_full: u64,
     forwarded: u64,
     max_frame_sent: u64,
@@ -160,8 +185,11 @@ impl Model {
     fn new(setup: Setup) -> Result<Self, String> {
         let pair = InPair::new(SLOT_SIZE, SLOTS, 256, setup.wait);
         let open = |k: usize| {
-            Port::open(pair.bus(k), port_cfg(setup.queue))
-                .map_err(|e| format!("side {k}: open: {e}"))
+            let cfg = PortConfig {
+                early_post: setup.early[k],
+                ..port_cfg(setup.queue)
+            };
+            Port::open(pair.bus(k), cfg).map_err(|e| format!("side {k}: open: {e}"))
         };
         let p0 = open(0)?;
         let p1 = open(1)?;
@@ -368,6 +396,7 @@ impl Model {
         self.cov.unreaped_rx_seen += u64::from(f.unreaped_rx[0] + f.unreaped_rx[1]);
         self.cov.unreaped_tx_seen += u64::from(f.unreaped_tx[0] + f.unreaped_tx[1]);
         self.cov.deferred_seen += u64::from(f.deferred[0] + f.deferred[1]);
+        self.cov.early_seen += u64::from(f.early[0] + f.early[1]);
         Ok(())
     }
 
@@ -530,6 +559,7 @@ fn run_case(setup: Setup, actions: &[Action], total: &mut Coverage) -> Result<()
     total.unreaped_rx_seen += c.unreaped_rx_seen;
     total.unreaped_tx_seen += c.unreaped_tx_seen;
     total.deferred_seen += c.deferred_seen;
+    total.early_seen += c.early_seen;
     total.tx_ring_full += c.tx_ring_full;
     total.forwarded += c.forwarded;
     total.max_frame_sent += c.max_frame_sent;
@@ -573,6 +603,7 @@ fn zero_copy_model_waits_never_expire() {
         c.reordered, 0,
         "frames overtook each other without a deferral: {c:?}"
     );
+    assert_eq!(c.early_seen, 0, "early posts while switched off: {c:?}");
 }
 
 #[test]
@@ -588,6 +619,48 @@ fn zero_copy_model_waits_expire_small_queues() {
         "no deferred delivery: {c:?}"
     );
     assert!(c.tx_ring_full > 0, "the TX ring never filled: {c:?}");
+    assert_eq!(c.early_seen, 0, "early posts while switched off: {c:?}");
+}
+
+#[test]
+fn zero_copy_model_early_post_waits_never_expire() {
+    let c = run_setup(SETUPS[2], CASES);
+    assert!(c.frames > 10_000, "too little traffic: {c:?}");
+    assert!(
+        c.gift_actions_that_gifted > 0 && c.gifts > 0,
+        "gifts never fired: {c:?}"
+    );
+    assert!(
+        c.early_seen > 0 && c.unreaped_rx_seen > 0 && c.unreaped_tx_seen > 0,
+        "no early send in flight checked: {c:?}"
+    );
+    assert!(c.forwarded > 0, "{c:?}");
+    assert_eq!(c.deferred, 0, "{c:?}");
+    assert_eq!(c.reordered, 0, "{c:?}");
+}
+
+#[test]
+fn zero_copy_model_early_post_waits_expire_small_queues() {
+    let c = run_setup(SETUPS[3], CASES);
+    assert!(c.frames > 10_000, "too little traffic: {c:?}");
+    assert!(c.early_seen > 0, "no early send in flight checked: {c:?}");
+    assert!(
+        c.deferred > 0 && c.deferred_seen > 0,
+        "no deferred delivery: {c:?}"
+    );
+    assert!(c.tx_ring_full > 0, "the TX ring never filled: {c:?}");
+}
+
+#[test]
+fn zero_copy_model_early_post_on_one_side_only() {
+    let c = run_setup(SETUPS[4], CASES);
+    assert!(c.frames > 10_000, "too little traffic: {c:?}");
+    assert!(
+        c.early_seen > 0 && c.unmatched_seen > 0,
+        "no early send waiting for its match checked: {c:?}"
+    );
+    assert_eq!(c.deferred, 0, "{c:?}");
+    assert_eq!(c.reordered, 0, "{c:?}");
 }
 
 /// The checks above can fail: in a real snapshot with traffic in flight
@@ -604,6 +677,39 @@ fn agreement_checks_catch_every_single_corruption() {
     // reaped its completions, so it has not posted them: the sends wait.
     m.rx(1, 3, 0xaa).unwrap();
     m.pair.quiesce();
+    every_corruption_caught(&m, |f| {
+        f.unmatched_tx[1] > 0 && f.unreaped_rx[0] > 0 && f.unreaped_tx[0] > 0
+    });
+}
+
+/// The same with early posts: with both sides posting early, side 1's
+/// forwards are matched at once (side 0 posted the slots with its sends);
+/// with only side 1 posting early, they wait for side 0's posts, so the
+/// host still says side 1 owns slots its ledger says are posted.
+#[test]
+fn agreement_checks_catch_every_single_corruption_with_early_posts() {
+    for (setup, want) in [
+        (
+            SETUPS[2],
+            (|f| f.early[0] > 0 && f.early[1] > 0 && f.unreaped_tx[1] > 0) as fn(&InFlight) -> bool,
+        ),
+        (SETUPS[4], |f| {
+            f.early[1] > 0 && f.unmatched_tx[1] > 0 && f.unreaped_rx[0] > 0
+        }),
+    ] {
+        let mut m = Model::new(setup).expect("bring-up");
+        m.send(0, 10, 1).unwrap();
+        m.send(1, 10, 2).unwrap();
+        m.pair.quiesce();
+        m.rx(1, 3, 0xaa).unwrap();
+        m.pair.quiesce();
+        every_corruption_caught(&m, want);
+    }
+}
+
+/// Checks that `m`'s real state agrees and has what `in_flight` asks for,
+/// then that every single corruption of the host's view is caught.
+fn every_corruption_caught(m: &Model, in_flight: impl Fn(&InFlight) -> bool) {
     let h = m.pair.host();
     let ports = [&m.ports[0], &m.ports[1]];
     let check = |h: &HostView| {
@@ -611,10 +717,7 @@ fn agreement_checks_catch_every_single_corruption() {
         check_counts(h, ports, &m.base_host, &m.base_ports, &f).map(|()| f)
     };
     let f = check(&h).unwrap_or_else(|e| panic!("the real state must agree: {e}"));
-    assert!(
-        f.unmatched_tx[1] > 0 && f.unreaped_rx[0] > 0 && f.unreaped_tx[0] > 0,
-        "the snapshot has states in flight: {f:?}"
-    );
+    assert!(in_flight(&f), "the snapshot has states in flight: {f:?}");
     let caught = |what: String, bad: HostView| {
         assert!(check(&bad).is_err(), "{what} went unnoticed");
     };

@@ -31,7 +31,7 @@ use pmd_common::{
 use proptest::prelude::*;
 use sbnet_abi::shm::initial_owner_mq;
 use sbnet_device::counters::QueueCounters;
-use sbnet_pmd::{Mode, Pkt};
+use sbnet_pmd::{Mode, Pkt, PortConfig};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
@@ -209,8 +209,15 @@ impl Model {
     fn new(setup: Setup) -> Result<Self, String> {
         let qn = usize::from(setup.pairs);
         let pair = InPair::new_mq(SLOT_SIZE, SLOTS, 256, setup.wait, setup.pairs);
+        // Side 1 posts early (queue pair 0 only, `PortConfig::early_post`),
+        // side 0 does not: pair 0 runs the mixed early protocol beside
+        // pairs that post after completion.
         let open = |k: usize| {
-            pair.open_queue_pairs(k, port_cfg(setup.queue), setup.pairs)
+            let cfg = PortConfig {
+                early_post: k == 1,
+                ..port_cfg(setup.queue)
+            };
+            pair.open_queue_pairs(k, cfg, setup.pairs)
                 .map_err(|e| format!("side {k}: open: {e}"))
         };
         let p0 = open(0)?;
@@ -642,7 +649,8 @@ fn agreement_checks_catch_every_single_corruption() {
     }
     m.pair.quiesce();
     // Side 1 forwards three of each pair at once: side 0 has not reaped
-    // its completions, so it has not posted them: the sends wait.
+    // its completions, so it has not posted them: the sends wait (on pair
+    // 0 they are early sends, posted by side 1 with the send).
     m.rx(1, 0, 3, 0xaa).unwrap();
     m.rx(1, 1, 3, 0xaa).unwrap();
     m.pair.quiesce();
@@ -656,7 +664,10 @@ fn agreement_checks_catch_every_single_corruption() {
     let f = check(&h).unwrap_or_else(|e| panic!("the real state must agree: {e}"));
     for (q, fq) in f.iter().enumerate() {
         assert!(
-            fq.unmatched_tx[1] > 0 && fq.unreaped_rx[0] > 0 && fq.unreaped_tx[0] > 0,
+            fq.unmatched_tx[1] > 0
+                && fq.unreaped_rx[0] > 0
+                && fq.unreaped_tx[0] > 0
+                && (fq.early[1] > 0) == (q == 0),
             "sub-pair {q} has states in flight: {fq:?}"
         );
     }

@@ -10,7 +10,7 @@ mod pmd_common;
 
 use pmd_common::scenario::{
     assert_split_consistent, burst, cfg, close, copied, epoch, pair, recv, refusals, send, settle,
-    total, zc_pair, zero_copy,
+    total, zc_pair, zc_pair_with, zero_copy,
 };
 use pmd_common::InPair;
 use sbnet_abi::layout as l;
@@ -103,9 +103,19 @@ fn two_ports_go_zero_copy_with_the_interleaved_split() {
     assert_eq!(refusals(&pair), 0);
 }
 
+/// With and without early posts (`PortConfig::early_post`).
 #[test]
 fn zero_copy_send_forward_and_free() {
-    let (pair, mut a, mut b) = zc_pair();
+    for early_post in [true, false] {
+        send_forward_and_free(early_post);
+    }
+}
+
+fn send_forward_and_free(early_post: bool) {
+    let (pair, mut a, mut b) = zc_pair_with(PortConfig {
+        early_post,
+        ..cfg()
+    });
     let frame: Vec<u8> = (0..200u32).map(|i| i as u8).collect();
     assert!(send(&mut a, &frame));
     step(&pair);
@@ -120,12 +130,17 @@ fn zero_copy_send_forward_and_free() {
     let mut fwd = [Some(p)];
     assert_eq!(b.tx_burst(&mut fwd).unwrap(), 1);
     assert!(fwd[0].is_none());
-    // B's send waits until A posts the slot, which A does once its own
-    // send of it has completed: one more burst of A.
     step(&pair);
-    assert!(pair.host().waiting, "B's send waits for A's post");
-    assert!(recv(&mut a).is_empty());
-    step(&pair);
+    if early_post {
+        // A posted the slot with its send: B's send finds it.
+        assert!(!pair.host().waiting, "B's send is matched at once");
+    } else {
+        // B's send waits until A posts the slot, which A does once its
+        // own send of it has completed: one more burst of A.
+        assert!(pair.host().waiting, "B's send waits for A's post");
+        assert!(recv(&mut a).is_empty());
+        step(&pair);
+    }
     let got = recv(&mut a);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0[0], 0xee);

@@ -21,6 +21,9 @@ impl Function {
             max_virtqueue_pairs: self.q_pairs,
             mtu: MTU,
             shared_buffers_offset: self.side,
+            // The switch takes a post of a slot its poster is sending
+            // (`Ctx::harvest_rx`).
+            sb_flags: net::SB_F_EARLY_POST,
             slot_size: self.geometry.slot_size(),
             slot_count: self.geometry.slot_count(),
             pairing_epoch: self.pairing_epoch,

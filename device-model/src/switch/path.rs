@@ -52,6 +52,12 @@ impl<const MQ: bool> Ctx<'_, MQ> {
     }
 
     /// Takes the receiver's new RX posts into the slot and classic tables.
+    ///
+    /// A post of a slot the poster owns is taken too (`SB_F_EARLY_POST`,
+    /// `docs/abi.md` §6): a driver posts a slot in the same publish as its
+    /// TX of it, and this round may see the post before the TX. A post
+    /// changes no owner; the peer's TX of the slot, which needs the peer
+    /// to own it, is what completes it.
     #[inline(always)]
     pub(super) fn harvest_rx(
         &mut self,
@@ -84,7 +90,7 @@ impl<const MQ: bool> Ctx<'_, MQ> {
                         pending[si] = NO_PENDING;
                         rx.push_used(head, p & !PENDING_GIFT);
                         count_rx(c, p & !PENDING_GIFT, p & PENDING_GIFT != 0);
-                    } else if self.owner[si] == self.x || !moves {
+                    } else if !moves {
                         c.rx_post_not_peer_owned += 1;
                         rx.push_used(head, 0);
                     } else if posted[si] != NONE {

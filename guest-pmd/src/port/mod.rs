@@ -223,6 +223,17 @@ impl<B: Bus> Port<B> {
         self.queues.get(q as usize)?.slot_state(s)
     }
 
+    /// Whether a send of slot `s` that posted it in the same burst (an
+    /// early post, [`crate::PortConfig::early_post`]) is on a transmit
+    /// queue, its completion not reaped yet. O(queue size): for tests and
+    /// diagnostics.
+    pub fn early_send_in_flight(&self, s: u32) -> bool {
+        let q = s % u32::from(self.link_pairs);
+        self.queues
+            .get(q as usize)
+            .is_some_and(|p| p.early_send_in_flight(s))
+    }
+
     /// Whether this side owns slot `s` now (it is free, held by the
     /// application, or — in copy mode — on the transmit queue).
     pub fn owns_slot(&self, s: u32) -> bool {

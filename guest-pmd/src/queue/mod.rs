@@ -33,7 +33,7 @@ use crate::gift::GiftPolicy;
 use crate::ledger::{Ledger, SlotState};
 use crate::link::Link;
 use crate::mode::Mode;
-use crate::pkt::{Buf, Pkt};
+use crate::pkt::{Buf, Pkt, EARLY};
 use crate::stats::Stats;
 use crate::vq::{SplitQueue, VqError};
 
@@ -108,6 +108,10 @@ pub struct PortQueue<B: Bus> {
     tx_index: u16,
     /// Shared buffers were negotiated.
     shared: bool,
+    /// Sends and gifts in zero-copy mode post their slot in the same burst
+    /// (`PortConfig::early_post`, the host's `SB_F_EARLY_POST`, queue
+    /// pair 0).
+    early: bool,
     slots: Slots,
     rxq: SplitQueue,
     txq: SplitQueue,
@@ -179,6 +183,7 @@ impl<B: Bus> PortQueue<B> {
                 }
             },
         );
+        let cfg_early = cfg.early_post;
         let id = NonZeroU32::new(NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed))
             .unwrap_or(NonZeroU32::MIN);
         Self {
@@ -190,6 +195,7 @@ impl<B: Bus> PortQueue<B> {
             rx_index: qp.rx.index(),
             tx_index: qp.tx.index(),
             shared: shm.is_some(),
+            early: pair == 0 && cfg_early && shm.is_some_and(|s| s.early_post),
             slots,
             rxq: qp.rx,
             txq: qp.tx,
@@ -281,6 +287,14 @@ impl<B: Bus> PortQueue<B> {
     /// is not one of its slots).
     pub fn slot_state(&self, s: u32) -> Option<SlotState> {
         self.ledger.state(self.local(s)?)
+    }
+
+    /// Whether a send of region slot `s` that posted it in the same burst
+    /// (an early post) is on the transmit queue, its completion not reaped
+    /// yet. O(queue size): for tests and diagnostics.
+    pub fn early_send_in_flight(&self, s: u32) -> bool {
+        self.local(s)
+            .is_some_and(|l| self.txq.has_in_flight(Buf::Slot(l).token() | EARLY))
     }
 
     /// Whether this side owns region slot `s` now through this queue pair

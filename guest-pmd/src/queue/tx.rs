@@ -8,7 +8,8 @@ use crate::bus::Bus;
 use crate::classic::ClassicState;
 use crate::error::PmdError;
 use crate::ledger::SlotState;
-use crate::pkt::{Buf, Pkt};
+use crate::pkt::{Buf, Pkt, EARLY};
+use crate::vq::VqError;
 
 impl<B: Bus> PortQueue<B> {
     /// Sends the packets of `pkts` in order and returns how many were
@@ -22,7 +23,9 @@ impl<B: Bus> PortQueue<B> {
     ///
     /// A slot sent in zero-copy mode belongs to the peer from this call on
     /// (rule 4): the handle is consumed and the slot is posted back on the
-    /// receive queue once the host completes the send. In copy mode and for
+    /// receive queue, in this burst when the port posts early
+    /// ([`crate::PortConfig::early_post`]) and the queue has room, otherwise
+    /// once the host completes the send. In copy mode and for
     /// classic buffers the buffer comes back to the pool on completion.
     /// To forward a received packet, modify it in place and send it.
     #[inline]
@@ -48,7 +51,8 @@ impl<B: Bus> PortQueue<B> {
         let room = self.txq.room();
         let (mut slots, mut classic, mut bytes, mut stale) = (0u32, 0u32, 0u64, 0u32);
         let (id, generation, slot_mem) = (self.id, self.generation, self.slots);
-        let (ledger, pool) = (&mut self.ledger, &mut self.classic);
+        let (ledger, pool, rxq) = (&mut self.ledger, &mut self.classic, &mut self.rxq);
+        let early = ZC && self.early;
         let mut i = 0;
         self.txq.push_each(room, 0, || loop {
             let pkt = pkts.get_mut(i)?.take();
@@ -58,8 +62,20 @@ impl<B: Bus> PortQueue<B> {
             // ledger (or pool) refuses a buffer the application does not
             // hold, and changes nothing then.
             let b = pkt.buf();
+            let mut token = b.token();
             let sent = pkt.port() == id
                 && match b {
+                    // Early post: the slot goes on the receive queue in
+                    // this burst too, published together with the send.
+                    Buf::Slot(s) if early && rxq.room() > 0 => {
+                        pkt.generation() == generation
+                            && ledger.send_early(s)
+                            && rxq.push(slot_mem.addr(s), slot_mem.size, DESC_F_WRITE, token)
+                            && {
+                                token |= EARLY;
+                                true
+                            }
+                    }
                     Buf::Slot(s) => pkt.generation() == generation && ledger.send(s),
                     Buf::Classic(c) => pool.send(c),
                 };
@@ -86,7 +102,7 @@ impl<B: Bus> PortQueue<B> {
             }
             let len = pkt.len() as u32;
             bytes += u64::from(len);
-            return Some((addr, HDR + len, b.token()));
+            return Some((addr, HDR + len, token));
         });
         self.st.stale_handles += u64::from(stale);
         // The queue is full: the rest stays with the caller.
@@ -148,7 +164,19 @@ impl<B: Bus> PortQueue<B> {
             Err(e) => return self.misbehaved(self.tx_index, e),
         };
         let (ledger, classic) = (&mut self.ledger, &mut self.classic);
+        let mut kept_early = None;
         let taken = self.txq.take_each(pending, |used| {
+            if used.token & EARLY != 0 {
+                // Sent and posted in one burst: the slot's state moved
+                // then. A hand-over completes with length 0; keeping the
+                // slot breaks the host's `SB_F_EARLY_POST` promise (the
+                // slot is posted, so it cannot come back to the pool).
+                if used.len == TX_USED_SLOT_KEPT {
+                    kept_early = Some(used.token & !EARLY);
+                    return false;
+                }
+                return true;
+            }
             let ok = match Buf::from_token(used.token) {
                 // A hand-over completes with length 0; a slot the host
                 // copied instead comes back (TX_USED_SLOT_KEPT, abi.md §8).
@@ -160,6 +188,9 @@ impl<B: Bus> PortQueue<B> {
         });
         if let Err(e) = taken {
             self.misbehaved(self.tx_index, e);
+        }
+        if let Some(slot) = kept_early {
+            self.misbehaved(self.tx_index, VqError::EarlyPostKept { slot });
         }
     }
 
@@ -180,17 +211,26 @@ impl<B: Bus> PortQueue<B> {
     }
 
     fn gifts(&mut self, due: u32) -> u32 {
-        let (ledger, slots) = (&mut self.ledger, self.slots);
+        let (ledger, slots, rxq, early) = (&mut self.ledger, self.slots, &mut self.rxq, self.early);
         // `due` never exceeds the queue's room (a u16).
         let max = u16::try_from(due).unwrap_or(u16::MAX);
         let n = self.txq.push_each(max, 0, || {
-            let s = ledger.gift()?;
-            let b = Buf::Slot(s);
+            // Early post (see `tx_impl`): gifted and posted at once.
+            let (s, token) = if early && rxq.room() > 0 {
+                let s = ledger.gift_early()?;
+                let t = Buf::Slot(s).token();
+                let posted = rxq.push(slots.addr(s), slots.size, DESC_F_WRITE, t);
+                debug_assert!(posted, "room was checked");
+                (s, t | EARLY)
+            } else {
+                let s = ledger.gift()?;
+                (s, Buf::Slot(s).token())
+            };
             // SAFETY: as in `Port::write_hdr`: slot `s` is below the slot
             // count, so its header is inside the mapped region, and it is
             // this side's until the publish that follows.
             unsafe { put_hdr(slots.ptr(s), VIRTIO_NET_HDR_F_GIFT_BUFFER) };
-            Some((slots.addr(s), HDR, b.token()))
+            Some((slots.addr(s), HDR, token))
         });
         self.st.gifts_sent += u64::from(n);
         u32::from(n)

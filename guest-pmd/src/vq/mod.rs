@@ -77,6 +77,14 @@ pub enum VqError {
         /// The length the driver posted.
         posted: u32,
     },
+    /// The device kept a slot (`TX_USED_SLOT_KEPT`) that was posted with
+    /// its send: a host that offers `SB_F_EARLY_POST` moves every slot
+    /// sent on queue pair 0 in zero-copy mode (`docs/abi.md` §6).
+    #[error("the device kept slot {slot}, which was posted with its send (early post)")]
+    EarlyPostKept {
+        /// The slot.
+        slot: u32,
+    },
 }
 
 /// One completed buffer: the caller's token and the device's used length
@@ -283,6 +291,12 @@ impl SplitQueue {
     /// How many times `avail.idx` was stored.
     pub fn publishes(&self) -> u64 {
         self.publishes
+    }
+
+    /// Whether a buffer with `token` is in flight (made available, its
+    /// completion not taken). O(queue size): for tests and diagnostics.
+    pub fn has_in_flight(&self, token: u32) -> bool {
+        self.slots.iter().any(|f| f.token == token)
     }
 
     /// How many used entries were consumed.

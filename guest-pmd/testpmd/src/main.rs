@@ -92,6 +92,9 @@ struct Args {
     /// Port queue sizes.
     #[arg(long, default_value_t = 1024)]
     queue_size: u16,
+    /// Post a sent slot on the receive queue only after its send completes, even when host-pair allows posting it with the send (early post, the default; docs/abi.md §6). For comparisons.
+    #[arg(long)]
+    no_early_post: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -198,6 +201,7 @@ fn open_port(a: &Args, i: usize) -> Result<Port<Box<dyn Bus>>> {
         classic_only: a.classic,
         rx_queue_size: a.queue_size,
         tx_queue_size: a.queue_size,
+        early_post: !a.no_early_post,
         ..PortConfig::default()
     };
     let port = Port::open_queue_pairs(bus, cfg, a.queues).context("cannot bring the port up")?;

@@ -337,6 +337,9 @@ pub struct InFlight {
     pub unreaped_rx: [u32; 2],
     /// Per side: deliveries deferred until the side posts the slot.
     pub deferred: [u32; 2],
+    /// Per side: sends with an early post whose completion is not reaped
+    /// (matched or not).
+    pub early: [u32; 2],
 }
 
 /// Host counters of slot traffic: what side `k` sent (packets + gifts)
@@ -392,9 +395,16 @@ pub fn check_slot(h: &HostView, ports: [&P; 2], s: usize, f: &mut InFlight) -> R
     let own = [0, 1].map(|k| ports[k].owns_slot(si));
     let posted = [h.posted[0][s], h.posted[1][s]];
     let deferred = [h.deferred[0][s], h.deferred[1][s]];
+    // An early send (`SB_F_EARLY_POST`): side k sent s and posted it in the
+    // same burst, so its ledger says `PeerPosted` from then on. Until the
+    // host matches the send, the host still says k owns s and has k's post
+    // of it in its table.
+    let early = [0, 1].map(|k| ports[k].early_send_in_flight(si));
+    let unmatched_early =
+        [0, 1].map(|k| early[k] && st[k] == SlotState::PeerPosted && hs == k && posted[k]);
     let ctx = || {
         format!(
-            "slot {s}: host owner {hs}, side 0 {:?}, side 1 {:?}, host posted {posted:?}, deferred {deferred:?}",
+            "slot {s}: host owner {hs}, side 0 {:?}, side 1 {:?}, host posted {posted:?}, deferred {deferred:?}, early sends {early:?}",
             st[0], st[1]
         )
     };
@@ -402,8 +412,9 @@ pub fn check_slot(h: &HostView, ports: [&P; 2], s: usize, f: &mut InFlight) -> R
         return Err(format!("{}: the host gives it to nobody", ctx()));
     }
     for k in 0..2 {
-        // Rule 3 as the host enforces it: k posts only what the peer owns.
-        if posted[k] && (st[k] != SlotState::PeerPosted || hs == k) {
+        // Rule 3: k posts what the peer owns, or what k is sending (an
+        // early post).
+        if posted[k] && (st[k] != SlotState::PeerPosted || (hs == k && !unmatched_early[k])) {
             return Err(format!(
                 "{}: the host has it posted by side {k}, which it should not be",
                 ctx()
@@ -488,6 +499,16 @@ pub fn check_slot(h: &HostView, ports: [&P; 2], s: usize, f: &mut InFlight) -> R
                         ctx()
                     ));
                 }
+            } else if unmatched_early[y] {
+                // y sent it with an early post; the host has not matched
+                // that send yet, so it still says y.
+                f.unmatched_tx[y] += 1;
+                if !h.waiting {
+                    return Err(format!(
+                        "{}: side {y}'s early send is not matched and the host waits for nothing",
+                        ctx()
+                    ));
+                }
             } else if st[y] == SlotState::PeerPosted && !posted[y] {
                 // The delivery waits in y's used ring.
                 f.unreaped_rx[y] += 1;
@@ -497,6 +518,13 @@ pub fn check_slot(h: &HostView, ports: [&P; 2], s: usize, f: &mut InFlight) -> R
                     ctx()
                 ));
             }
+        }
+    }
+    for k in 0..2 {
+        f.early[k] += u32::from(early[k]);
+        if early[k] && !unmatched_early[k] {
+            // Matched (or deferred): its completion waits to be reaped.
+            f.unreaped_tx[k] += 1;
         }
     }
     Ok(())
@@ -641,6 +669,7 @@ pub fn port_cfg(queue: u16) -> PortConfig {
         gift_burst: 64,
         epoch_poll_interval: Duration::from_secs(3600),
         drain_timeout: Duration::from_millis(1),
+        early_post: true,
     }
 }
 

@@ -60,6 +60,7 @@ pub fn total(f: &[InFlight]) -> InFlight {
             t.unreaped_tx[k] += x.unreaped_tx[k];
             t.unreaped_rx[k] += x.unreaped_rx[k];
             t.deferred[k] += x.deferred[k];
+            t.early[k] += x.early[k];
         }
     }
     t

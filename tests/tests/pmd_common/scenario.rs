@@ -82,9 +82,14 @@ pub fn settle(pair: &InPair, a: &mut P, b: &mut P) {
 
 /// Two zero-copy ports on a fresh pair, settled.
 pub fn zc_pair() -> (InPair, P, P) {
+    zc_pair_with(cfg())
+}
+
+/// As [`zc_pair`], both ports opened with `cfg`.
+pub fn zc_pair_with(cfg: PortConfig) -> (InPair, P, P) {
     let pair = pair();
-    let mut a = Port::open(pair.bus(0), cfg()).unwrap();
-    let mut b = Port::open(pair.bus(1), cfg()).unwrap();
+    let mut a = Port::open(pair.bus(0), cfg.clone()).unwrap();
+    let mut b = Port::open(pair.bus(1), cfg).unwrap();
     settle(&pair, &mut a, &mut b);
     (pair, a, b)
 }
