@@ -84,7 +84,8 @@ counters! {
         bad_slot_ref,
         /// Refused: TX of a slot the sender does not own.
         tx_not_owner,
-        /// Refused: RX post of a slot the poster owns.
+        /// Refused: RX post of a slot of another queue pair's sub-pair, or of any slot
+        /// in copy mode (a post of a slot the poster owns is an early post, taken).
         rx_post_not_peer_owned,
         /// Refused: RX post of a slot already posted.
         rx_post_duplicate,

@@ -66,8 +66,10 @@ impl<B: Bus> PortQueue<B> {
             let sent = pkt.port() == id
                 && match b {
                     // Early post: the slot goes on the receive queue in
-                    // this burst too, published together with the send.
-                    Buf::Slot(s) if early && rxq.room() > 0 => {
+                    // this burst too, published together with the send,
+                    // when the queue also has room for every peer slot
+                    // still waiting to be posted (`early_room`).
+                    Buf::Slot(s) if early && early_room(rxq.room(), ledger.unposted()) => {
                         pkt.generation() == generation
                             && ledger.send_early(s)
                             && rxq.push(slot_mem.addr(s), slot_mem.size, DESC_F_WRITE, token)
@@ -216,7 +218,7 @@ impl<B: Bus> PortQueue<B> {
         let max = u16::try_from(due).unwrap_or(u16::MAX);
         let n = self.txq.push_each(max, 0, || {
             // Early post (see `tx_impl`): gifted and posted at once.
-            let (s, token) = if early && rxq.room() > 0 {
+            let (s, token) = if early && early_room(rxq.room(), ledger.unposted()) {
                 let s = ledger.gift_early()?;
                 let t = Buf::Slot(s).token();
                 let posted = rxq.push(slots.addr(s), slots.size, DESC_F_WRITE, t);
@@ -287,4 +289,14 @@ impl<B: Bus> PortQueue<B> {
             Some((slots.addr(s), slots.size, Buf::Slot(s).token()))
         });
     }
+}
+
+/// Whether a slot may be posted early: the receive queue has room for it
+/// and, after it, for every peer slot waiting to be posted. Those go first
+/// (oldest first, as `fill_rx` posts them): a delivery the host deferred to
+/// this side waits for such a post, and early posts that took the last room
+/// could leave both sides' queues full of posts that wait for each other.
+#[inline(always)]
+fn early_room(room: u16, unposted: u32) -> bool {
+    u32::from(room) > unposted
 }
