@@ -240,6 +240,23 @@ impl Report<'_> {
             sw.map_or("not run".into(), |v| format!("{v:.2} ns")),
             sw.map_or("?", |v| yes(v <= 12.0))
         );
+        // Issue 11 target 4: the ping-pong round trip (one run per size).
+        let rtt = |s: System| {
+            self.cell(s, 64)
+                .and_then(|c| c.samples.first())
+                .and_then(|x| x.rtt)
+                .map(|r| r.0)
+        };
+        let (zc, classic) = (rtt(System::PingZc), rtt(System::PingClassic));
+        let _ = writeln!(
+            w,
+            "| ping-pong p50 at 64 B ≤ 5 µs, zero-copy | {} | {} |",
+            zc.map_or("not run".into(), |v| format!(
+                "{v:.1} µs (classic {})",
+                classic.map_or("not run".into(), |c| format!("{c:.1} µs"))
+            )),
+            zc.map_or("?", |v| yes(v <= 5.0))
+        );
         // The variance target: the largest CV of the rate at the headline points.
         let cvs: Vec<(System, usize, f64)> = [64, 1500, 9000]
             .into_iter()
