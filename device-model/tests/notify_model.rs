@@ -11,7 +11,7 @@
 //! | handshake | producer | index | waiter | flag |
 //! |---|---|---|---|---|
 //! | interrupts | device (`Queue::publish`) | `used.idx` | driver re-enabling interrupts | `avail.flags` `NO_INTERRUPT` |
-//! | kicks | driver (the PMD's `SplitQueue::needs_notify`) | `avail.idx` | device about to sleep (`Queue::set_no_notify(false)`) | `used.flags` `NO_NOTIFY` |
+//! | kicks | driver (the PMD's `SplitQueue::publish`, `full_barrier`, `SplitQueue::wants_notify`) | `avail.idx` | device about to sleep (`Queue::set_no_notify(false)`) | `used.flags` `NO_NOTIFY` |
 //!
 //! The orderings below are the ones the code uses: index stores Release,
 //! flag stores Relaxed, index loads Acquire, flag loads Relaxed, and a

@@ -252,21 +252,23 @@ impl Ledger {
     /// A held slot goes on the transmit queue: `Held → InFlightTx`.
     #[inline]
     pub fn send(&mut self, s: u32) -> bool {
-        if !self.is(s, SlotState::Held) {
-            return false;
-        }
-        self.set(s, SlotState::Held, SlotState::InFlightTx);
-        true
+        self.take_held(s, SlotState::InFlightTx)
     }
 
     /// A held slot is sent and posted on the receive queue in the same
     /// burst (early post): `Held → PeerPosted`.
     #[inline]
     pub fn send_early(&mut self, s: u32) -> bool {
+        self.take_held(s, SlotState::PeerPosted)
+    }
+
+    /// A held slot leaves the application: `Held → to`.
+    #[inline(always)]
+    fn take_held(&mut self, s: u32, to: SlotState) -> bool {
         if !self.is(s, SlotState::Held) {
             return false;
         }
-        self.set(s, SlotState::Held, SlotState::PeerPosted);
+        self.set(s, SlotState::Held, to);
         true
     }
 

@@ -183,7 +183,7 @@ impl<B: Bus> PortQueue<B> {
                 }
             },
         );
-        let cfg_early = cfg.early_post;
+        let early = pair == 0 && cfg.early_post && shm.is_some_and(|s| s.early_post);
         let id = NonZeroU32::new(NEXT_PORT_ID.fetch_add(1, Ordering::Relaxed))
             .unwrap_or(NonZeroU32::MIN);
         Self {
@@ -195,7 +195,7 @@ impl<B: Bus> PortQueue<B> {
             rx_index: qp.rx.index(),
             tx_index: qp.tx.index(),
             shared: shm.is_some(),
-            early: pair == 0 && cfg_early && shm.is_some_and(|s| s.early_post),
+            early,
             slots,
             rxq: qp.rx,
             txq: qp.tx,
@@ -410,7 +410,7 @@ impl<B: Bus> PortQueue<B> {
     }
 
     /// A free buffer to build a packet in, its header zeroed and its length
-    /// 0 (use [`Pkt::set_len`], then [`Port::data_mut`]). A slot in
+    /// 0 (use [`Pkt::set_len`], then [`crate::Port::data_mut`]). A slot in
     /// zero-copy and copy modes, a classic buffer on a classic port. `None`
     /// when none is free (counted in [`Stats::alloc_failed`]): receive or
     /// wait for transmit completions and try again.

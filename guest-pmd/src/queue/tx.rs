@@ -3,13 +3,13 @@
 use sbnet_abi::net::{TX_USED_SLOT_KEPT, VIRTIO_NET_HDR_F_GIFT_BUFFER};
 use sbnet_abi::ring::{full_barrier, DESC_F_WRITE};
 
-use super::{put_hdr, PortQueue, HDR};
+use super::{put_hdr, PortQueue, Slots, HDR};
 use crate::bus::Bus;
 use crate::classic::ClassicState;
 use crate::error::PmdError;
 use crate::ledger::SlotState;
 use crate::pkt::{Buf, Pkt, EARLY};
-use crate::vq::VqError;
+use crate::vq::{SplitQueue, VqError};
 
 impl<B: Bus> PortQueue<B> {
     /// Sends the packets of `pkts` in order and returns how many were
@@ -51,8 +51,8 @@ impl<B: Bus> PortQueue<B> {
         let room = self.txq.room();
         let (mut slots, mut classic, mut bytes, mut stale) = (0u32, 0u32, 0u64, 0u32);
         let (id, generation, slot_mem) = (self.id, self.generation, self.slots);
+        let mut early = if ZC { self.early_budget() } else { 0 };
         let (ledger, pool, rxq) = (&mut self.ledger, &mut self.classic, &mut self.rxq);
-        let early = ZC && self.early;
         let mut i = 0;
         self.txq.push_each(room, 0, || loop {
             let pkt = pkts.get_mut(i)?.take();
@@ -66,17 +66,13 @@ impl<B: Bus> PortQueue<B> {
             let sent = pkt.port() == id
                 && match b {
                     // Early post: the slot goes on the receive queue in
-                    // this burst too, published together with the send,
-                    // when the queue also has room for every peer slot
-                    // still waiting to be posted (`early_room`).
-                    Buf::Slot(s) if early && early_room(rxq.room(), ledger.unposted()) => {
-                        pkt.generation() == generation
-                            && ledger.send_early(s)
-                            && rxq.push(slot_mem.addr(s), slot_mem.size, DESC_F_WRITE, token)
-                            && {
-                                token |= EARLY;
-                                true
-                            }
+                    // this burst too, published together with the send.
+                    Buf::Slot(s) if early > 0 => {
+                        pkt.generation() == generation && ledger.send_early(s) && {
+                            early -= 1;
+                            token = post_early(rxq, slot_mem, s);
+                            true
+                        }
                     }
                     Buf::Slot(s) => pkt.generation() == generation && ledger.send(s),
                     Buf::Classic(c) => pool.send(c),
@@ -213,17 +209,16 @@ impl<B: Bus> PortQueue<B> {
     }
 
     fn gifts(&mut self, due: u32) -> u32 {
-        let (ledger, slots, rxq, early) = (&mut self.ledger, self.slots, &mut self.rxq, self.early);
+        let mut early = self.early_budget();
+        let (ledger, slots, rxq) = (&mut self.ledger, self.slots, &mut self.rxq);
         // `due` never exceeds the queue's room (a u16).
         let max = u16::try_from(due).unwrap_or(u16::MAX);
         let n = self.txq.push_each(max, 0, || {
             // Early post (see `tx_impl`): gifted and posted at once.
-            let (s, token) = if early && early_room(rxq.room(), ledger.unposted()) {
+            let (s, token) = if early > 0 {
                 let s = ledger.gift_early()?;
-                let t = Buf::Slot(s).token();
-                let posted = rxq.push(slots.addr(s), slots.size, DESC_F_WRITE, t);
-                debug_assert!(posted, "room was checked");
-                (s, t | EARLY)
+                early -= 1;
+                (s, post_early(rxq, slots, s))
             } else {
                 let s = ledger.gift()?;
                 (s, Buf::Slot(s).token())
@@ -236,6 +231,21 @@ impl<B: Bus> PortQueue<B> {
         });
         self.st.gifts_sent += u64::from(n);
         u32::from(n)
+    }
+
+    /// How many slots this burst may post early: none unless the port
+    /// posts early; otherwise the receive queue's room beyond what every
+    /// peer slot waiting to be posted needs. Those go first (oldest first,
+    /// as `fill_rx` posts them): a delivery the host deferred to this side
+    /// waits for such a post, and early posts that took the last room could
+    /// leave both sides' queues full of posts that wait for each other.
+    /// Nothing else changes either count during the burst.
+    #[inline]
+    fn early_budget(&self) -> u32 {
+        if !self.early {
+            return 0;
+        }
+        u32::from(self.rxq.room()).saturating_sub(self.ledger.unposted())
     }
 
     /// One `avail.idx` store per queue for everything queued on it, then
@@ -291,12 +301,13 @@ impl<B: Bus> PortQueue<B> {
     }
 }
 
-/// Whether a slot may be posted early: the receive queue has room for it
-/// and, after it, for every peer slot waiting to be posted. Those go first
-/// (oldest first, as `fill_rx` posts them): a delivery the host deferred to
-/// this side waits for such a post, and early posts that took the last room
-/// could leave both sides' queues full of posts that wait for each other.
+/// Posts slot `s` on the receive queue (early post; the caller counted it
+/// against [`PortQueue::early_budget`], so there is room) and returns the
+/// transmit token of its send, marked [`EARLY`].
 #[inline(always)]
-fn early_room(room: u16, unposted: u32) -> bool {
-    u32::from(room) > unposted
+fn post_early(rxq: &mut SplitQueue, slots: Slots, s: u32) -> u32 {
+    let t = Buf::Slot(s).token();
+    let posted = rxq.push(slots.addr(s), slots.size, DESC_F_WRITE, t);
+    debug_assert!(posted, "the early budget counted the room");
+    t | EARLY
 }

@@ -14,8 +14,8 @@
 //! `used.idx`), [`SplitQueue::take_each`] for the completed entries (or
 //! [`SplitQueue::pop`] one at a time), [`SplitQueue::push_each`] for the new
 //! buffers (or [`SplitQueue::push`]), then one [`SplitQueue::publish`] (one
-//! Release store of `avail.idx`) and one [`SplitQueue::needs_notify`]
-//! decision.
+//! Release store of `avail.idx`), one [`full_barrier`](sbnet_abi::ring::full_barrier) (which may serve
+//! both queues of a pair) and one [`SplitQueue::wants_notify`] decision.
 //!
 //! Everything the device writes is validated before use: `used.idx` may not
 //! run ahead of what is in flight, a used entry must name a descriptor that
@@ -27,7 +27,7 @@ use core::ptr;
 use core::sync::atomic::{AtomicU16, Ordering};
 
 use sbnet_abi::ring::{
-    self, full_barrier, Desc, UsedElem, AVAIL_F_NO_INTERRUPT, RING_ENTRIES, RING_FLAGS, RING_IDX,
+    self, Desc, UsedElem, AVAIL_F_NO_INTERRUPT, RING_ENTRIES, RING_FLAGS, RING_IDX,
     USED_F_NO_NOTIFY,
 };
 use thiserror::Error;
@@ -423,15 +423,9 @@ impl SplitQueue {
 
     /// Whether the device wants a notification for what was just
     /// published: true unless it set `USED_F_NO_NOTIFY` (it is polling).
-    #[inline]
-    pub fn needs_notify(&self) -> bool {
-        full_barrier();
-        self.wants_notify()
-    }
-
-    /// `needs_notify` without its barrier: the caller ran
-    /// [`full_barrier`] after its last [`Self::publish`] (one barrier may
-    /// serve both queues of a pair). The barrier orders the avail.idx store
+    /// The caller runs [`full_barrier`](sbnet_abi::ring::full_barrier) between its last [`Self::publish`]
+    /// and this (one barrier may serve both queues of a pair). The barrier
+    /// orders the avail.idx store
     /// before the used.flags load; it pairs with the device's barrier
     /// between clearing `USED_F_NO_NOTIFY` and re-reading avail.idx before
     /// it sleeps (virtio 1.2 §2.7.10), so either we see the flag clear or

@@ -489,23 +489,14 @@ pub fn check_slot(h: &HostView, ports: [&P; 2], s: usize, f: &mut InFlight) -> R
                 // to x, x sent it back before y reaped).
                 f.deferred[y] += 1;
                 f.unreaped_tx[y] += u32::from(in_tx[y]);
-            } else if in_tx[y] {
-                // y received it and sent it on; the host has not
-                // matched that send yet, so it still says y.
+            } else if in_tx[y] || unmatched_early[y] {
+                // y received it and sent it on (with an early post or
+                // not); the host has not matched that send yet, so it
+                // still says y.
                 f.unmatched_tx[y] += 1;
                 if !h.waiting {
                     return Err(format!(
                         "{}: side {y}'s send is not matched and the host waits for nothing",
-                        ctx()
-                    ));
-                }
-            } else if unmatched_early[y] {
-                // y sent it with an early post; the host has not matched
-                // that send yet, so it still says y.
-                f.unmatched_tx[y] += 1;
-                if !h.waiting {
-                    return Err(format!(
-                        "{}: side {y}'s early send is not matched and the host waits for nothing",
                         ctx()
                     ));
                 }
