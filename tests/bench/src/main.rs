@@ -96,6 +96,9 @@ struct Args {
     /// How this run was started, for the report.
     #[arg(long)]
     invocation: Option<String>,
+    /// Only probe how far apart --host-cpu and --guest-cpu are, N times a quarter of a second apart: one cache line's round trip between them in ns per line (the Variance table's *line* column), then exit. Needs no root and runs nothing else.
+    #[arg(long, value_name = "N")]
+    line_probe: Option<u32>,
 }
 
 struct Job {
@@ -161,6 +164,9 @@ fn fmt_secs(s: f64) -> String {
 fn run(a: &Args) -> Result<()> {
     if let Some(j) = &a.render {
         return render(a, j);
+    }
+    if let Some(n) = a.line_probe {
+        return line_probes(a, n);
     }
     let t0 = Instant::now();
     let started = util::capture("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
@@ -582,6 +588,28 @@ fn write_outputs(a: &Args, cells: &[Cell], m: &Meta, write_json: bool) -> Result
         );
     } else {
         eprintln!("sbnet-bench: wrote {} and the charts", out.display());
+    }
+    Ok(())
+}
+
+/// `--line-probe N`: the CPUs' distance, N times.
+fn line_probes(a: &Args, n: u32) -> Result<()> {
+    let (host, guest) = (
+        probe::first_cpu(&a.host_cpu)
+            .with_context(|| format!("--host-cpu {:?} is not a CPU number", a.host_cpu))?,
+        probe::first_cpu(&a.guest_cpu)
+            .with_context(|| format!("--guest-cpu {:?} is not a CPU number", a.guest_cpu))?,
+    );
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        match probe::line_round_trip(host, guest) {
+            Some(ns) => println!("CPU {host} <-> CPU {guest}: {ns:.0} ns per cache-line round trip"),
+            None => bail!(
+                "CPU {host} and CPU {guest} did not answer within half a second: do both exist and are they online (nproc, /sys/devices/system/cpu/online)?"
+            ),
+        }
     }
     Ok(())
 }
